@@ -1,0 +1,32 @@
+# Two commands for a newcomer: `make demo` and `make test` (each installs what it needs first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= plastiscope-demo
+
+.PHONY: install demo demo-quick test browser bench
+
+install: $(VENV)/.installed
+
+# torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/plastiscope demo --out $(DEMO_OUT)
+
+demo-quick: install
+	$(VENV)/bin/plastiscope demo --quick --out $(DEMO_OUT)-quick
+
+# Headless Chromium for the report's browser test (Debian's package; never a browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
+	$(PY) -m pytest -q
+
+bench: install
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done

@@ -1,0 +1,362 @@
+"""The ``overfit`` analysis: how differently a checkpoint treats its training data from unseen data.
+
+Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137): weight decay reduces overfitting on
+the pretraining data. Per checkpoint, from one shared forward pass over the training
+sample (``train_data``, documents the checkpoint was trained on) and one over held-out
+documents of the same distribution (``val_data``):
+
+- **Loss gap** [``train_loss``, ``val_loss``, ``loss_gap`` = val - train, ``loss_ratio`` =
+  val / train]: means over documents of the per-document mean next-token cross-entropy
+  (nats, :mod:`.losses`), on length-matched samples (:mod:`.matching`); bootstrap 95 %
+  intervals over documents. By token position: ``train_loss_by_position``,
+  ``val_loss_by_position``, ``loss_gap_by_position`` with the extra column
+  ``position_bucket`` (``"1-8"``, ``"9-16"``, ``"17-32"``, ...: positions after BOS), each
+  document contributing its mean loss over its tokens in the bucket.
+- **Membership inference** (:mod:`.membership`) [``mia_auc_loss``, ``mia_auc_zlib``,
+  ``mia_auc_reference``, ``mia_tpr_at_1fpr``]: ROC AUC of telling train from validation
+  documents by each score, and TPR at 1 % FPR; these rows carry the extra column
+  ``score`` (``loss``, ``zlib``, ``reference``): ``mia_tpr_at_1fpr`` has one row per score.
+- **Exact memorization** (:mod:`.memorization`) [``exact_match_train``,
+  ``exact_match_val``, ``matched_prefix_train``, ``matched_prefix_val``], with the counts
+  ``skipped_short_train`` / ``skipped_short_val`` (documents shorter than ``k + m``).
+- **Overlap** [``overlap_count``]: validation documents whose whitespace-normalised text
+  hash also occurs in the training sample; they are dropped from the validation side
+  (with a warning).
+
+``n`` is the number of documents behind a number (train + validation for two-sample
+metrics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from plastiscope.activations import run_pass
+from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.checkpoint import Checkpoint, Sweep
+from plastiscope.data import Documents, load_documents
+from plastiscope.results import ResultsStore, make_frame
+from plastiscope.stats import mean_ci
+
+from .losses import DocumentLosses, bucket_labels, check_bucket_edges, default_bucket_edges
+from .matching import match_lengths
+from .membership import auc, auc_batched, tpr_at_fpr, tpr_at_fpr_batched, two_sample_ci, zlib_entropy
+from .memorization import exact_memorization
+
+log = logging.getLogger("plastiscope")
+
+NAME = "overfit"
+FPR = 0.01
+DEFAULTS: dict[str, Any] = {
+    "length_matching": "subsample",  # "subsample" (see .matching) or "none"
+    "length_bins": 8,
+    "position_bucket_edges": None,  # upper edges, e.g. [8, 16, 32]; None: doubling from 8 to the context
+    "reference": "random_init",  # None, "random_init", or the path of a model folder
+    "prefix_tokens": 32,  # k of the exact-memorization test (BOS not counted)
+    "continuation_tokens": 16,  # m
+    "memorization_max_docs": 256,  # per side; 0 skips the memorization test
+    "n_resamples": 1000,
+    "seed": 0,
+    "batch_size": 16,  # for the memorization test and the reference model's pass
+}
+
+
+def text_hash(text: str) -> str:
+    """SHA-256 of a text with whitespace runs collapsed: how overlapping documents are detected."""
+    return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
+
+
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"overfit: unknown option(s) {unknown}; options are {sorted(DEFAULTS)}")
+    config = {**DEFAULTS, **options}
+    if config["length_matching"] not in ("subsample", "none"):
+        raise ValueError(f"overfit: length_matching must be 'subsample' or 'none', got {config['length_matching']!r}")
+    for key in ("length_bins", "prefix_tokens", "continuation_tokens", "n_resamples", "batch_size"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ValueError(f"overfit: {key} must be a positive integer, got {config[key]!r}")
+    if not isinstance(config["memorization_max_docs"], int) or config["memorization_max_docs"] < 0:
+        raise ValueError(f"overfit: memorization_max_docs must be an integer >= 0, got {config['memorization_max_docs']!r}")
+    reference = config["reference"]
+    if reference is not None and reference != "random_init" and not Path(str(reference)).is_dir():
+        raise ValueError(
+            f"overfit: reference must be None, 'random_init' or a model folder; {reference!r} is not a folder"
+        )
+    return config
+
+
+# ---------------------------------------------------------------------- reference model
+_REFERENCE_CACHE: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+
+
+def reference_checkpoint(checkpoint: Checkpoint, reference: str | None) -> Checkpoint | None:
+    """The reference model the user chose: None, ``"random_init"`` (same architecture, seed 0), or a folder."""
+    if reference is None:
+        return None
+    if reference == "random_init":
+        return checkpoint.random_init(seed=0)
+    # the weight decay of a reference model plays no part; 0 only satisfies the constructor
+    return Checkpoint.from_pretrained(Path(reference), weight_decay=0.0, name=f"reference:{Path(reference).name}")
+
+
+def reference_losses(reference: Checkpoint, data: Documents, batch_size: int = 16) -> np.ndarray:
+    """``[doc]`` mean per-token loss of ``data`` under the reference model (its own tokenizer and context).
+
+    Cached in memory by (reference weights, data), so one reference serves a whole sweep.
+    """
+    key = (reference.content_hash(), data.sha256())
+    if key not in _REFERENCE_CACHE:
+        losses = DocumentLosses(len(data), [max(1, reference.n_ctx - 1)])
+        run_pass(reference, data, [losses], batch_size=batch_size, progress=False)
+        _REFERENCE_CACHE[key] = losses.mean_loss
+        while len(_REFERENCE_CACHE) > 8:
+            _REFERENCE_CACHE.popitem(last=False)
+    return _REFERENCE_CACHE[key]
+
+
+# ---------------------------------------------------------------------- the task
+class OverfitTask:
+    """The overfit analysis of one checkpoint: feed :attr:`passes`, then :meth:`finish`."""
+
+    def __init__(self, checkpoint: Checkpoint, train: Documents, val: Documents, config: dict[str, Any]):
+        self.checkpoint, self.train, self.val, self.config = checkpoint, train, val, config
+        train_hashes = {text_hash(t) for t in train.texts}
+        self.val_overlap = np.array([text_hash(t) in train_hashes for t in val.texts], dtype=bool)
+        n_overlap = int(self.val_overlap.sum())
+        if n_overlap:
+            message = (
+                f"{checkpoint.name}: {n_overlap} of {len(val)} validation documents also occur in the training sample "
+                f"(same text up to whitespace); they are dropped from the validation side"
+            )
+            warnings.warn(message, stacklevel=2)
+            log.warning(message)
+        if n_overlap == len(val):
+            raise ValueError(f"{checkpoint.name}: every validation document also occurs in the training sample; pass held-out documents as --val-data")
+        edges = config["position_bucket_edges"]
+        self.bucket_edges = check_bucket_edges(edges) if edges is not None else default_bucket_edges(checkpoint.n_ctx)
+        self.train_losses = DocumentLosses(len(train), self.bucket_edges)
+        self.val_losses = DocumentLosses(len(val), self.bucket_edges)
+        self.passes = {"train_data": [self.train_losses], "val_data": [self.val_losses]}
+        # the reference runs now, before the passes, so a reference folder is freed before the
+        # checkpoint's pass (one model in memory at a time for folder sweeps)
+        self.reference_train = self.reference_val = None
+        reference = reference_checkpoint(checkpoint, config["reference"])
+        if reference is not None:
+            if reference.tokenizer.get_vocab() != checkpoint.tokenizer.get_vocab():
+                warnings.warn(
+                    f"{checkpoint.name}: the reference model's tokenizer differs; its per-token losses are in other "
+                    f"units, so mia_auc_reference compares per-document means of different tokenizations",
+                    stacklevel=2,
+                )
+            try:
+                self.reference_train = reference_losses(reference, train, config["batch_size"])
+                self.reference_val = reference_losses(reference, val, config["batch_size"])
+            finally:
+                reference.unload()
+
+    # ------------------------------------------------------------------ per document
+    def _scored_texts(self, data: Documents) -> list[str]:
+        """The text each loss covers: the document, or the decoded kept tokens when it was truncated."""
+        tokenizer, n_ctx = self.checkpoint.tokenizer, self.checkpoint.n_ctx
+        room = n_ctx - (1 if tokenizer.bos_token_id is not None else 0)
+        texts = []
+        for text in data.texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            texts.append(text if len(ids) <= room else tokenizer.decode(ids[:room]))
+        return texts
+
+    def documents(self) -> pd.DataFrame:
+        """One row per document (after the passes): ``split`` (train/val), ``doc`` (row in its Documents),
+        ``n_targets``, ``loss``, ``zlib_bytes``, ``zlib_score``, ``reference_loss``, ``reference_score``,
+        ``overlap`` (validation row dropped as a training duplicate), ``matched`` (in the length-matched sample).
+        """
+        frames = []
+        for split, data, losses, ref in (
+            ("train", self.train, self.train_losses, self.reference_train),
+            ("val", self.val, self.val_losses, self.reference_val),
+        ):
+            if not losses.seen.all():
+                raise RuntimeError(f"{self.checkpoint.name}: the {split} pass did not cover every document; run the passes first")
+            texts = self._scored_texts(data)
+            loss = losses.mean_loss
+            zbytes = np.array([zlib_entropy(t) for t in texts], dtype=np.int64)
+            ref_loss = ref if ref is not None else np.full(len(data), np.nan)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "split": split,
+                        "doc": np.arange(len(data)),
+                        "n_targets": losses.n_targets,
+                        "loss": loss,
+                        "zlib_bytes": zbytes,
+                        "zlib_score": loss / zbytes,
+                        "reference_loss": ref_loss,
+                        "reference_score": loss - ref_loss,
+                        "overlap": self.val_overlap if split == "val" else False,
+                    }
+                )
+            )
+        train, val = frames
+        usable_train = np.flatnonzero(train["n_targets"].to_numpy() > 0)
+        usable_val = np.flatnonzero((val["n_targets"].to_numpy() > 0) & ~val["overlap"].to_numpy())
+        if self.config["length_matching"] == "subsample":
+            t, v = match_lengths(
+                train["n_targets"].to_numpy()[usable_train],
+                val["n_targets"].to_numpy()[usable_val],
+                self.config["length_bins"],
+                self.config["seed"],
+            )
+            usable_train, usable_val = usable_train[t], usable_val[v]
+        train["matched"] = np.isin(np.arange(len(train)), usable_train)
+        val["matched"] = np.isin(np.arange(len(val)), usable_val)
+        return pd.concat([train, val], ignore_index=True)
+
+    # ------------------------------------------------------------------ metrics
+    def finish(self) -> pd.DataFrame:
+        docs = self.documents()
+        cfg = self.config
+        boot = {"n_resamples": cfg["n_resamples"], "seed": cfg["seed"]}
+        records: list[dict[str, Any]] = [
+            {"metric": "overlap_count", "value": float(docs["overlap"].sum()), "n": int((docs["split"] == "val").sum())}
+        ]
+        used = docs[docs["matched"]]
+        train, val = used[used["split"] == "train"], used[used["split"] == "val"]
+        if len(train) == 0 or len(val) == 0:
+            raise ValueError(
+                f"{self.checkpoint.name}: no {'training' if len(train) == 0 else 'validation'} document left to compare "
+                f"after length matching ({(docs['split'] == 'train').sum()} train, {(docs['split'] == 'val').sum()} val "
+                f"documents given); pass more documents or set length_matching='none'"
+            )
+        n_pair = len(train) + len(val)
+        a, b = train["loss"].to_numpy(), val["loss"].to_numpy()
+
+        # loss gap
+        for metric, values in (("train_loss", a), ("val_loss", b)):
+            mean, low, high, n = mean_ci(values, **boot)
+            records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n})
+        for metric, statistic in (
+            ("loss_gap", lambda x, y: y.mean(-1) - x.mean(-1)),
+            ("loss_ratio", lambda x, y: y.mean(-1) / x.mean(-1)),
+        ):
+            value, low, high = two_sample_ci(a, b, statistic, **boot)
+            records.append({"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": n_pair})
+        records += self._by_position(train["doc"].to_numpy(), val["doc"].to_numpy(), boot)
+
+        # membership inference
+        for score, column in (("loss", "loss"), ("zlib", "zlib_score"), ("reference", "reference_score")):
+            x, y = train[column].to_numpy(), val[column].to_numpy()
+            x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+            if len(x) == 0 or len(y) == 0:
+                continue  # no reference chosen
+            _, low, high = two_sample_ci(x, y, auc_batched, **boot)
+            records.append(
+                {"metric": f"mia_auc_{score}", "value": auc(x, y), "ci_low": low, "ci_high": high,
+                 "n": len(x) + len(y), "score": score}
+            )
+            _, low, high = two_sample_ci(x, y, lambda p, q: tpr_at_fpr_batched(p, q, FPR), **boot)
+            records.append(
+                {"metric": "mia_tpr_at_1fpr", "value": tpr_at_fpr(x, y, FPR), "ci_low": low, "ci_high": high,
+                 "n": len(x) + len(y), "score": score}
+            )
+
+        # exact memorization
+        if cfg["memorization_max_docs"] > 0:
+            records += self._memorization(boot)
+        return make_frame(self.checkpoint, NAME, records)
+
+    def _by_position(self, train_docs: np.ndarray, val_docs: np.ndarray, boot: dict[str, int]) -> list[dict[str, Any]]:
+        records = []
+        train_b, val_b = self.train_losses.bucket_mean[train_docs], self.val_losses.bucket_mean[val_docs]
+        for j, label in enumerate(bucket_labels(self.bucket_edges)):
+            x, y = train_b[:, j][~np.isnan(train_b[:, j])], val_b[:, j][~np.isnan(val_b[:, j])]
+            if len(x) == 0 or len(y) == 0:
+                continue
+            for metric, values in (("train_loss_by_position", x), ("val_loss_by_position", y)):
+                mean, low, high, n = mean_ci(values, **boot)
+                records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n, "position_bucket": label})
+            value, low, high = two_sample_ci(x, y, lambda p, q: q.mean(-1) - p.mean(-1), **boot)
+            records.append(
+                {"metric": "loss_gap_by_position", "value": value, "ci_low": low, "ci_high": high,
+                 "n": len(x) + len(y), "position_bucket": label}
+            )
+        return records
+
+    def _memorization(self, boot: dict[str, int]) -> list[dict[str, Any]]:
+        cfg, checkpoint = self.config, self.checkpoint
+        records = []
+        for split, data in (("train", self.train), ("val", self.val.subset(np.flatnonzero(~self.val_overlap)))):
+            result = exact_memorization(
+                checkpoint.hf_model, checkpoint.tokenizer, data.texts, checkpoint.n_ctx,
+                prefix_tokens=cfg["prefix_tokens"], continuation_tokens=cfg["continuation_tokens"],
+                max_docs=cfg["memorization_max_docs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+            )  # fmt: skip
+            records.append({"metric": f"skipped_short_{split}", "value": float(result.skipped_short), "n": len(data)})
+            for metric, values in ((f"exact_match_{split}", result.exact), (f"matched_prefix_{split}", result.matched)):
+                mean, low, high, n = mean_ci(values.astype(np.float64), **boot)
+                records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n})
+        return records
+
+
+def start(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> OverfitTask:
+    """Start the overfit analysis of ``checkpoint`` on ``inputs.train_data`` and ``inputs.val_data``."""
+    config = _check_options(options)
+    for name in ("train_data", "val_data"):
+        if getattr(inputs, name) is None:
+            raise ValueError(f"overfit needs {name} (--{name.replace('_', '-')} FILE)")
+    return OverfitTask(checkpoint, inputs.train_data, inputs.val_data, config)
+
+
+ANALYSIS = Analysis(name=NAME, inputs=("train_data", "val_data"), start=start, options=dict(DEFAULTS))
+
+
+# ---------------------------------------------------------------------- API
+def memorization_gap(
+    sweep: Sweep | Checkpoint | Sequence[Checkpoint],
+    train_data: Any,
+    val_data: Any,
+    store: ResultsStore | str | Path | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
+    """The overfit metrics of every checkpoint of ``sweep`` as a tidy results frame.
+
+    ``train_data``: documents the checkpoints were trained on; ``val_data``: held-out
+    documents of the same distribution (anything :func:`plastiscope.load_documents` reads).
+    ``options``: see ``DEFAULTS`` (e.g. ``reference=None``, ``prefix_tokens=8``). Checkpoints
+    that fail are reported by a warning; if all fail, the first error is raised.
+    """
+    _check_options(options)
+    inputs = Inputs(train_data=load_documents(train_data), val_data=load_documents(val_data))
+    if store is not None and not isinstance(store, ResultsStore):
+        store = ResultsStore(store)
+    results, failures = run_analyses(
+        sweep, [ANALYSIS], inputs, options={NAME: options}, store=store, batch_size=batch_size, progress=progress
+    )
+    if len(failures):
+        lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
+        if results.empty:
+            raise RuntimeError(f"overfit failed on every checkpoint: {lines}")
+        warnings.warn(f"overfit failed on {len(failures)} checkpoint(s): {lines}", stacklevel=2)
+    return results
+
+
+def document_scores(
+    checkpoint: Checkpoint, train_data: Any, val_data: Any, batch_size: int = 16, progress: bool = False, **options: Any
+) -> pd.DataFrame:
+    """Per-document losses and membership scores of one checkpoint (see :meth:`OverfitTask.documents`)."""
+    inputs = Inputs(train_data=load_documents(train_data), val_data=load_documents(val_data))
+    task = start(checkpoint, inputs, **options)
+    for name, consumers in task.passes.items():
+        run_pass(checkpoint, getattr(inputs, name), consumers, batch_size=batch_size, progress=progress)
+    return task.documents()

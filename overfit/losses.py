@@ -1,0 +1,122 @@
+"""Per-document next-token losses, accumulated from the shared forward pass.
+
+Convention (:mod:`plastiscope.data`): one document is one sequence ``[BOS] + tokens``,
+truncated to the context. The loss of a document is the mean next-token cross-entropy
+(nats) over its real tokens after BOS: position ``p`` (``1 <= p < length``) is predicted
+from the logits at ``p - 1``; BOS itself and padding are never targets. This is exactly
+``torch.nn.CrossEntropyLoss`` on the shifted logits and labels of a ``transformers`` causal
+LM, one document at a time.
+
+Only per-document numbers are kept (sum and count of token losses, overall and per
+position bucket), so memory is ``O(documents x buckets)`` whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from plastiscope.activations import Batch
+
+
+def default_bucket_edges(n_ctx: int, first: int = 8) -> list[int]:
+    """Upper edges of position buckets doubling from ``first``: ``[8, 16, 32, ..., n_ctx - 1]``.
+
+    Bucket ``i`` holds target positions ``edges[i-1] < p <= edges[i]`` (positions count from
+    1, the first token after BOS), labelled ``"1-8"``, ``"9-16"``, ``"17-32"``, ...
+    """
+    last = max(1, n_ctx - 1)
+    edges, edge = [], first
+    while edge < last:
+        edges.append(edge)
+        edge *= 2
+    edges.append(last)
+    return edges
+
+
+def bucket_labels(edges: Sequence[int]) -> list[str]:
+    """``"1-8", "9-16", ...`` for upper ``edges`` ``[8, 16, ...]``."""
+    lows = [1] + [e + 1 for e in edges[:-1]]
+    return [f"{lo}-{hi}" if hi > lo else f"{lo}" for lo, hi in zip(lows, edges)]
+
+
+def check_bucket_edges(edges: Sequence[int]) -> list[int]:
+    """Validate user-given upper edges: positive, strictly increasing integers."""
+    edges = [int(e) for e in edges]
+    if not edges or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ValueError(f"position_bucket_edges must be strictly increasing positive integers (upper edges), got {edges}")
+    return edges
+
+
+def token_losses(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every target token of a right-padded batch.
+
+    ``logits`` ``[batch, pos, vocab]``, ``tokens`` ``[batch, pos]``, ``mask`` ``[batch, pos]``
+    (True on real tokens, BOS included). Returns ``(loss [target], where [target, 2])``: the
+    loss (nats) of each real token after BOS and its ``(row, position)``, position counted
+    so that the first token after BOS is 1.
+    """
+    targets = mask[:, 1:] & mask[:, :-1]  # [batch, pos-1]: logits at p-1 predict token p
+    where = targets.nonzero()  # [target, 2] = (row, p-1)
+    loss = F.cross_entropy(logits[:, :-1][targets].float(), tokens[:, 1:][targets], reduction="none")
+    where[:, 1] += 1
+    return loss, where
+
+
+class DocumentLosses:
+    """Consumer of the shared pass: per-document sums of token losses, overall and per position bucket.
+
+    ``n_docs`` is the size of the :class:`~plastiscope.data.Documents` the pass reads; rows are
+    placed by ``Batch.doc_index``. After the pass: :attr:`mean_loss` ``[doc]`` (NaN for
+    documents with no target token), :attr:`n_targets` ``[doc]``, :attr:`bucket_mean`
+    ``[doc, bucket]`` (NaN where a document has no token in a bucket).
+    """
+
+    names: list[str] = []
+    needs_logits = True
+
+    def __init__(self, n_docs: int, bucket_edges: Sequence[int]):
+        self.bucket_edges = list(bucket_edges)
+        self._edges = torch.tensor(self.bucket_edges, dtype=torch.long)
+        self.loss_sum = np.zeros(n_docs)
+        self.n_targets = np.zeros(n_docs, dtype=np.int64)
+        self.bucket_sum = np.zeros((n_docs, len(self.bucket_edges)))
+        self.bucket_count = np.zeros((n_docs, len(self.bucket_edges)), dtype=np.int64)
+        self.seen = np.zeros(n_docs, dtype=bool)
+
+    def update(self, batch: Batch) -> None:
+        if batch.logits is None:
+            raise ValueError("DocumentLosses needs logits: run the pass with return_logits / needs_logits=True")
+        with torch.no_grad():
+            loss, where = token_losses(batch.logits, batch.tokens, batch.mask)
+        loss = loss.double().cpu()
+        rows, positions = where[:, 0].cpu(), where[:, 1].cpu()
+        n_rows, n_buckets = batch.tokens.shape[0], len(self.bucket_edges)
+        # positions past the last edge (user-given edges shorter than the context) go to the last bucket
+        bucket = torch.bucketize(positions, self._edges).clamp(max=n_buckets - 1)
+        doc_sum = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows, loss)
+        doc_count = torch.bincount(rows, minlength=n_rows)
+        cell = rows * n_buckets + bucket  # flat (row, bucket) index
+        cell_sum = torch.zeros(n_rows * n_buckets, dtype=torch.float64).index_add_(0, cell, loss)
+        cell_count = torch.bincount(cell, minlength=n_rows * n_buckets)
+        docs = batch.doc_index.cpu().numpy()
+        self.loss_sum[docs] += doc_sum.numpy()
+        self.n_targets[docs] += doc_count.numpy()
+        self.bucket_sum[docs] += rearrange(cell_sum, "(row bucket) -> row bucket", bucket=n_buckets).numpy()
+        self.bucket_count[docs] += rearrange(cell_count, "(row bucket) -> row bucket", bucket=n_buckets).numpy()
+        self.seen[docs] = True
+
+    @property
+    def mean_loss(self) -> np.ndarray:
+        """``[doc]`` mean per-token cross-entropy (nats); NaN for documents without a target token."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.n_targets > 0, self.loss_sum / np.maximum(self.n_targets, 1), np.nan)
+
+    @property
+    def bucket_mean(self) -> np.ndarray:
+        """``[doc, bucket]`` mean cross-entropy of each document's tokens in each position bucket."""
+        return np.where(self.bucket_count > 0, self.bucket_sum / np.maximum(self.bucket_count, 1), np.nan)

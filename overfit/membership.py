@@ -1,0 +1,111 @@
+"""Membership inference: can per-document scores tell training documents from held-out ones?
+
+Scores (lower = "more likely a member", as the model fits its training data better):
+
+- ``loss``: the document's mean per-token cross-entropy (Yeom et al. 2018; Carlini et al.
+  2021, "Extracting Training Data from Large Language Models", the perplexity metric).
+- ``zlib``: ``loss / zlib_entropy(text)`` (Carlini et al. 2021, the zlib metric): the loss
+  calibrated by how compressible the text is, so generic, repetitive text is not mistaken
+  for memorised text. ``zlib_entropy`` is the length in **bytes** of
+  ``zlib.compress(text.encode("utf-8"))`` at zlib's default level, as in the authors'
+  code; bits would be 8 x bytes, which changes no AUC.
+- ``reference``: ``loss - reference_loss`` (Carlini et al. 2021, the small/medium
+  comparison): the loss calibrated by a reference model that did not see the training set.
+
+Attack quality is the ROC AUC of ``-score`` for members (label 1) against non-members
+(label 0) and the TPR at 1 % FPR (Carlini et al. 2022, "Membership Inference Attacks From
+First Principles"). Intervals are a percentile bootstrap resampling members and
+non-members separately (stratified), so every resample keeps both classes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
+
+
+def zlib_entropy(text: str) -> int:
+    """Bytes of ``zlib.compress(text.encode("utf-8"))`` (default level): Carlini et al. 2021's zlib entropy."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_scores(losses: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """``[doc]`` zlib-calibrated loss: mean per-token loss (nats) / zlib entropy (bytes) of the scored text."""
+    losses = np.asarray(losses, dtype=np.float64)
+    if len(losses) != len(texts):
+        raise ValueError(f"zlib_scores: {len(losses)} losses for {len(texts)} texts")
+    return losses / np.array([zlib_entropy(t) for t in texts], dtype=np.float64)
+
+
+def auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> float:
+    """ROC AUC of telling members from non-members by ``-score`` (lower score = member): sklearn's ``roc_auc_score``."""
+    member_scores, nonmember_scores = np.asarray(member_scores), np.asarray(nonmember_scores)
+    labels = np.r_[np.ones(len(member_scores)), np.zeros(len(nonmember_scores))]
+    return float(roc_auc_score(labels, -np.r_[member_scores, nonmember_scores]))
+
+
+def auc_batched(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> np.ndarray:
+    """AUC of many resamples at once via the Mann-Whitney U statistic (ties count half).
+
+    ``member_scores`` ``[resample, member]``, ``nonmember_scores`` ``[resample, nonmember]``
+    -> ``[resample]``; equals :func:`auc` row by row.
+    """
+    n_pos, n_neg = member_scores.shape[-1], nonmember_scores.shape[-1]
+    ranks = rankdata(-np.concatenate([member_scores, nonmember_scores], axis=-1), axis=-1)
+    return (ranks[..., :n_pos].sum(-1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def tpr_at_fpr_batched(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float = 0.01) -> np.ndarray:
+    """Highest true-positive rate at a false-positive rate <= ``fpr``, per resample.
+
+    Members are flagged when ``-score`` exceeds a threshold; the lowest threshold admitting
+    at most ``floor(fpr * n_nonmembers)`` non-members is used (the ROC curve's operating point
+    with the largest TPR subject to ``FPR <= fpr``). ``[resample, member]``,
+    ``[resample, nonmember]`` -> ``[resample]``.
+    """
+    pos, neg = -np.asarray(member_scores, dtype=np.float64), -np.asarray(nonmember_scores, dtype=np.float64)
+    allowed = int(np.floor(fpr * neg.shape[-1] + 1e-9))
+    if allowed >= neg.shape[-1]:
+        return np.ones(pos.shape[:-1])
+    threshold = -np.sort(-neg, axis=-1)[..., allowed]  # (allowed+1)-th highest non-member value
+    return (pos > threshold[..., None]).mean(-1)
+
+
+def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float = 0.01) -> float:
+    """TPR at ``FPR <= fpr`` of one sample (see :func:`tpr_at_fpr_batched`)."""
+    return float(tpr_at_fpr_batched(np.asarray(member_scores)[None], np.asarray(nonmember_scores)[None], fpr)[0])
+
+
+def two_sample_ci(
+    a: np.ndarray,
+    b: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """Statistic of two independent samples with a stratified percentile-bootstrap interval.
+
+    ``a`` ``[n_a]`` and ``b`` ``[n_b]`` are resampled separately (Efron & Tibshirani 1993);
+    ``statistic`` maps ``([resample, n_a], [resample, n_b])`` to ``[resample]``. Returns
+    ``(estimate, low, high)``; the interval is NaN when either sample has fewer than 2 units.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    estimate = float(statistic(a[None], b[None])[0])
+    if len(a) < 2 or len(b) < 2:
+        return estimate, float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_resamples, int(2e7 // (len(a) + len(b)))))
+    stats = []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        ia = rng.integers(0, len(a), size=(size, len(a)))
+        ib = rng.integers(0, len(b), size=(size, len(b)))
+        stats.append(statistic(a[ia], b[ib]))
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(np.concatenate(stats), [alpha, 1 - alpha])
+    return estimate, float(low), float(high)

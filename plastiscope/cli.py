@@ -1,0 +1,169 @@
+"""The ``plastiscope`` command: train-sweep, analyze, report, demo.
+
+Exit codes: 0 on success, 2 with a one-line reason on bad input (a missing file, a
+checkpoint that is not a model, a data file without the named column, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2)
+
+
+def _bad_input(err: Exception) -> bool:
+    from plastiscope.checkpoint import CheckpointError
+    from plastiscope.data import DataError
+
+    return isinstance(err, (CheckpointError, DataError, FileNotFoundError, ValueError, KeyError))
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (tracebacks of failures).")) -> None:
+    """Measure the mechanisms of language-model plasticity across weight-decay sweeps."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    for noisy in ("transformers", "transformer_lens", "root"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+@app.command("train-sweep")
+def train_sweep_cmd(
+    out: Path = typer.Option(..., "--out", help="Folder for the checkpoints and manifest.csv."),
+    weight_decays: str = typer.Option("0,0.01,0.1,0.3,1", help="Comma-separated AdamW weight decays."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps per run."),
+    schedule: str = typer.Option("cosine", help="Learning-rate schedule after warmup: cosine or constant."),
+    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    seed: int = typer.Option(0, help="Seed shared by every run (init and data order)."),
+    decay_all: bool = typer.Option(False, help="Decay norms and biases too (default: matrices only)."),
+    quick: bool = typer.Option(False, help="Smaller models, fewer steps (about a minute)."),
+) -> None:
+    """Pretrain small Llama-style models on the embedded corpus, one per weight decay."""
+    from plastiscope.train import QUICK, TrainConfig, train_sweep
+
+    try:
+        decays = tuple(float(x) for x in weight_decays.split(","))
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"--schedule {schedule!r}: choose cosine or constant")
+        fields = dict(QUICK) if quick else {}
+        fields.update(weight_decays=decays, schedule=schedule, seed=seed, decay_all=decay_all)
+        if steps is not None:
+            fields["steps"] = steps
+        if learning_rate is not None:
+            fields["learning_rate"] = learning_rate
+        manifest = train_sweep(out, TrainConfig(**fields))
+    except Exception as err:
+        if _bad_input(err):
+            _fail(err)
+        raise
+    typer.echo(str(manifest))
+
+
+@app.command()
+def analyze(
+    source: Path = typer.Argument(..., help="Manifest (.csv/.json/.yaml), sweep folder, or one checkpoint folder."),
+    out: Path = typer.Option(..., "--out", help="Results folder (metrics.parquet, metrics.csv, run.json)."),
+    analyses: Optional[str] = typer.Option(None, help="Comma-separated: probes,attention,overfit (default: all whose inputs are given)."),
+    data: Optional[Path] = typer.Option(None, help="Documents for probes and attention statistics."),
+    text_column: str = typer.Option("text", help="Text column of JSONL/CSV/datasets inputs."),
+    label_column: Optional[str] = typer.Option(None, help="Label column for probes."),
+    pooling: str = typer.Option("mean", help="Probe feature pooling over tokens: mean or last."),
+    train_data: Optional[Path] = typer.Option(None, help="Documents the checkpoints were trained on (overfit)."),
+    val_data: Optional[Path] = typer.Option(None, help="Held-out documents of the same kind (overfit)."),
+    max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents of each input."),
+    batch_size: int = typer.Option(16, help="Documents per forward pass."),
+) -> None:
+    """Analyze every checkpoint of a sweep; a broken checkpoint is reported and skipped."""
+    from plastiscope.analysis import Inputs
+    from plastiscope.data import load_documents
+    from plastiscope.pipeline import analyze as run
+
+    try:
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"--pooling {pooling!r}: choose mean or last")
+        read = lambda p, label=None: None if p is None else load_documents(p, text_column, label, max_docs)  # noqa: E731
+        inputs = Inputs(data=read(data, label_column), train_data=read(train_data), val_data=read(val_data))
+        names = [a.strip() for a in analyses.split(",")] if analyses else None
+        options = {"probes": {"pooling": pooling, **({"label_column": label_column} if label_column else {})}}
+        results, failures = run(source, out, names, inputs, options, batch_size,
+                                config={"source": str(source), "max_docs": max_docs, "text_column": text_column})
+    except Exception as err:
+        if _bad_input(err):
+            _fail(err)
+        raise
+    for row in failures.itertuples():
+        typer.echo(f"skipped {row.checkpoint} ({row.analysis}): {row.error}", err=True)
+    typer.echo(f"{len(results)} rows -> {out / 'metrics.parquet'}")
+    if len(failures) and not len(results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    results: list[Path] = typer.Argument(..., help="Results folder(s) written by `plastiscope analyze`."),
+    out: Optional[Path] = typer.Option(None, "--out", help="One HTML report (of one results folder, or all combined)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="One report per results folder (or group) plus index.html."),
+    group_by: Optional[str] = typer.Option(None, help="Hyperparameter column to compare groups side by side."),
+    format: str = typer.Option("html", help="Comma-separated extra outputs with --out-dir: html,csv,png,svg."),
+) -> None:
+    """Write self-contained HTML reports (plotly embedded, opens offline)."""
+    from plastiscope import reports
+
+    try:
+        if (out is None) == (out_dir is None):
+            raise ValueError("pass exactly one of --out FILE or --out-dir DIR")
+        missing = [str(r) for r in results if not r.exists()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: no such results folder; run `plastiscope analyze ... --out {missing[0]}` first")
+        if out is not None:
+            if len(results) == 1 and group_by is None:
+                from plastiscope.pipeline import write_report
+
+                path = write_report(results[0], out)
+            else:
+                path = reports.write_report(_combined(results), out, group_by=group_by)
+        else:
+            path = reports.write_reports(results, out_dir, group_by=group_by, formats=tuple(format.split(",")))
+    except Exception as err:
+        if _bad_input(err):
+            _fail(err)
+        raise
+    typer.echo(str(path))
+
+
+def _combined(results: list[Path]):
+    import pandas as pd
+
+    from plastiscope.results import load_results
+
+    frames = []
+    for folder in results:
+        frame = load_results(folder)
+        frame["sweep"] = folder.name
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("plastiscope-demo"), "--out", help="Folder for the sweep, results and report."),
+    quick: bool = typer.Option(False, help="Smaller models and data (about a minute)."),
+) -> None:
+    """Train the embedded sweep (or reuse it), analyze it with every analysis, write the report."""
+    from plastiscope.pipeline import demo as run
+
+    path = run(out, quick=quick)
+    typer.echo(f"report: {path.resolve()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,163 @@
+"""Documents and the one tokenization convention every metric uses.
+
+**Convention.** One document is one sequence: it is tokenized with the checkpoint's own
+tokenizer, without the tokenizer's automatic special tokens, the BOS token is prepended
+where the tokenizer has one, and the result is truncated to the model's context
+(``n_ctx`` tokens, BOS included). Nothing is packed or strided across documents, so a
+per-document metric (a pooled probe feature, a document's loss) always sees exactly one
+document. Batches are right-padded and carry a mask; padding never reaches a metric.
+
+Sources: a plain text file (one document per line), JSONL, CSV/TSV (a text column and
+optional label columns), a ``datasets`` dataset saved with ``save_to_disk``, or a Python
+list of strings.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file and the fix."""
+
+
+@dataclass
+class Documents:
+    """Texts with optional per-document columns (labels, metadata).
+
+    ``texts[i]`` is document ``i``; ``columns[name][i]`` its value in column ``name``.
+    """
+
+    texts: list[str]
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    source: str = "<list>"
+
+    def __post_init__(self) -> None:
+        for name, values in self.columns.items():
+            if len(values) != len(self.texts):
+                raise DataError(f"{self.source}: column {name!r} has {len(values)} values for {len(self.texts)} texts")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def column(self, name: str) -> list[Any]:
+        """The values of one column; a clear error names the columns there are."""
+        if name not in self.columns:
+            raise DataError(
+                f"{self.source}: no column {name!r}; columns are {sorted(self.columns) or 'none'} "
+                f"(choose one with --label-column / label_column=)"
+            )
+        return self.columns[name]
+
+    def subset(self, indices: Sequence[int]) -> Documents:
+        return Documents(
+            [self.texts[i] for i in indices],
+            {k: [v[i] for i in indices] for k, v in self.columns.items()},
+            self.source,
+        )
+
+    def head(self, n: int | None) -> Documents:
+        return self if n is None or n >= len(self) else self.subset(range(n))
+
+    def sha256(self) -> str:
+        """Content hash of texts and columns: identifies the data in caches and reports."""
+        digest = hashlib.sha256()
+        for text in self.texts:
+            digest.update(text.encode())
+            digest.update(b"\0")
+        digest.update(json.dumps(self.columns, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
+
+def load_documents(
+    source: str | Path | Sequence[str] | Documents | Any,
+    text_column: str = "text",
+    label_column: str | None = None,
+    max_docs: int | None = None,
+) -> Documents:
+    """Read documents from a file, a saved ``datasets`` folder, or a list of strings.
+
+    ``text_column`` names the text in JSONL, CSV/TSV and datasets sources; every other
+    column is kept (``label_column``, when given, must exist). Empty texts are dropped.
+    """
+    if isinstance(source, Documents):
+        docs = source
+    elif isinstance(source, (list, tuple)):
+        if not all(isinstance(t, str) for t in source):
+            raise DataError("<list>: a list source must hold strings, one document each")
+        docs = Documents(list(source))
+    elif hasattr(source, "column_names") and hasattr(source, "to_dict"):
+        docs = _from_records(source.to_list(), text_column, f"<datasets.Dataset {len(source)} rows>")
+    else:
+        docs = _from_path(Path(source), text_column)
+    keep = [i for i, t in enumerate(docs.texts) if t and t.strip()]
+    if len(keep) < len(docs):
+        docs = docs.subset(keep)
+    if label_column is not None:
+        docs.column(label_column)
+    if not len(docs):
+        raise DataError(f"{docs.source}: no documents (empty file or empty {text_column!r} column)")
+    return docs.head(max_docs)
+
+
+def _from_path(path: Path, text_column: str) -> Documents:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; pass a .txt, .jsonl, .csv/.tsv file or a saved datasets folder")
+    if path.is_dir():
+        if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+            raise DataError(f"{path}: a folder must be a dataset saved with datasets' save_to_disk()")
+        import datasets  # optional: only for saved datasets
+
+        dataset = datasets.load_from_disk(str(path))
+        if isinstance(dataset, datasets.DatasetDict):
+            raise DataError(f"{path}: holds several splits {list(dataset)}; pass one split's folder")
+        return _from_records(dataset.to_list(), text_column, str(path))
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        records = []
+        with path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); one JSON object per line") from None
+        return _from_records(records, text_column, str(path))
+    if suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            records = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        return _from_records(records, text_column, str(path))
+    with path.open(encoding="utf-8") as f:
+        return Documents([line.rstrip("\n") for line in f], source=str(path))
+
+
+def _from_records(records: list[dict[str, Any]], text_column: str, source: str) -> Documents:
+    if records and text_column not in records[0]:
+        raise DataError(f"{source}: no text column {text_column!r}; columns are {sorted(records[0])} (pass --text-column / text_column=)")
+    names = [k for k in (records[0] if records else {}) if k != text_column]
+    return Documents(
+        [str(r.get(text_column) or "") for r in records],
+        {name: [r.get(name) for r in records] for name in names},
+        source,
+    )
+
+
+def encode(tokenizer: Any, text: str, max_length: int, return_offsets: bool = False) -> Any:
+    """Token ids of one document under the convention: ``[BOS] + tokens``, truncated to ``max_length``.
+
+    With ``return_offsets=True`` also returns the character span ``(start, end)`` of each
+    token in ``text`` (BOS gets ``(0, 0)``), for aligning word-level labels to tokens.
+    """
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if return_offsets:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = (bos + enc["input_ids"])[:max_length]
+        offsets = ([(0, 0)] * len(bos) + [tuple(o) for o in enc["offset_mapping"]])[:max_length]
+        return ids, offsets
+    return (bos + tokenizer(text, add_special_tokens=False)["input_ids"])[:max_length]

@@ -1,0 +1,133 @@
+"""The main job: analyze a sweep into a results folder, and the embedded demo.
+
+``RESULTS_DIR`` holds ``metrics.parquet`` / ``metrics.csv`` (the tidy schema of
+:mod:`plastiscope.results`), ``run.json`` (versions, configuration, data hashes),
+``failures.csv`` when some checkpoint failed, and ``cache/`` (one piece per checkpoint x
+analysis x config, so a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from plastiscope.analysis import ALIASES, Analysis, Inputs, available_analyses, run_analyses
+from plastiscope.checkpoint import CheckpointError, Sweep
+from plastiscope.results import ResultsStore
+
+log = logging.getLogger("plastiscope")
+
+
+def open_sweep(source: str | Path) -> Sweep:
+    """A manifest file (.csv/.json/.yaml), a folder of checkpoints, or one checkpoint folder."""
+    source = Path(source)
+    if source.is_file():
+        return Sweep.from_manifest(source)
+    if source.is_dir():
+        for name in ("manifest.csv", "manifest.json", "manifest.yaml", "manifest.yml"):
+            if (source / name).exists():
+                return Sweep.from_manifest(source / name)
+        return Sweep.from_directory(source)
+    raise CheckpointError(f"{source}: no such manifest or folder; pass a manifest file or the folder of the sweep")
+
+
+def expand_analyses(names: Sequence[str | Analysis]) -> list[str | Analysis]:
+    """CLI names to registry names (``attention`` runs pattern and weight statistics)."""
+    out: list[str | Analysis] = []
+    for name in names:
+        expanded = ALIASES.get(name, (name,)) if isinstance(name, str) else (name,)
+        out += [n for n in expanded if n not in out]
+    return out
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("plastiscope", "torch", "transformers", "transformer-lens", "scikit-learn", "pandas", "plotly"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def analyze(
+    sweep: Sweep | str | Path,
+    out: str | Path,
+    analyses: Sequence[str | Analysis] | None = None,
+    inputs: Inputs | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    config: Mapping[str, Any] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``analyses`` (default: every one whose inputs are given) and write ``out``.
+
+    Returns ``(results, failures)``. Cached pieces in ``out/cache`` are reused.
+    """
+    sweep = open_sweep(sweep) if not isinstance(sweep, Sweep) else sweep
+    inputs = inputs or Inputs()
+    if analyses is None:
+        from plastiscope.analysis import get_analysis
+
+        analyses = [a for a in available_analyses() if all(getattr(inputs, n) is not None for n in get_analysis(a).inputs)]
+    analyses = expand_analyses(analyses)
+    store = ResultsStore(out)
+    results, failures = run_analyses(sweep, analyses, inputs, options, store, batch_size, progress)
+    store.write(results, failures)
+    run = {
+        "versions": versions(),
+        "config": {"analyses": [a if isinstance(a, str) else a.name for a in analyses], "options": {k: dict(v) for k, v in (options or {}).items()},
+                   "batch_size": batch_size, **dict(config or {})},
+        "data": {
+            name: {"source": docs.source, "documents": len(docs), "sha256": docs.sha256()}
+            for name in ("data", "train_data", "val_data")
+            if (docs := getattr(inputs, name)) is not None
+        },
+        "checkpoints": sweep.to_frame().astype(str).to_dict("records"),
+        "failures": failures.to_dict("records"),
+    }
+    (Path(out) / "run.json").write_text(json.dumps(run, indent=1, default=str))
+    return results, failures
+
+
+def demo(out: str | Path, quick: bool = False, progress: bool = True) -> Path:
+    """Train (or reuse) the embedded sweep, analyze it with every analysis, write the report.
+
+    Returns the report's path. ``quick`` trains smaller models for fewer steps (about a
+    minute on two CPU cores) for tests and a first look.
+    """
+    from plastiscope.corpus import load_corpus
+    from plastiscope.train import QUICK, TrainConfig, train_sweep
+
+    out = Path(out)
+    config = TrainConfig(**QUICK) if quick else TrainConfig()
+    manifest = train_sweep(out / "sweep", config, progress=progress)
+    n_docs = 300 if quick else 1000
+    inputs = Inputs(
+        data=load_corpus("probe", n_docs),
+        # the documents the models were trained on, and unseen ones of the same kind
+        train_data=load_corpus("train", config.train_docs).head(n_docs),
+        val_data=load_corpus("validation", config.val_docs + n_docs).subset(range(config.val_docs, config.val_docs + n_docs)),
+    )
+    options = {"probes": {"label_column": "pos"}}
+    analyze(manifest, out / "results", None, inputs, options, progress=progress,
+            config={"demo": True, "quick": quick, "train": asdict(config)})
+    return write_report(out / "results", out / "report.html")
+
+
+def write_report(results_dir: str | Path, out: str | Path) -> Path:
+    """The HTML report of one results folder (see :mod:`plastiscope.reports`)."""
+    from plastiscope.reports import write_report as _write
+
+    results_dir = Path(results_dir)
+    run_file = results_dir / "run.json"
+    run_info = json.loads(run_file.read_text()) if run_file.exists() else None
+    return Path(_write(results_dir, out, run_info=run_info))

@@ -1,0 +1,202 @@
+"""Public entry points: one HTML report, figures for notebooks, exported figure files.
+
+``write_report(results, out)`` writes ONE self-contained HTML file (plotly.js inline, no
+network request) for a sweep, or for several sweeps compared side by side (``group_by``).
+``figures(results)`` gives the same plotly figures for a notebook, ``summary(results)`` a
+checkpoint x metric table that renders nicely in Jupyter, and ``export_figures`` writes each
+figure as PNG/SVG (needs the optional ``kaleido``) and the numbers behind it as CSV.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from plastiscope.reports.correlate import N_RESAMPLES, correlation_table
+from plastiscope.reports.figures import FigureSpec, build_figures
+from plastiscope.reports.frame import Prepared, ResultsInput, prepare
+from plastiscope.reports.page import generator_versions, render_page
+
+FORMATS = ("html", "png", "svg", "csv")
+IMAGE_FORMATS = ("png", "svg")
+KALEIDO_HINT = "pip install kaleido"
+
+
+def _prepared(results: ResultsInput | Prepared, group_by: str | None = None, run_info: dict | None = None) -> Prepared:
+    return results if isinstance(results, Prepared) else prepare(results, group_by=group_by, run_info=run_info)
+
+
+def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
+    """Validate output formats (``html``, ``png``, ``svg``, ``csv``); PNG/SVG need kaleido."""
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",") if f.strip()]
+    formats = tuple(dict.fromkeys(str(f).strip().lower().lstrip(".") for f in formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format(s) {unknown}; choose from {list(FORMATS)}")
+    if any(f in IMAGE_FORMATS for f in formats) and importlib.util.find_spec("kaleido") is None:
+        raise RuntimeError(
+            f"PNG/SVG export needs the optional package kaleido: `{KALEIDO_HINT}` (it drives a Chrome or Chromium "
+            "browser; on Debian `apt-get install chromium`). HTML and CSV need nothing extra."
+        )
+    return formats
+
+
+def safe_name(text: str, used: set[str] | None = None) -> str:
+    """A file-name-safe version of ``text`` (no path separators, no leading dots), unique within ``used``."""
+    name = re.sub(r"[^A-Za-z0-9._=+-]+", "_", str(text)).strip("._") or "figure"
+    name = name[:120]
+    if used is not None:
+        base, k = name, 2
+        while name.lower() in used:
+            name, k = f"{base}-{k}", k + 1
+        used.add(name.lower())
+    return name
+
+
+def figure_specs(results: ResultsInput | Prepared, group_by: str | None = None, n_resamples: int = N_RESAMPLES,
+                 directions: Mapping[str, str] | None = None) -> tuple[Prepared, pd.DataFrame, list[FigureSpec]]:
+    """Prepared results, their correlation table and every figure with the data behind it."""
+    prep = _prepared(results, group_by)
+    corr = correlation_table(prep, n_resamples=n_resamples, directions=dict(directions or {}))
+    return prep, corr, build_figures(prep, corr)
+
+
+def figures(results: ResultsInput, group_by: str | None = None) -> dict[str, go.Figure]:
+    """The report's plotly figures, keyed by what they show.
+
+    Keys look like ``"probes.accuracy [task=pos, pooling=mean, …]: vs weight decay"``,
+    ``"...: layer x weight decay"``, ``"...: head x layer"`` and ``"summary: Spearman
+    correlations"``; every series (``analysis.metric [variant]``) has at least the first.
+    """
+    _, _, specs = figure_specs(results, group_by=group_by)
+    return {spec.key: spec.figure for spec in specs}
+
+
+def write_report(
+    results: ResultsInput,
+    out: str | Path,
+    title: str | None = None,
+    run_info: dict | None = None,
+    group_by: str | None = None,
+    formats: Iterable[str] = (),
+    directions: Mapping[str, str] | None = None,
+) -> Path:
+    """Write one self-contained HTML report and return its path.
+
+    ``results``: a results DataFrame, a results folder (its ``run.json`` is read for the
+    methods section unless ``run_info`` is given), or a list/dict of them to compare several
+    sweeps (grouped by the added ``sweep`` column unless ``group_by`` names another column).
+    ``group_by``: a hyperparameter column; groups are drawn side by side on the same axes.
+    ``formats``: also write ``png``/``svg`` figures (kaleido) and/or ``csv`` data into
+    ``<out stem>_figures/``. ``directions``: {metric: "higher"|"lower"} overrides which way
+    is better when rankings are compared.
+    """
+    formats = check_formats(formats)
+    out = Path(out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        out = out.with_suffix(out.suffix + ".html") if out.suffix else out.with_suffix(".html")
+    prep = prepare(results, group_by=group_by, run_info=run_info)
+    return write_prepared(prep, out, title=title, formats=formats, directions=directions)
+
+
+def write_prepared(prep: Prepared, out: Path, title: str | None = None, formats: Iterable[str] = (),
+                   directions: Mapping[str, str] | None = None) -> Path:
+    """``write_report`` for results already read by ``frame.prepare``."""
+    formats = check_formats(formats)
+    prep, corr, specs = figure_specs(prep, directions=directions)
+    if title is None:
+        names = ", ".join(prep.sources)
+        title = f"plastiscope report: {names}" if names and names != "DataFrame" else "plastiscope report"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_page(prep, specs, corr, title, generator_versions()), encoding="utf-8")
+    extra = [f for f in formats if f != "html"]
+    if extra:
+        export_figures(specs, out.with_name(out.stem + "_figures"), extra, correlations=corr)
+    return out
+
+
+def export_figures(specs: list[FigureSpec] | ResultsInput, out_dir: str | Path, formats: Iterable[str] = ("csv",),
+                   group_by: str | None = None, correlations: pd.DataFrame | None = None, width: int = 1000) -> list[Path]:
+    """Write each figure as ``<key>.png``/``.svg`` (kaleido) and its data as ``<key>.csv`` into ``out_dir``.
+
+    ``specs`` may be figure specs or results (then built here). Returns the written paths.
+    """
+    formats = [f for f in check_formats(formats) if f != "html"]
+    if not (isinstance(specs, list) and all(isinstance(s, FigureSpec) for s in specs)):
+        _, correlations, specs = figure_specs(specs, group_by=group_by)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    names = [safe_name(spec.key, used) for spec in specs]
+    written: list[Path] = []
+    if "csv" in formats:
+        for spec, name in zip(specs, names):
+            path = out_dir / f"{name}.csv"
+            spec.data.to_csv(path, index=False)
+            written.append(path)
+        if correlations is not None and not correlations.empty:
+            path = out_dir / "correlations.csv"
+            correlations.to_csv(path, index=False)
+            written.append(path)
+    for fmt in (f for f in formats if f in IMAGE_FORMATS):
+        import plotly.io as pio
+
+        paths = [out_dir / f"{name}.{fmt}" for name in names]
+        try:
+            pio.write_images([spec.figure for spec in specs], paths, format=fmt, width=width)
+        except Exception as error:  # kaleido without a browser, or a browser that fails to start
+            raise RuntimeError(
+                f"exporting {fmt.upper()} with kaleido failed ({error}); kaleido needs Chrome or Chromium "
+                "(Debian: `apt-get install chromium`)"
+            ) from error
+        written += paths
+    return written
+
+
+def summary(results: ResultsInput, group_by: str | None = None, style: bool = True):
+    """Checkpoint x series table of scores (mean over layers and heads), for notebooks.
+
+    Rows: checkpoints in weight-decay order (index: [group,] checkpoint, weight_decay, and
+    train/val loss columns first); columns: ``analysis.metric [variant]``. With ``style``
+    (default) returns a pandas ``Styler`` with 4 significant digits and a per-column colour
+    scale (no matplotlib needed); else the DataFrame.
+    """
+    prep = _prepared(results, group_by)
+    ck = prep.checkpoints
+    index_cols = (["_group"] if prep.group_by else []) + ["_label", "weight_decay"]
+    table = prep.scores.copy()
+    table.insert(0, "val_loss", ck.set_index("_id")["val_loss"].reindex(table.index))
+    table.insert(0, "train_loss", ck.set_index("_id")["train_loss"].reindex(table.index))
+    table = table.dropna(axis=1, how="all")
+    index = pd.MultiIndex.from_frame(ck.set_index("_id").reindex(table.index)[index_cols].rename(
+        columns={"_group": prep.group_by or "group", "_label": "checkpoint"}))
+    table.index = index
+    table.columns.name = None
+    if not style:
+        return table
+
+    def shade(column: pd.Series) -> list[str]:
+        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+        finite = values[np.isfinite(values)]
+        if finite.size == 0 or np.ptp(finite) == 0:
+            return [""] * len(values)
+        lo, hi = finite.min(), finite.max()
+        out = []
+        for v in values:
+            if not math.isfinite(v):
+                out.append("")
+                continue
+            a = (v - lo) / (hi - lo)
+            out.append(f"background-color: rgba(36, 86, 166, {0.08 + 0.5 * a:.2f})")
+        return out
+
+    styler = table.style.format("{:.4g}", na_rep="", escape="html").apply(shade, axis=0)
+    return styler.format_index(escape="html", axis=0).format_index(escape="html", axis=1)

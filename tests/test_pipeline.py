@@ -1,0 +1,144 @@
+"""The analysis runner: one pass per input, cached results, a broken checkpoint is skipped."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from plastiscope import Sweep
+from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.cli import app
+from plastiscope.pipeline import analyze
+from plastiscope.results import load_results, make_frame
+
+CALLS = []
+
+
+class NormTask:
+    """Mean L2 norm of resid_post per layer: a small analysis made for these tests."""
+
+    def __init__(self, checkpoint, inputs, layers=2):
+        CALLS.append(checkpoint.name)
+        self.checkpoint = checkpoint
+        self.names = [f"blocks.{l}.hook_resid_post" for l in range(layers)]
+        self.needs_logits = False
+        self.norms = {n: [] for n in self.names}
+        self.passes = {"data": [self]}
+
+    def update(self, batch):
+        for name in self.names:
+            self.norms[name] += batch.activations[name][batch.mask].norm(dim=-1).tolist()
+
+    def finish(self):
+        return make_frame(self.checkpoint, "norm", [
+            {"metric": "resid_norm", "layer": l, "value": float(np.mean(self.norms[n])), "n": len(self.norms[n])}
+            for l, n in enumerate(self.names)
+        ])
+
+
+NORM = Analysis("norm", ("data",), NormTask, {"layers": 2})
+
+
+def test_results_schema_and_values(tiny_sweep, probe_docs):
+    docs = probe_docs.subset(range(16))
+    results, failures = run_analyses(tiny_sweep, [NORM], Inputs(data=docs), progress=False)
+    assert failures.empty
+    assert list(results.columns[:2]) == ["checkpoint", "weight_decay"]
+    assert list(results.columns[-8:]) == ["analysis", "metric", "layer", "head", "value", "ci_low", "ci_high", "n"]
+    assert {"learning_rate", "schedule", "seed", "final_val_loss"} <= set(results.columns)
+    assert str(results["layer"].dtype) == "Int64" and results["head"].isna().all()
+    assert sorted(results["weight_decay"].unique()) == [0.0, 0.1, 1.0]
+    # independent reference: HF hidden states of the first checkpoint
+    from plastiscope.data import encode
+
+    ckpt = tiny_sweep[0]
+    import torch
+
+    norms = []
+    for text in docs.texts:
+        ids = torch.tensor([encode(ckpt.tokenizer, text, ckpt.n_ctx)])
+        with torch.no_grad():
+            norms += ckpt.hf_model(ids, output_hidden_states=True).hidden_states[1][0].norm(dim=-1).tolist()
+    got = results.query("checkpoint == @ckpt.name and layer == 0")["value"].item()
+    assert got == pytest.approx(np.mean(norms), rel=1e-5)
+
+
+def test_missing_input_is_named(tiny_sweep):
+    with pytest.raises(ValueError, match=r"analysis 'norm' needs --data \(documents to read\)"):
+        run_analyses(tiny_sweep, [NORM], Inputs(), progress=False)
+
+
+def test_rerun_resumes_without_recomputing(tiny_sweep, probe_docs, tmp_path):
+    docs = probe_docs.subset(range(8))
+    CALLS.clear()
+    first, _ = analyze(tiny_sweep, tmp_path / "res", [NORM], Inputs(data=docs), progress=False)
+    assert len(CALLS) == 3
+    CALLS.clear()
+    second, _ = analyze(tiny_sweep, tmp_path / "res", [NORM], Inputs(data=docs), progress=False)
+    assert CALLS == []  # everything came from the cache
+    pd.testing.assert_frame_equal(first, second)
+    third, _ = analyze(tiny_sweep, tmp_path / "res", [NORM], Inputs(data=probe_docs.subset(range(9))), progress=False)
+    assert len(CALLS) == 3  # new data, new key
+    on_disk = load_results(tmp_path / "res")
+    assert len(on_disk) == len(third)
+    run = json.loads((tmp_path / "res" / "run.json").read_text())
+    assert run["data"]["data"]["documents"] == 9 and "torch" in run["versions"]
+
+
+def test_crash_midway_loses_only_the_checkpoint_in_flight(tiny_sweep, probe_docs, tmp_path):
+    docs = probe_docs.subset(range(8))
+
+    class Crash(NormTask):
+        def finish(self):
+            if self.checkpoint.weight_decay == 1.0:
+                raise KeyboardInterrupt  # Ctrl-C on the last checkpoint
+            return super().finish()
+
+    with pytest.raises(KeyboardInterrupt):
+        analyze(tiny_sweep, tmp_path / "res", [Analysis("norm", ("data",), Crash, {"layers": 2})], Inputs(data=docs), progress=False)
+    CALLS.clear()
+    results, _ = analyze(tiny_sweep, tmp_path / "res", [NORM], Inputs(data=docs), progress=False)
+    assert CALLS == [tiny_sweep[2].name] and len(results) == 6
+
+
+def test_broken_checkpoint_does_not_sink_the_sweep(tiny_manifest, probe_docs, tmp_path):
+    root = tmp_path / "sweep"
+    shutil.copytree(tiny_manifest.parent, root)
+    weights = root / "wd-0.1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated copy
+    results, failures = analyze(root / "manifest.csv", tmp_path / "res", [NORM], Inputs(data=probe_docs.subset(range(8))), progress=False)
+    assert sorted(results["checkpoint"].unique()) == ["wd-0", "wd-1"]
+    assert failures["checkpoint"].tolist() == ["wd-0.1"] and "truncated" in failures["error"].item()
+    assert "wd-0.1" in (tmp_path / "res" / "failures.csv").read_text()
+
+
+def test_failing_analysis_keeps_the_others(tiny_sweep, probe_docs):
+    class Fails(NormTask):
+        def finish(self):
+            raise RuntimeError("boom")
+
+    results, failures = run_analyses(tiny_sweep, [NORM, Analysis("bad", ("data",), Fails)], Inputs(data=probe_docs.subset(range(4))), progress=False)
+    assert set(results["analysis"]) == {"norm"} and len(results) == 6
+    assert set(failures["analysis"]) == {"bad"} and failures["error"].str.contains("RuntimeError: boom").all()
+
+
+def test_cli_exit_codes(tmp_path, tiny_manifest):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["analyze", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "missing.csv: no such manifest" in bad.output
+    (tmp_path / "d.csv").write_text("body\nx\n")
+    bad = runner.invoke(app, ["analyze", str(tiny_manifest), "--out", str(tmp_path / "r"), "--data", str(tmp_path / "d.csv")])
+    assert bad.exit_code == 2 and "no text column 'text'" in bad.output
+    bad = runner.invoke(app, ["analyze", str(tiny_manifest), "--out", str(tmp_path / "r"), "--analyses", "nonsense"])
+    assert bad.exit_code == 2 and "unknown analysis 'nonsense'" in bad.output
+
+
+def test_sweep_from_results_dir_name(tiny_manifest):
+    from plastiscope.pipeline import open_sweep
+
+    assert len(open_sweep(tiny_manifest.parent)) == len(Sweep.from_manifest(tiny_manifest)) == 3
