@@ -30,6 +30,7 @@ from plastiscope.results import ResultsStore, tidy
 
 log = logging.getLogger("plastiscope")
 
+FAILURE_COLUMNS = ["checkpoint", "path", "analysis", "error"]
 INPUT_FLAGS = {"data": "--data", "train_data": "--train-data", "val_data": "--val-data"}
 
 
@@ -70,6 +71,8 @@ REGISTRY = {
     "attention": "plastiscope.attention:ANALYSIS",
     "attention_weights": "plastiscope.attention:WEIGHTS_ANALYSIS",
     "overfit": "plastiscope.overfit:ANALYSIS",
+    "plasticity": "plastiscope.plasticity:ANALYSIS",
+    "landscape": "plastiscope.landscape:ANALYSIS",
 }
 # CLI names that expand to several analyses.
 ALIASES = {"attention": ("attention", "attention_weights")}
@@ -94,12 +97,25 @@ def available_analyses() -> list[str]:
     return names
 
 
-def _as_sweep(sweep: Sweep | Checkpoint | Sequence[Checkpoint]) -> Sweep:
+def as_sweep(sweep: Sweep | Checkpoint | Sequence[Checkpoint]) -> Sweep:
     if isinstance(sweep, Sweep):
         return sweep
     if isinstance(sweep, Checkpoint):
         return Sweep([sweep])
     return Sweep(list(sweep))
+
+
+def prepare(
+    analyses: Sequence[str | Analysis], inputs: Inputs, options: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[list[Analysis], dict[str, dict[str, Any]]]:
+    """The analyses' specs and their full options; a clear error for a missing input."""
+    specs = [a if isinstance(a, Analysis) else get_analysis(a) for a in analyses]
+    for spec in specs:
+        missing = [n for n in spec.inputs if getattr(inputs, n) is None]
+        if missing:
+            flags = " and ".join(INPUT_FLAGS[n] for n in missing)
+            raise ValueError(f"analysis {spec.name!r} needs {flags} (documents to read); pass {flags} FILE")
+    return specs, {s.name: {**s.options, **dict((options or {}).get(s.name, {}))} for s in specs}
 
 
 def run_analyses(
@@ -117,52 +133,57 @@ def run_analyses(
     per (checkpoint, analysis) that raised, with the error message; the other results are
     kept (and cached in ``store``, if given).
     """
-    sweep = _as_sweep(sweep)
-    specs = [a if isinstance(a, Analysis) else get_analysis(a) for a in analyses]
-    for spec in specs:
-        missing = [n for n in spec.inputs if getattr(inputs, n) is None]
-        if missing:
-            flags = " and ".join(INPUT_FLAGS[n] for n in missing)
-            raise ValueError(f"analysis {spec.name!r} needs {flags} (documents to read); pass {flags} FILE")
-    configs = {
-        s.name: {**s.options, **dict((options or {}).get(s.name, {}))} for s in specs
-    }
+    sweep = as_sweep(sweep)
+    specs, configs = prepare(analyses, inputs, options)
     frames: list[pd.DataFrame] = []
     failures: list[dict[str, Any]] = sweep.load_errors()
     for checkpoint in tqdm(sweep, desc="checkpoints", unit="ckpt", disable=not progress):
         try:
-            done, todo = _cached(checkpoint, specs, configs, inputs, store, frames)
+            todo = cached(checkpoint, specs, configs, inputs, store, frames)
             if todo:
                 _run_checkpoint(checkpoint, todo, configs, inputs, store, frames, failures, batch_size, progress)
         except Exception as err:  # a broken checkpoint must not sink the sweep
             log.error("%s: %s", checkpoint.name, err)
-            failures.append(_failure(checkpoint, "*", err))
+            failures.append(failure_row(checkpoint, "*", err))
         finally:
             checkpoint.unload()
+    return combine(frames, failures)
+
+
+def combine(frames: list[pd.DataFrame], failures: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Concatenate result pieces into the schema, and failure rows into a frame."""
     results = tidy(pd.concat(frames, ignore_index=True)) if frames else tidy(pd.DataFrame())
-    return results, pd.DataFrame(failures, columns=["checkpoint", "path", "analysis", "error"])
+    return results, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
 
 
-def _key(spec: Analysis, config: Mapping[str, Any], inputs: Inputs) -> dict[str, Any]:
+def cache_key(spec: Analysis, config: Mapping[str, Any], inputs: Inputs) -> dict[str, Any]:
+    """What a cached piece depends on besides the checkpoint's content: options and data hashes."""
     return {"options": dict(config), "data": inputs.hashes(spec.inputs + spec.optional_inputs)}
 
 
-def _cached(checkpoint, specs, configs, inputs, store, frames):
+def cached(
+    checkpoint: Checkpoint,
+    specs: Sequence[Analysis],
+    configs: Mapping[str, Mapping[str, Any]],
+    inputs: Inputs,
+    store: ResultsStore | None,
+    frames: list[pd.DataFrame],
+) -> list[Analysis]:
+    """Append the cached pieces of ``checkpoint`` to ``frames``; return the analyses still to run."""
     if store is None:
-        return [], list(specs)
-    done, todo = [], []
+        return list(specs)
+    todo = []
     content = checkpoint.content_hash()
     for spec in specs:
-        cached = store.get(spec.name, content, _key(spec, configs[spec.name], inputs))
-        if cached is None:
+        piece = store.get(spec.name, content, cache_key(spec, configs[spec.name], inputs))
+        if piece is None:
             todo.append(spec)
         else:
             # names and hyperparameters may have been relabelled since: take the current ones
-            cached["checkpoint"] = checkpoint.name
-            cached["weight_decay"] = checkpoint.weight_decay
-            frames.append(cached)
-            done.append(spec)
-    return done, todo
+            piece["checkpoint"] = checkpoint.name
+            piece["weight_decay"] = checkpoint.weight_decay
+            frames.append(piece)
+    return todo
 
 
 def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures, batch_size, progress):
@@ -172,7 +193,7 @@ def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures,
             tasks[spec.name] = (spec, spec.start(checkpoint, inputs, **configs[spec.name]))
         except Exception as err:
             log.error("%s / %s: %s", checkpoint.name, spec.name, err)
-            failures.append(_failure(checkpoint, spec.name, err))
+            failures.append(failure_row(checkpoint, spec.name, err))
     for input_name in INPUT_FLAGS:
         consumers = [c for _, task in tasks.values() for c in task.passes.get(input_name, ())]
         if consumers:
@@ -182,18 +203,17 @@ def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures,
             frame = task.finish()
         except Exception as err:
             log.error("%s / %s: %s", checkpoint.name, name, err)
-            failures.append(_failure(checkpoint, name, err))
+            failures.append(failure_row(checkpoint, name, err))
             continue
         if store is not None:
-            store.put(name, checkpoint.content_hash(), _key(spec, configs[name], inputs), frame)
+            store.put(name, checkpoint.content_hash(), cache_key(spec, configs[name], inputs), frame)
         frames.append(frame)
 
 
-def _failure(checkpoint: Checkpoint, analysis: str, err: Exception) -> dict[str, Any]:
-    log.debug("".join(traceback.format_exception(err)))
-    return {
-        "checkpoint": checkpoint.name,
-        "path": str(checkpoint.path) if checkpoint.path else "<in memory>",
-        "analysis": analysis,
-        "error": f"{type(err).__name__}: {err}",
-    }
+def failure_row(checkpoint: Checkpoint, analysis: str, err: BaseException | str) -> dict[str, Any]:
+    """One row of ``failures``: which checkpoint, where, which analysis, what went wrong."""
+    if isinstance(err, BaseException):
+        log.debug("".join(traceback.format_exception(err)))
+        err = f"{type(err).__name__}: {err}"
+    path = str(checkpoint.path) if checkpoint.path else "<in memory>"
+    return {"checkpoint": checkpoint.name, "path": path, "analysis": analysis, "error": err}

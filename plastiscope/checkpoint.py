@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 HYPERPARAMETER_FILES = ("plastiscope.json", "training_args.json", "trainer_state.json", "hyperparameters.json")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 # keys trainers use for the same hyperparameter -> our column name
 KEY_ALIASES = {"lr": "learning_rate", "lr_scheduler_type": "schedule", "global_step": "step", "wd": "weight_decay"}
@@ -61,6 +62,7 @@ class Checkpoint:
         self.path = path
         self.device = device
         self.dtype = dtype
+        self.device_map: str | dict | None = None
         self._model = model  # in-memory model handed over from a notebook
         self._tokenizer = tokenizer
         self._bridge = None
@@ -113,6 +115,27 @@ class Checkpoint:
         return cls(name, weight_decay, hyperparameters, model=model, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ loading
+    def to(self, device: str | None = None, dtype: str | torch.dtype | None = None, device_map: str | dict | None = None) -> Checkpoint:
+        """Where and in which precision the model runs: ``device`` ("cpu", "cuda", "cuda:1",
+        "auto" = cuda when available), ``dtype`` (float32, bfloat16, float16: the forward pass
+        only; every statistic accumulates in float32), or ``device_map`` ("auto", a dict) to
+        spread or offload a large checkpoint (folders only). Frees the loaded model if it changes.
+        """
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if isinstance(dtype, str):
+            if dtype not in DTYPES:
+                raise ValueError(f"dtype {dtype!r}: choose from {', '.join(DTYPES)}")
+            dtype = DTYPES[dtype]
+        changed = (device or self.device, dtype or self.dtype, device_map) != (self.device, self.dtype, self.device_map)
+        self.device, self.dtype, self.device_map = device or self.device, dtype or self.dtype, device_map
+        if changed and self._model is not None and self.device_map is None:
+            self._model = self._model.to(device=self.device, dtype=self.dtype)
+            self._bridge = None
+        elif changed:
+            self.unload()
+        return self
+
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
@@ -150,9 +173,8 @@ class Checkpoint:
                 )
         else:
             try:
-                bridge = TransformerBridge.boot_transformers(
-                    str(self.path), tokenizer=tokenizer, device=self.device, dtype=self.dtype
-                )
+                where = {"device_map": self.device_map} if self.device_map is not None else {"device": self.device}
+                bridge = TransformerBridge.boot_transformers(str(self.path), tokenizer=tokenizer, dtype=self.dtype, **where)
             except Exception as err:
                 raise CheckpointError(
                     f"{self.path}: the model does not load through TransformerBridge ({type(err).__name__}: "
@@ -356,6 +378,12 @@ class Sweep(Sequence[Checkpoint]):
         return pd.DataFrame(
             [{"checkpoint": c.name, "path": str(c.path) if c.path else None, **c.hyperparameters} for c in self]
         )
+
+    def to(self, device: str | None = None, dtype: str | torch.dtype | None = None, device_map: str | dict | None = None) -> Sweep:
+        """Set device / precision of every checkpoint (see :meth:`Checkpoint.to`)."""
+        for checkpoint in self:
+            checkpoint.to(device, dtype, device_map)
+        return self
 
     def load_errors(self) -> list[dict[str, Any]]:
         return [dict(e) for e in self.errors]

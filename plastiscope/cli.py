@@ -81,6 +81,13 @@ def analyze(
     val_data: Optional[Path] = typer.Option(None, help="Held-out documents of the same kind (overfit)."),
     max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents of each input."),
     batch_size: int = typer.Option(16, help="Documents per forward pass."),
+    device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
+    dtype: str = typer.Option("float32", help="Forward-pass precision: float32, bfloat16, float16 (statistics stay float32)."),
+    device_map: Optional[str] = typer.Option(None, help="Spread or offload large checkpoints (e.g. auto); replaces --device."),
+    executor: str = typer.Option("local", help="local (in-process) or ray (one Ray task per checkpoint x analysis)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    task_gpus: float = typer.Option(0, help="GPUs per Ray task."),
+    task_cpus: float = typer.Option(1, help="CPUs per Ray task."),
 ) -> None:
     """Analyze every checkpoint of a sweep; a broken checkpoint is reported and skipped."""
     from plastiscope.analysis import Inputs
@@ -94,8 +101,14 @@ def analyze(
         inputs = Inputs(data=read(data, label_column), train_data=read(train_data), val_data=read(val_data))
         names = [a.strip() for a in analyses.split(",")] if analyses else None
         options = {"probes": {"pooling": pooling, **({"label_column": label_column} if label_column else {})}}
-        results, failures = run(source, out, names, inputs, options, batch_size,
-                                config={"source": str(source), "max_docs": max_docs, "text_column": text_column})
+        from plastiscope.pipeline import open_sweep
+
+        sweep = open_sweep(source).to(device=device, dtype=dtype, device_map=device_map)
+        ray_options = {"address": address, "num_gpus": task_gpus, "num_cpus": task_cpus}
+        results, failures = run(sweep, out, names, inputs, options, batch_size,
+                                config={"source": str(source), "max_docs": max_docs, "text_column": text_column,
+                                        "device": device, "dtype": dtype, "device_map": device_map},
+                                executor=executor, executor_options=ray_options if executor == "ray" else None)
     except Exception as err:
         if _bad_input(err):
             _fail(err)

@@ -67,11 +67,17 @@ def analyze(
     batch_size: int = 16,
     progress: bool = True,
     config: Mapping[str, Any] | None = None,
+    executor: str = "local",
+    executor_options: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run ``analyses`` (default: every one whose inputs are given) and write ``out``.
 
     Returns ``(results, failures)``. Cached pieces in ``out/cache`` are reused.
+    ``executor="ray"`` runs each (checkpoint, analysis) as a Ray task
+    (:func:`plastiscope.distributed.run_analyses_ray`; ``executor_options`` go to it).
     """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor {executor!r}: choose local or ray")
     sweep = open_sweep(sweep) if not isinstance(sweep, Sweep) else sweep
     inputs = inputs or Inputs()
     if analyses is None:
@@ -80,12 +86,17 @@ def analyze(
         analyses = [a for a in available_analyses() if all(getattr(inputs, n) is not None for n in get_analysis(a).inputs)]
     analyses = expand_analyses(analyses)
     store = ResultsStore(out)
-    results, failures = run_analyses(sweep, analyses, inputs, options, store, batch_size, progress)
+    if executor == "ray":
+        from plastiscope.distributed import run_analyses_ray
+
+        results, failures = run_analyses_ray(sweep, analyses, inputs, options, store, batch_size, progress, **dict(executor_options or {}))
+    else:
+        results, failures = run_analyses(sweep, analyses, inputs, options, store, batch_size, progress)
     store.write(results, failures)
     run = {
         "versions": versions(),
         "config": {"analyses": [a if isinstance(a, str) else a.name for a in analyses], "options": {k: dict(v) for k, v in (options or {}).items()},
-                   "batch_size": batch_size, **dict(config or {})},
+                   "batch_size": batch_size, "executor": executor, **dict(config or {})},
         "data": {
             name: {"source": docs.source, "documents": len(docs), "sha256": docs.sha256()}
             for name in ("data", "train_data", "val_data")

@@ -63,3 +63,20 @@ def test_run_pass_feeds_every_consumer_from_one_pass(tiny_sweep, probe_docs, mon
     a, b = Counter(["blocks.0.hook_resid_post"], False), Counter(["blocks.1.attn.hook_pattern"], True)
     run_pass(ckpt, probe_docs.subset(range(20)), [a, b], batch_size=10, progress=False)
     assert a.docs == b.docs == 20 and len(calls) == 2  # two batches, one forward each, shared
+
+
+def test_reduced_precision_forward_gives_float32_statistics(tiny_manifest, probe_docs):
+    from plastiscope import Sweep
+
+    full, half = Sweep.from_manifest(tiny_manifest)[2], Sweep.from_manifest(tiny_manifest)[2].to(device="auto", dtype="bfloat16")
+    assert half.device == "cpu" and half.dtype == torch.bfloat16
+    name = "blocks.1.hook_resid_post"
+    (a,) = stream(full, probe_docs.subset(range(4)), [name], batch_size=4, return_logits=True, progress=False)
+    (b,) = stream(half, probe_docs.subset(range(4)), [name], batch_size=4, return_logits=True, progress=False)
+    assert next(half.hf_model.parameters()).dtype == torch.bfloat16
+    assert b.activations[name].dtype == torch.float32 and b.logits.dtype == torch.float32
+    real = a.mask
+    rel = (a.activations[name][real] - b.activations[name][real]).norm() / a.activations[name][real].norm()
+    assert 0 < rel < 0.05  # bfloat16 rounding, not garbage
+    with pytest.raises(ValueError, match="dtype 'float8': choose from float32, bfloat16, float16"):
+        full.to(dtype="float8")

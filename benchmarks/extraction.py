@@ -1,0 +1,112 @@
+"""Activation streaming cost: plastiscope vs a bare ``transformers`` forward, and memory vs data size.
+
+1. Time to stream ``blocks.{l}.hook_resid_post`` and ``blocks.{l}.attn.hook_pattern`` for
+   all layers with :func:`plastiscope.activations.stream`, against a bare ``transformers``
+   forward with ``output_hidden_states=True, output_attentions=True`` (eager attention) on
+   the same model and the same padded batches. Target ratio <= 1.10.
+2. Peak resident memory of streaming N documents and 10 N documents (each in a fresh
+   process, so the peaks do not mix). Target: flat (ratio ~1).
+
+Run: ``python benchmarks/extraction.py [--docs 256] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from plastiscope import Checkpoint
+from plastiscope.activations import stream
+from plastiscope.corpus import load_corpus
+from plastiscope.tokenizer import train_tokenizer
+
+LAYERS, D_MODEL, HEADS, CONTEXT = 4, 256, 8, 128
+
+
+def setup(n_docs: int):
+    tokenizer = train_tokenizer(load_corpus("train", 2000).texts, 2048)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=4 * D_MODEL, num_hidden_layers=LAYERS,
+                         num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=CONTEXT)
+    model = LlamaForCausalLM(config).eval()
+    # long documents (several glosses joined) so the forward pass dominates, as with real data
+    texts = load_corpus("probe").texts
+    docs = [" ".join(texts[i * 6 : i * 6 + 6]) for i in range(n_docs)]
+    return Checkpoint.from_model(model, tokenizer, weight_decay=0.0, name="bench"), docs
+
+
+def names() -> list[str]:
+    return [f"blocks.{l}.hook_resid_post" for l in range(LAYERS)] + [f"blocks.{l}.attn.hook_pattern" for l in range(LAYERS)]
+
+
+def time_plastiscope(ckpt, docs, batch_size) -> tuple[float, list]:
+    batches = []
+    start = time.perf_counter()
+    for batch in stream(ckpt, docs, names(), batch_size=batch_size, progress=False):
+        batches.append((batch.tokens, batch.mask))
+        _ = sum(float(v.flatten()[0]) for v in batch.activations.values())  # touch, then drop
+    return time.perf_counter() - start, batches
+
+
+def time_transformers(model, batches) -> float:
+    model.config._attn_implementation = "eager"
+    start = time.perf_counter()
+    with torch.no_grad():
+        for tokens, mask in batches:
+            out = model(tokens, attention_mask=mask.long(), output_hidden_states=True, output_attentions=True)
+            _ = sum(float(h[0, 0, 0]) for h in out.hidden_states[1:]) + sum(float(a[0, 0, 0, 0]) for a in out.attentions)
+    return time.perf_counter() - start
+
+
+def peak_memory_child(n_docs: int, batch_size: int) -> None:
+    ckpt, docs = setup(n_docs)
+    ckpt.bridge  # load before measuring the baseline
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for batch in stream(ckpt, docs, names(), batch_size=batch_size, progress=False):
+        del batch
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"docs": n_docs, "peak_mib": peak / 1024, "growth_mib": (peak - base) / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child is not None:
+        return peak_memory_child(args.memory_child, args.batch_size)
+
+    ckpt, docs = setup(args.docs)
+    time_plastiscope(ckpt, docs[: args.batch_size], args.batch_size)  # warm up
+    ours, theirs = [], []
+    for _ in range(args.repeats):  # interleaved, best of n: robust to a busy machine
+        t, batches = time_plastiscope(ckpt, docs, args.batch_size)
+        ours.append(t)
+        theirs.append(time_transformers(ckpt.hf_model, batches))
+    tokens = sum(int(m.sum()) for _, m in batches)
+    print(f"model: Llama {LAYERS} layers, d={D_MODEL}, {HEADS} heads; {args.docs} docs, {tokens} tokens, batch {args.batch_size}")
+    print(f"plastiscope stream (resid_post + pattern, all layers): {min(ours):.2f} s")
+    print(f"bare transformers (hidden_states + attentions):       {min(theirs):.2f} s")
+    print(f"time ratio plastiscope / transformers: {min(ours) / min(theirs):.2f}  (target <= 1.10)")
+
+    peaks = []
+    for n in (args.docs, 10 * args.docs):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--batch-size", str(args.batch_size)],
+                             capture_output=True, text=True, check=True)
+        peaks.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for p in peaks:
+        print(f"peak RSS streaming {p['docs']:>6} docs: {p['peak_mib']:.0f} MiB (growth during streaming {p['growth_mib']:.0f} MiB)")
+    print(f"peak memory ratio 10x data / 1x data: {peaks[1]['peak_mib'] / peaks[0]['peak_mib']:.2f}  (target: flat, ~1.0)")
+
+
+if __name__ == "__main__":
+    main()

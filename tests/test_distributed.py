@@ -1,0 +1,86 @@
+"""The Ray executor on a local cluster: same metrics as in-process, killed tasks retried once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.results import ResultsStore, make_frame
+
+ray = pytest.importorskip("ray")
+
+
+class NormTask:
+    """Mean resid_post norm per layer; with ``die`` set, the worker process dies instead (a killed task)."""
+
+    def __init__(self, checkpoint, inputs, marker_dir="", die="never"):
+        marker = Path(marker_dir or ".") / f"{checkpoint.name}.started"
+        if die == "always" and checkpoint.weight_decay == 0.1 or die == "once" and not marker.exists():
+            marker.touch()
+            os._exit(1)  # as a kill -9 or the OOM killer would
+        self.checkpoint, self.needs_logits = checkpoint, False
+        self.names = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+        self.sums, self.count = [0.0, 0.0], 0
+        self.passes = {"data": [self]}
+
+    def update(self, batch):
+        for i, name in enumerate(self.names):
+            self.sums[i] += float(batch.activations[name][batch.mask].norm(dim=-1).sum())
+        self.count += int(batch.mask.sum())
+
+    def finish(self):
+        return make_frame(self.checkpoint, "norm", [
+            {"metric": "resid_norm", "layer": l, "value": s / self.count, "n": self.count} for l, s in enumerate(self.sums)
+        ])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    tests = str(Path(__file__).parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def _sorted(frame):
+    return frame.sort_values(["checkpoint", "analysis", "metric", "layer", "head"]).reset_index(drop=True)
+
+
+def test_ray_gives_the_same_table_as_local(cluster, tiny_sweep, probe_docs, tmp_path):
+    from plastiscope.distributed import run_analyses_ray
+
+    inputs = Inputs(data=probe_docs.subset(range(12)))
+    analyses = [Analysis("norm", ("data",), NormTask), "attention_weights"]
+    local, _ = run_analyses(tiny_sweep, analyses, inputs, progress=False)
+    store = ResultsStore(tmp_path / "res")
+    remote, failures = run_analyses_ray(tiny_sweep, analyses, inputs, store=store, progress=False)
+    assert failures.empty
+    pd.testing.assert_frame_equal(_sorted(local), _sorted(remote))
+    assert len(list(store.cache.glob("*.parquet"))) == 2 * len(tiny_sweep)  # one file per task
+    again, _ = run_analyses_ray(tiny_sweep, analyses, inputs, store=store, progress=False)  # all cached
+    pd.testing.assert_frame_equal(_sorted(again), _sorted(remote))
+
+
+def test_killed_task_is_retried_once(cluster, tiny_sweep, probe_docs, tmp_path):
+    from plastiscope.distributed import run_analyses_ray
+
+    inputs = Inputs(data=probe_docs.subset(range(4)))
+    spec = Analysis("norm", ("data",), NormTask, {"marker_dir": str(tmp_path), "die": "once"})
+    results, failures = run_analyses_ray(tiny_sweep[:1], [spec], inputs, progress=False)
+    assert failures.empty and (tmp_path / f"{tiny_sweep[0].name}.started").exists()
+    assert len(results) == 2
+
+
+def test_task_dying_twice_is_reported_and_the_rest_kept(cluster, tiny_sweep, probe_docs, tmp_path):
+    from plastiscope.distributed import run_analyses_ray
+
+    inputs = Inputs(data=probe_docs.subset(range(4)))
+    spec = Analysis("norm", ("data",), NormTask, {"marker_dir": str(tmp_path), "die": "always"})
+    results, failures = run_analyses_ray(tiny_sweep, [spec], inputs, progress=False)
+    assert failures["checkpoint"].tolist() == ["wd-0.1"] and failures["error"].str.contains("Worker|died|crash", case=False).all()
+    assert sorted(results["checkpoint"].unique()) == ["wd-0", "wd-1"]
