@@ -5,14 +5,27 @@ arXiv 2602.11137: larger weight decay can give a worse base model that fine-tune
 through more linearly separable representations, regularized attention and less overfitting.
 """
 
+import importlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from plastiscope.checkpoint import Checkpoint, CheckpointError, Sweep  # noqa: E402
-from plastiscope.data import DataError, Documents, load_documents  # noqa: E402
-from plastiscope.results import load_results  # noqa: E402
-
-__all__ = ["Checkpoint", "CheckpointError", "Sweep", "Documents", "DataError", "load_documents", "load_results"]
+# Imported on first use, so that light parts (results, reports) don't pay for torch.
+_EXPORTS = {
+    "Checkpoint": "plastiscope.checkpoint",
+    "CheckpointError": "plastiscope.checkpoint",
+    "Sweep": "plastiscope.checkpoint",
+    "Documents": "plastiscope.data",
+    "DataError": "plastiscope.data",
+    "load_documents": "plastiscope.data",
+    "load_results": "plastiscope.results",
+}
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'plastiscope' has no attribute {name!r}")

@@ -126,7 +126,7 @@ def report(
     out: Optional[Path] = typer.Option(None, "--out", help="One HTML report (of one results folder, or all combined)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="One report per results folder (or group) plus index.html."),
     group_by: Optional[str] = typer.Option(None, help="Hyperparameter column to compare groups side by side."),
-    format: str = typer.Option("html", help="Comma-separated extra outputs with --out-dir: html,csv,png,svg."),
+    format: str = typer.Option("html", help="Comma-separated outputs: html, plus csv (data behind each figure), png, svg (need kaleido)."),
 ) -> None:
     """Write self-contained HTML reports (plotly embedded, opens offline)."""
     from plastiscope import reports
@@ -137,33 +137,17 @@ def report(
         missing = [str(r) for r in results if not r.exists()]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: no such results folder; run `plastiscope analyze ... --out {missing[0]}` first")
+        formats = tuple(f for f in format.split(",") if f)
         if out is not None:
-            if len(results) == 1 and group_by is None:
-                from plastiscope.pipeline import write_report
-
-                path = write_report(results[0], out)
-            else:
-                path = reports.write_report(_combined(results), out, group_by=group_by)
+            source = results[0] if len(results) == 1 else results
+            path = reports.write_report(source, out, group_by=group_by, formats=tuple(f for f in formats if f != "html"))
         else:
-            path = reports.write_reports(results, out_dir, group_by=group_by, formats=tuple(format.split(",")))
+            path = reports.write_reports(results, out_dir, group_by=group_by, formats=formats)
     except Exception as err:
         if _bad_input(err):
             _fail(err)
         raise
     typer.echo(str(path))
-
-
-def _combined(results: list[Path]):
-    import pandas as pd
-
-    from plastiscope.results import load_results
-
-    frames = []
-    for folder in results:
-        frame = load_results(folder)
-        frame["sweep"] = folder.name
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
 
 
 @app.command()

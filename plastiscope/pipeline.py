@@ -131,14 +131,6 @@ def demo(out: str | Path, quick: bool = False, progress: bool = True) -> Path:
     options = {"probes": {"label_column": "pos"}}
     analyze(manifest, out / "results", None, inputs, options, progress=progress,
             config={"demo": True, "quick": quick, "train": asdict(config)})
-    return write_report(out / "results", out / "report.html")
+    from plastiscope.reports import write_report
 
-
-def write_report(results_dir: str | Path, out: str | Path) -> Path:
-    """The HTML report of one results folder (see :mod:`plastiscope.reports`)."""
-    from plastiscope.reports import write_report as _write
-
-    results_dir = Path(results_dir)
-    run_file = results_dir / "run.json"
-    run_info = json.loads(run_file.read_text()) if run_file.exists() else None
-    return Path(_write(results_dir, out, run_info=run_info))
+    return Path(write_report(out / "results", out / "report.html"))

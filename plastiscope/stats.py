@@ -26,24 +26,40 @@ def bootstrap_ci(
     units the interval is NaN.
     """
     values = np.asarray(values, dtype=np.float64)
-    if statistic is None:
+    mean = statistic is None
+    if mean:
         statistic = lambda x: np.nanmean(x, axis=1)  # noqa: E731
-    estimate = statistic(values[None])[0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        estimate = statistic(values[None])[0] if not mean else _nanmean_weighted(np.ones((1, len(values))), values)[0]
     n = values.shape[0]
     if n < 2:
         nan = np.full_like(estimate, np.nan, dtype=np.float64)
         return estimate, nan, nan.copy()
     rng = np.random.default_rng(seed)
-    low, high = [], []
-    chunk = max(1, min(n_resamples, int(2e7 // max(values.size, 1))))
+    per_chunk = values.size if not mean else n
+    chunk = max(1, min(n_resamples, int(2e7 // max(per_chunk, 1))))
     stats = []
     for start in range(0, n_resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
-        stats.append(statistic(values[idx]))
+        rows = min(chunk, n_resamples - start)
+        idx = rng.integers(0, n, size=(rows, n))
+        if mean:  # same resamples, as counts: [resample, unit] @ [unit, ...] instead of gathering copies
+            counts = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
+            stats.append(_nanmean_weighted(counts, values))
+        else:
+            stats.append(statistic(values[idx]))
     stats = np.concatenate(stats, axis=0)
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(stats, [alpha, 1 - alpha], axis=0)
     return estimate, low, high
+
+
+def _nanmean_weighted(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean over units of ``values [unit, ...]`` weighted by ``counts [resample, unit]``, NaNs skipped."""
+    flat = values.reshape(len(values), -1)
+    present = ~np.isnan(flat)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (counts @ np.where(present, flat, 0.0)) / (counts @ present)
+    return out.reshape((len(counts),) + values.shape[1:])
 
 
 def mean_ci(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float, int]:

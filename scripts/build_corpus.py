@@ -12,6 +12,9 @@ fixed by a hash of the synset id, so it never changes between runs:
 - ``finetune``: all glosses of three held-out lexicographer files (a held-out
   domain for plasticity experiments: food, plants, weather verbs);
 - of the rest, by hash: 80 % ``train``, 8 % ``validation``, 12 % ``probe``.
+
+Documents are stored in an order fixed by a hash of the synset id, so the first N
+documents of any split are a mix of every part of speech and lexicographer file.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def parse(wordnet_dir: Path):
             lexname = LEXNAMES[int(lex_filenum)]
             synset_id = f"{offset}-{ss_type}"
             yield {
+                "id": synset_id,
                 "split": split_of(synset_id, lexname),
                 "text": gloss.strip(),
                 "pos": POS[ss_type],
@@ -64,7 +68,8 @@ def parse(wordnet_dir: Path):
 
 
 def main(wordnet_dir: str) -> None:
-    rows = list(parse(Path(wordnet_dir)))
+    # a fixed pseudo-random order, so that the first N documents of a split mix all classes
+    rows = sorted(parse(Path(wordnet_dir)), key=lambda r: hashlib.sha256(r.pop("id").encode()).hexdigest())
     with gzip.GzipFile(OUT / "wordnet_glosses.jsonl.gz", "wb", mtime=0) as f:
         for row in rows:
             f.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
