@@ -1,1 +1,47 @@
-"""(in progress)"""
+"""Attention-matrix statistics per head: entropy, rank and norms of patterns and of weights.
+
+Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137): weight decay regularizes attention
+matrices. Two analyses measure it per (checkpoint, layer, head):
+
+- ``attention`` (:data:`ANALYSIS`): the attention patterns on documents (entropy, effective /
+  stable / numerical rank, norms, attention sink, distance, one-hot share), see
+  :mod:`.patterns`; mean over documents with a bootstrap interval.
+- ``attention_weights`` (:data:`WEIGHTS_ANALYSIS`): the ``W_QK`` and ``W_OV`` circuits and
+  the projection weights, no data needed, see :mod:`.weights`.
+
+Quick use::
+
+    from plastiscope.attention import attention_stats, weight_stats
+    patterns = attention_stats(sweep, docs)   # tidy results frame
+    weights = weight_stats(sweep)
+"""
+
+from .analysis import (
+    ANALYSIS,
+    DEFAULTS,
+    WEIGHTS_ANALYSIS,
+    PatternStatistics,
+    attention_stats,
+    summarize,
+    weight_stats,
+)
+from .patterns import PATTERN_METRICS, pattern_statistics
+from .spectra import spectral_summary
+from .weights import WEIGHT_METRICS, expand_kv_heads, layer_weights, weight_statistics
+
+__all__ = [
+    "ANALYSIS",
+    "WEIGHTS_ANALYSIS",
+    "DEFAULTS",
+    "PATTERN_METRICS",
+    "WEIGHT_METRICS",
+    "PatternStatistics",
+    "attention_stats",
+    "weight_stats",
+    "pattern_statistics",
+    "weight_statistics",
+    "spectral_summary",
+    "summarize",
+    "expand_kv_heads",
+    "layer_weights",
+]

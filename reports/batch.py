@@ -21,7 +21,7 @@ import pandas as pd
 from plastiscope.reports.figures import fmt_wd
 from plastiscope.reports.frame import Prepared, ResultsLike, _source_name, _text, prepare, read_inputs
 from plastiscope.reports.page import CSS, esc
-from plastiscope.reports.report import check_formats, figure_specs, export_figures, safe_name, write_prepared
+from plastiscope.reports.report import check_formats, safe_name, write_prepared
 
 
 def _entry(prep: Prepared, name: str, report: Path, out_dir: Path, figures_dir: Path | None) -> dict:
@@ -39,13 +39,9 @@ def _entry(prep: Prepared, name: str, report: Path, out_dir: Path, figures_dir: 
 
 def _write_one(prep: Prepared, name: str, out_dir: Path, used: set[str], formats: tuple[str, ...], title: str) -> dict:
     folder = out_dir / safe_name(name, used)
-    report = write_prepared(prep, folder / "report.html", title=title)
-    figures_dir = None
     extra = [f for f in formats if f != "html"]
-    if extra:
-        figures_dir = folder / "figures"
-        _, corr, specs = figure_specs(prep)
-        export_figures(specs, figures_dir, extra, correlations=corr)
+    figures_dir = folder / "figures" if extra else None
+    report = write_prepared(prep, folder / "report.html", figures_dir, title=title, formats=extra)
     return _entry(prep, name, report, out_dir, figures_dir)
 
 

@@ -64,6 +64,53 @@ class Series:
 
 
 @dataclass
+class SeriesRows:
+    """One series' rows as aligned numpy arrays ``[row]``.
+
+    ``ck``: row of ``Prepared.checkpoints``; ``group``: index into ``Prepared.groups``;
+    ``layer``/``head``: float, NaN where absent; ``baseline``: bool; ``baseline_label``: the
+    ``init`` value of baseline rows.
+    """
+
+    ck: np.ndarray
+    group: np.ndarray
+    weight_decay: np.ndarray
+    layer: np.ndarray
+    head: np.ndarray
+    value: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    baseline: np.ndarray
+    baseline_label: np.ndarray
+
+    def select(self, mask: np.ndarray) -> SeriesRows:
+        return SeriesRows(**{k: v[mask] for k, v in self.__dict__.items()})
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+
+def group_mean(keys: list[np.ndarray], values: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Mean of ``values [row]`` per distinct combination of ``keys`` (each ``[row]``, no NaN).
+
+    Returns the distinct keys (sorted lexicographically, one array per key) and the NaN-ignoring
+    mean per combination (NaN where every value is NaN).
+    """
+    stacked = np.stack([np.asarray(k, dtype=float) for k in keys], axis=1)  # [row, key]
+    if len(stacked) == 0:
+        return [np.array([]) for _ in keys], np.array([])
+    combos, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    sums = np.bincount(inverse, weights=np.where(finite, values, 0.0), minlength=len(combos))
+    counts = np.bincount(inverse, weights=finite.astype(float), minlength=len(combos))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return [combos[:, j] for j in range(len(keys))], means
+
+
+@dataclass
 class Prepared:
     """Results made ready for reporting (see the module docstring for the vocabulary)."""
 
@@ -79,18 +126,41 @@ class Prepared:
     run_infos: dict[str, dict] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     loss_sources: dict[str, str] = field(default_factory=dict)
-    _by_series: dict[str, pd.DataFrame] | None = field(default=None, repr=False)
+    _by_series: dict[str, SeriesRows] | None = field(default=None, repr=False)
 
     def series_by_key(self, key: str) -> Series:
         return next(s for s in self.series if s.key == key)
 
-    def series_rows(self, key: str) -> pd.DataFrame:
-        """The rows of one series (trained and baseline), with the columns figures need."""
+    def series_rows(self, key: str) -> SeriesRows:
+        """The rows of one series (trained and baseline) as numpy arrays (see :class:`SeriesRows`)."""
         if self._by_series is None:
-            columns = ["_id", "_label", "_group", "weight_decay", "layer", "head", "value", "ci_low", "ci_high",
-                       "_baseline", "_baseline_label", "_series"]
-            self._by_series = {k: g for k, g in self.rows[columns].groupby("_series", sort=False)}
+            rows = self.rows
+            group_index = {g: i for i, g in enumerate(self.groups)}
+            arrays = dict(
+                ck=pd.Index(self.checkpoints["_id"]).get_indexer(rows["_id"]),
+                group=rows["_group"].map(group_index).to_numpy(dtype=int) if self.group_by else np.zeros(len(rows), int),
+                weight_decay=rows["weight_decay"].to_numpy(dtype=float),
+                layer=rows["layer"].to_numpy(dtype="float64", na_value=np.nan),
+                head=rows["head"].to_numpy(dtype="float64", na_value=np.nan),
+                value=rows["value"].to_numpy(dtype=float),
+                ci_low=rows["ci_low"].to_numpy(dtype=float),
+                ci_high=rows["ci_high"].to_numpy(dtype=float),
+                baseline=rows["_baseline"].to_numpy(dtype=bool),
+                baseline_label=rows["_baseline_label"].to_numpy(dtype=object),
+            )
+            codes, uniques = pd.factorize(rows["_series"])
+            order = np.argsort(codes, kind="stable")
+            starts = np.searchsorted(codes[order], np.arange(len(uniques) + 1))
+            self._by_series = {
+                uniques[c]: SeriesRows(**{k: v[order[starts[c]:starts[c + 1]]] for k, v in arrays.items()})
+                for c in range(len(uniques))
+            }
         return self._by_series[key]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Checkpoint display labels, indexed like ``checkpoints``."""
+        return self.checkpoints["_label"].to_numpy(dtype=object)
 
 
 def _read_one(item: ResultsLike) -> tuple[pd.DataFrame, dict | None, str]:

@@ -7,7 +7,7 @@ still plotted: reports never depend on this table to show a metric.
 ``better`` is the direction that counts as "better" when checkpoints are ranked by a metric
 (used by the ranking-disagreement callout): ``"lower"`` for losses and codelengths,
 ``"higher"`` for accuracies and plasticity gain, ``None`` where the metric describes a
-mechanism without a better direction (attention entropy, ranks): such metrics get correlations
+mechanism without a better direction (attention entropy, ranks, weight norms): such metrics get correlations
 but no agreement verdict.
 """
 
@@ -58,10 +58,10 @@ METRICS: dict[str, MetricDoc] = {
     "mean_distance": MetricDoc("Mean query-key distance in tokens, weighted by attention.", None, ""),
     "one_hot_share": MetricDoc("Share of query rows whose largest attention weight exceeds a threshold (near one-hot rows).", None, ""),
     # attention weights
-    "wq_norm": MetricDoc("Frobenius norm of the head's query weight matrix W_Q.", "lower", _CIRCUITS),
-    "wk_norm": MetricDoc("Frobenius norm of the head's key weight matrix W_K.", "lower", _CIRCUITS),
-    "wv_norm": MetricDoc("Frobenius norm of the head's value weight matrix W_V.", "lower", _CIRCUITS),
-    "wo_norm": MetricDoc("Frobenius norm of the head's output weight matrix W_O.", "lower", _CIRCUITS),
+    "wq_norm": MetricDoc("Frobenius norm of the head's query weight matrix W_Q.", None, _CIRCUITS),
+    "wk_norm": MetricDoc("Frobenius norm of the head's key weight matrix W_K.", None, _CIRCUITS),
+    "wv_norm": MetricDoc("Frobenius norm of the head's value weight matrix W_V.", None, _CIRCUITS),
+    "wo_norm": MetricDoc("Frobenius norm of the head's output weight matrix W_O.", None, _CIRCUITS),
     # overfitting
     "train_loss": MetricDoc("Mean next-token cross-entropy (nats/token) on training documents.", "lower", ""),
     "val_loss": MetricDoc("Mean next-token cross-entropy (nats/token) on held-out validation documents.", "lower", ""),
@@ -90,10 +90,10 @@ _MATRIX_STATS = {
 PATTERNS: list[tuple[re.Pattern[str], object]] = [
     (re.compile(r"^qk_(.+)$"), lambda m: MetricDoc(
         f"QK circuit W_Q W_K^T of each head: {_MATRIX_STATS.get(m.group(1), m.group(1).replace('_', ' '))}.",
-        "lower" if "norm" in m.group(1) else None, _CIRCUITS)),
+        None, _CIRCUITS)),
     (re.compile(r"^ov_(.+)$"), lambda m: MetricDoc(
         f"OV circuit W_V W_O of each head: {_MATRIX_STATS.get(m.group(1), m.group(1).replace('_', ' '))}.",
-        "lower" if "norm" in m.group(1) else None, _CIRCUITS)),
+        None, _CIRCUITS)),
     (re.compile(r"^mia_auc_(.+)$"), lambda m: MetricDoc(
         f"Membership-inference ROC AUC separating training from validation documents by the {m.group(1)} score; 0.5 = no leakage, higher = more memorization.",
         "lower", _MIA)),
@@ -102,7 +102,7 @@ PATTERNS: list[tuple[re.Pattern[str], object]] = [
         "lower", _MEMO)),
     (re.compile(r"^w([qkvo])_(.+)$"), lambda m: MetricDoc(
         f"W_{m.group(1).upper()} weight matrix of each head: {_MATRIX_STATS.get(m.group(2), m.group(2).replace('_', ' '))}.",
-        "lower" if "norm" in m.group(2) else None, _CIRCUITS)),
+        None, _CIRCUITS)),
 ]
 
 

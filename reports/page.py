@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import plotly
 import plotly.offline
+import plotly.utils
 
 from plastiscope.reports.correlate import disagreements
 from plastiscope.reports.figures import FigureSpec, fmt_wd
@@ -32,6 +33,7 @@ from plastiscope.reports.metrics_doc import describe_metric
 KEY_METRICS = ("accuracy", "selectivity_control_task", "mdl_compression", "entropy_normalized", "effective_rank",
                "sink_share", "qk_frobenius_norm", "loss_gap", "mia_auc_", "plasticity_gain")
 MAX_KEY_METRICS = 8
+MAX_CALLOUT = 12
 
 
 def esc(value: Any) -> str:
@@ -85,12 +87,24 @@ def table(columns: list[tuple[str, str]], rows: list[list[Any]], table_id: str, 
             f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
+def flatten(mapping: Mapping[str, Any], prefix: str = "", depth: int = 2) -> dict[str, Any]:
+    """Nested dicts as dotted keys, down to ``depth`` levels (deeper values stay nested)."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and depth > 1:
+            out.update(flatten(value, f"{name}.", depth - 1))
+        else:
+            out[name] = value
+    return out
+
+
 def kv_table(mapping: Mapping[str, Any]) -> str:
-    """Key/value table; nested values as pretty JSON in ``<pre>``, all escaped."""
+    """Key/value table (nested dicts as dotted keys); deeper values as pretty JSON in ``<pre>``; all escaped."""
     if not mapping:
         return "<p class='ps-muted'>none recorded</p>"
     rows = []
-    for key, value in mapping.items():
+    for key, value in flatten(mapping).items():
         if isinstance(value, (dict, list, tuple)):
             cell = f"<pre>{esc(json.dumps(value, indent=2, default=str, ensure_ascii=False))}</pre>"
         else:
@@ -171,18 +185,24 @@ def callout(prep: Prepared, corr: pd.DataFrame) -> str:
         directional = (corr["verdict"] == "agrees").sum() if "verdict" in corr else 0
         return (f"<div class='ps-callout ps-ok' id='ranking-agree'>Ranking checkpoints by validation loss agrees with "
                 f"ranking them by each of the {directional} metric(s) that have a better direction.</div>")
+    found = found.assign(_p=(found["metric"] != "plasticity_gain").astype(int)).sort_values("_p", kind="stable")
     items = []
-    for r in found.itertuples(index=False):
+    for r in found.head(MAX_CALLOUT).itertuples(index=False):
         group = f"[{esc(r.group)}] " if prep.group_by else ""
         tau = f"Kendall τ = {r.tau_agreement:.2f}" if math.isfinite(r.tau_agreement) else "τ undefined"
         kind = "opposite ranking" if r.verdict == "opposite" else "best checkpoint differs"
         items.append(f"<li class='ps-{'opposite' if r.verdict == 'opposite' else 'differs'}'>{group}<b>{esc(r.series)}</b> "
                      f"({esc(r.better)} is better): {kind}, {tau}; best by validation loss: <code>{esc(r.best_val_loss)}</code>, "
                      f"best by {esc(r.metric)}: <code>{esc(r.best_metric)}</code></li>")
+    if len(found) > MAX_CALLOUT:
+        items.append(f"<li>… and {len(found) - MAX_CALLOUT} more: see the correlation table.</li>")
+    undirected = int((corr["better"] == "").sum()) if "better" in corr else 0
+    note = (f"<p class='ps-muted'>{undirected} series without a better direction (e.g. attention entropy, ranks, norms) are "
+            "compared with validation loss by Kendall τ in the table only.</p>") if undirected else ""
     n_opp = (found["verdict"] == "opposite").sum()
     return (f"<div class='ps-callout ps-warn' id='ranking-callout' role='note'><strong>Ranking by validation loss disagrees "
             f"with {len(found)} metric(s)</strong> ({n_opp} with an opposite overall order, τ &lt; 0). A checkpoint that "
-            f"looks worse by validation loss may be better by these:<ul>{''.join(items)}</ul></div>")
+            f"looks worse by validation loss may be better by these:<ul>{''.join(items)}</ul>{note}</div>")
 
 
 def correlation_section(prep: Prepared, corr: pd.DataFrame, plot_html: str) -> str:
@@ -226,7 +246,7 @@ def methods_section(prep: Prepared, extra_versions: Mapping[str, str]) -> str:
     how = """
 <ul>
 <li><b>Weight-decay axis.</b> Line plots put log10(weight decay) on x; weight decay 0 is drawn one step left of the
-smallest positive value (a step is the median spacing of the sweep's log weight decays, 0.3–1.5 decades) and a dotted
+smallest positive value (a step is the median spacing of the sweep's log weight decays, 0.5–1.5 decades) and a dotted
 line marks the break. Heatmaps use the weight decays as equally spaced, ordered categories.</li>
 <li><b>Scores.</b> A checkpoint's score for a per-layer or per-head metric is its mean over layers and heads; lines
 show the mean over checkpoints that share a weight decay. Per-layer lines average over heads.</li>
@@ -375,26 +395,23 @@ JS = r"""
 """
 
 
-def figure_json(spec: FigureSpec) -> tuple[dict, dict | None]:
-    """The figure as plain JSON (NaN -> null), with its template split off to be shared."""
-    data = json.loads(spec.figure.to_json())
-    template = data.get("layout", {}).pop("template", None)
-    return data, template
+def plotly_template() -> dict:
+    """plotly's default template as JSON: written once per page, applied to every figure."""
+    import plotly.io as pio
+
+    return json.loads(json.dumps(pio.templates[pio.templates.default].to_plotly_json(), cls=plotly.utils.PlotlyJSONEncoder))
 
 
 def render_page(prep: Prepared, specs: list[FigureSpec], corr: pd.DataFrame, title: str,
                 extra_versions: Mapping[str, str]) -> str:
     """The whole report as one HTML string."""
-    template: dict | None = None
     blocks: dict[str, list[str]] = {}
     scripts = []
     for i, spec in enumerate(specs):
-        data, tmpl = figure_json(spec)
-        template = template or tmpl
         spec_id = f"ps-spec-{i}"
-        scripts.append(json_script(spec_id, data))
+        scripts.append(json_script(spec_id, spec.spec))
         cls = "ps-cell ps-wide" if spec.wide else "ps-cell"
-        height = int(spec.figure.layout.height or 380)
+        height = int(spec.spec["layout"].get("height") or 380)
         cell = (f"<div class='{cls}'><div class='ps-plot' id='ps-plot-{i}' data-spec='{spec_id}' data-kind='{esc(spec.kind)}' "
                 f"aria-label='{esc(spec.key)}' style='min-height:{height}px'></div></div>")
         blocks.setdefault(spec.section, []).append(cell)
@@ -412,7 +429,7 @@ def render_page(prep: Prepared, specs: list[FigureSpec], corr: pd.DataFrame, tit
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
 <link rel="icon" href="data:,">
 <title>{esc(title)}</title>
 <style>{CSS}</style>
@@ -420,7 +437,7 @@ def render_page(prep: Prepared, specs: list[FigureSpec], corr: pd.DataFrame, tit
 <header><h1>{esc(title)}</h1><nav>{''.join(nav)}</nav></header>
 <main>{body}</main>
 <script>{plotly.offline.get_plotlyjs()}</script>
-{json_script("ps-template", template or {})}
+{json_script("ps-template", plotly_template())}
 {''.join(scripts)}
 <script>{JS}</script>
 </body></html>

@@ -104,22 +104,22 @@ def write_report(
     if out.suffix.lower() not in (".html", ".htm"):
         out = out.with_suffix(out.suffix + ".html") if out.suffix else out.with_suffix(".html")
     prep = prepare(results, group_by=group_by, run_info=run_info)
-    return write_prepared(prep, out, title=title, formats=formats, directions=directions)
+    extra = [f for f in formats if f != "html"]
+    figures_dir = out.with_name(out.stem + "_figures") if extra else None
+    return write_prepared(prep, out, figures_dir, title=title, formats=extra, directions=directions)
 
 
-def write_prepared(prep: Prepared, out: Path, title: str | None = None, formats: Iterable[str] = (),
-                   directions: Mapping[str, str] | None = None) -> Path:
-    """``write_report`` for results already read by ``frame.prepare``."""
-    formats = check_formats(formats)
+def write_prepared(prep: Prepared, out: Path, figures_dir: Path | None = None, title: str | None = None,
+                   formats: Iterable[str] = (), directions: Mapping[str, str] | None = None) -> Path:
+    """Write the report of already prepared results to ``out`` and, with ``figures_dir``, its figures in ``formats``."""
     prep, corr, specs = figure_specs(prep, directions=directions)
     if title is None:
-        names = ", ".join(prep.sources)
-        title = f"plastiscope report: {names}" if names and names != "DataFrame" else "plastiscope report"
+        names = ", ".join(n for n in prep.sources if prep.sources[n] != "DataFrame")
+        title = f"plastiscope report: {names}" if names else "plastiscope report"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render_page(prep, specs, corr, title, generator_versions()), encoding="utf-8")
-    extra = [f for f in formats if f != "html"]
-    if extra:
-        export_figures(specs, out.with_name(out.stem + "_figures"), extra, correlations=corr)
+    if figures_dir is not None and formats:
+        export_figures(specs, figures_dir, formats, correlations=corr)
     return out
 
 

@@ -1,0 +1,220 @@
+"""The ``attention`` and ``attention_weights`` analyses: glue between the forward pass and the math.
+
+``attention`` (:data:`ANALYSIS`, reads ``data``): every head's attention pattern
+(``blocks.{l}.attn.hook_pattern``) on every document, summarised per document by
+:func:`.patterns.pattern_statistics`; per (layer, head, metric) the mean over documents with
+a percentile-bootstrap 95 % interval over documents (:func:`plastiscope.stats.bootstrap_ci`).
+``n`` is the number of documents behind a value (one-token documents have no
+``entropy_normalized``). Streaming: only the per-document numbers are kept (documents x
+layers x heads x 11 floats), never the patterns, so memory is one batch of patterns.
+
+``attention_weights`` (:data:`WEIGHTS_ANALYSIS`, no data): per (layer, head) statistics of
+the QK and OV circuits and the projection weights (:mod:`.weights`); no interval, ``n``
+empty.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import einops
+import numpy as np
+import pandas as pd
+import torch
+
+from plastiscope.activations import Batch
+from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.checkpoint import Checkpoint, Sweep
+from plastiscope.data import Documents, load_documents
+from plastiscope.results import ResultsStore, make_frame
+from plastiscope.stats import bootstrap_ci
+
+from .patterns import PATTERN_METRICS, pattern_statistics
+from .weights import WEIGHT_METRICS, layer_weights, weight_statistics
+
+NAME = "attention"
+WEIGHTS_NAME = "attention_weights"
+DEFAULTS: dict[str, Any] = {
+    "tol": 1e-2,  # relative tolerance of numerical_rank: singular values above tol * sigma_max
+    "one_hot_threshold": 0.9,  # a query row is near one-hot when its largest weight exceeds this
+    "n_resamples": 1000,  # bootstrap resamples of documents
+    "seed": 0,
+}
+
+
+def pattern_hook(layer: int) -> str:
+    """TransformerLens hook name of layer ``layer``'s attention pattern ``[batch, head, q, k]``."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def check_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Defaults merged with ``options``; a precise error for an unknown or out-of-range option."""
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"attention: unknown option(s) {unknown}; options are {sorted(DEFAULTS)}")
+    config = {**DEFAULTS, **options}
+    for key in ("tol", "one_hot_threshold"):
+        if not isinstance(config[key], (int, float)) or not 0 < config[key] < 1:
+            raise ValueError(f"attention: {key}={config[key]!r} must be a number in (0, 1) (default {DEFAULTS[key]})")
+    if not isinstance(config["n_resamples"], int) or config["n_resamples"] < 1:
+        raise ValueError(f"attention: n_resamples={config['n_resamples']!r} must be a positive integer")
+    if not isinstance(config["seed"], int):
+        raise ValueError(f"attention: seed={config['seed']!r} must be an integer")
+    return config
+
+
+# ---------------------------------------------------------------------- patterns
+class PatternStatistics:
+    """Consumer of a forward pass: per-document pattern statistics of every layer and head.
+
+    After the pass, :meth:`values` gives ``(doc_index [doc], values [doc, layer, head, metric])``
+    in document order (metrics as in :data:`PATTERN_METRICS`).
+    """
+
+    needs_logits = False
+
+    def __init__(self, n_layers: int, tol: float = DEFAULTS["tol"], one_hot_threshold: float = DEFAULTS["one_hot_threshold"]):
+        self.names = [pattern_hook(layer) for layer in range(n_layers)]
+        self.tol = tol
+        self.one_hot_threshold = one_hot_threshold
+        self._doc_index: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+
+    def update(self, batch: Batch) -> None:
+        per_layer = []
+        for layer, name in enumerate(self.names):
+            try:
+                stats = pattern_statistics(batch.activations[name], batch.mask, self.tol, self.one_hot_threshold)
+            except ValueError as err:
+                raise ValueError(f"layer {layer}: {err}") from err
+            per_layer.append(torch.stack([stats[m] for m in PATTERN_METRICS], dim=-1))  # [batch, head, metric]
+        values = einops.rearrange(torch.stack(per_layer), "layer b head metric -> b layer head metric")
+        self._values.append(values.cpu().numpy())
+        self._doc_index.append(batch.doc_index.cpu().numpy())
+
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._values:
+            raise ValueError("attention: no documents were read (empty data?)")
+        doc_index = np.concatenate(self._doc_index)
+        order = np.argsort(doc_index, kind="stable")  # batch order (by length) must not change the bootstrap
+        return doc_index[order], np.concatenate(self._values)[order]
+
+
+def summarize(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Records (metric, layer, head, value, ci_low, ci_high, n) from ``values [doc, layer, head, metric]``.
+
+    Mean over documents (NaN left out) with a percentile-bootstrap 95 % interval; all
+    entries share the same document resamples.
+    """
+    estimate, low, high = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
+    counts = (~np.isnan(values)).sum(axis=0)
+    _, n_layers, n_heads, n_metrics = values.shape
+    return [
+        {
+            "metric": PATTERN_METRICS[m],
+            "layer": layer,
+            "head": head,
+            "value": float(estimate[layer, head, m]),
+            "ci_low": float(low[layer, head, m]),
+            "ci_high": float(high[layer, head, m]),
+            "n": int(counts[layer, head, m]),
+        }
+        for layer in range(n_layers)
+        for head in range(n_heads)
+        for m in range(n_metrics)
+    ]
+
+
+@dataclass
+class PatternTask:
+    checkpoint: Checkpoint
+    consumer: PatternStatistics
+    config: dict[str, Any]
+    passes: dict[str, Sequence[PatternStatistics]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.passes = {"data": [self.consumer]}
+
+    def finish(self) -> pd.DataFrame:
+        _, values = self.consumer.values()
+        records = summarize(values, self.config["n_resamples"], self.config["seed"])
+        return make_frame(self.checkpoint, NAME, records)
+
+
+def start_patterns(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> PatternTask:
+    config = check_options(options)
+    consumer = PatternStatistics(checkpoint.n_layers, config["tol"], config["one_hot_threshold"])
+    return PatternTask(checkpoint, consumer, config)
+
+
+# ---------------------------------------------------------------------- weights
+@dataclass
+class WeightTask:
+    checkpoint: Checkpoint
+    passes: dict[str, Sequence[Any]] = field(default_factory=dict)  # no data
+
+    def finish(self) -> pd.DataFrame:
+        bridge = self.checkpoint.bridge
+        records = []
+        with torch.no_grad():
+            for layer in range(self.checkpoint.n_layers):  # one layer in memory (float64) at a time
+                stats = weight_statistics(*layer_weights(bridge, layer))
+                for metric in WEIGHT_METRICS:
+                    records += [
+                        {"metric": metric, "layer": layer, "head": head, "value": float(v)}
+                        for head, v in enumerate(stats[metric].tolist())
+                    ]
+        return make_frame(self.checkpoint, WEIGHTS_NAME, records)
+
+
+def start_weights(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> WeightTask:
+    if options:
+        raise ValueError(f"attention_weights takes no options, got {sorted(options)}")
+    return WeightTask(checkpoint)
+
+
+ANALYSIS = Analysis(NAME, ("data",), start_patterns, DEFAULTS)
+WEIGHTS_ANALYSIS = Analysis(WEIGHTS_NAME, (), start_weights, {})
+
+
+# ---------------------------------------------------------------------- API
+def attention_stats(
+    sweep: Sweep | Checkpoint | Sequence[Checkpoint],
+    data: Documents | Sequence[str] | str,
+    *,
+    store: ResultsStore | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    **options: Any,
+) -> pd.DataFrame:
+    """Attention-pattern statistics of every head of every checkpoint over ``data`` (tidy results frame).
+
+    ``data``: anything :func:`plastiscope.load_documents` reads. ``options``: ``tol``,
+    ``one_hot_threshold``, ``n_resamples``, ``seed`` (see :data:`DEFAULTS`). Checkpoints
+    that fail are reported by a warning; if all fail, an error is raised.
+    """
+    check_options(options)
+    inputs = Inputs(data=load_documents(data))
+    return _run(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
+
+
+def weight_stats(
+    sweep: Sweep | Checkpoint | Sequence[Checkpoint], *, store: ResultsStore | None = None, progress: bool = True
+) -> pd.DataFrame:
+    """QK/OV circuit and projection-weight statistics of every head of every checkpoint (tidy results frame)."""
+    return _run(sweep, WEIGHTS_ANALYSIS, Inputs(), {}, store, 16, progress)
+
+
+def _run(sweep, analysis, inputs, options, store, batch_size, progress) -> pd.DataFrame:
+    results, failures = run_analyses(
+        sweep, [analysis], inputs, options={analysis.name: options}, store=store, batch_size=batch_size, progress=progress
+    )
+    if len(failures):
+        lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
+        if results.empty:
+            raise RuntimeError(f"{analysis.name} failed on every checkpoint: {lines}")
+        warnings.warn(f"{analysis.name} failed on {len(failures)} checkpoint(s): {lines}", stacklevel=3)
+    return results
