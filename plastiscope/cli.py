@@ -29,8 +29,15 @@ def _bad_input(err: Exception) -> bool:
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (tracebacks of failures).")) -> None:
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (tracebacks of failures)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's; the demo uses 1)."),
+) -> None:
     """Measure the mechanisms of language-model plasticity across weight-decay sweeps."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
     for noisy in ("transformers", "transformer_lens", "root"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -113,8 +113,12 @@ def demo(out: str | Path, quick: bool = False, progress: bool = True) -> Path:
     """Train (or reuse) the embedded sweep, analyze it with every analysis, write the report.
 
     Returns the report's path. ``quick`` trains smaller models for fewer steps (about a
-    minute on two CPU cores) for tests and a first look.
+    minute on two CPU cores) for tests and a first look. Runs on one torch thread: models
+    this small gain little from intra-op threads and lose much when the cores are shared.
     """
+    import torch
+
+    torch.set_num_threads(1)
     from plastiscope.corpus import load_corpus
     from plastiscope.train import QUICK, TrainConfig, train_sweep
 
