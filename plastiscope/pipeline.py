@@ -109,11 +109,14 @@ def analyze(
     return results, failures
 
 
-def demo(out: str | Path, quick: bool = False, progress: bool = True) -> Path:
+def demo(
+    out: str | Path, quick: bool = False, progress: bool = True, config: Any = None, n_docs: int | None = None
+) -> Path:
     """Train (or reuse) the embedded sweep, analyze it with every analysis, write the report.
 
     Returns the report's path. ``quick`` trains smaller models for fewer steps (about a
-    minute on two CPU cores) for tests and a first look. Runs on one torch thread: models
+    minute on two CPU cores) for tests and a first look; ``config`` (a
+    :class:`~plastiscope.train.TrainConfig`) and ``n_docs`` override both. Runs on one torch thread: models
     this small gain little from intra-op threads and lose much when the cores are shared.
     """
     import torch
@@ -123,16 +126,18 @@ def demo(out: str | Path, quick: bool = False, progress: bool = True) -> Path:
     from plastiscope.train import QUICK, TrainConfig, train_sweep
 
     out = Path(out)
-    config = TrainConfig(**QUICK) if quick else TrainConfig()
+    config = config or (TrainConfig(**QUICK) if quick else TrainConfig())
     manifest = train_sweep(out / "sweep", config, progress=progress)
-    n_docs = 300 if quick else 1000
+    n_docs = n_docs or (300 if quick else 1000)
     inputs = Inputs(
         data=load_corpus("probe", n_docs),
         # the documents the models were trained on, and unseen ones of the same kind
         train_data=load_corpus("train", config.train_docs).head(n_docs),
         val_data=load_corpus("validation", config.val_docs + n_docs).subset(range(config.val_docs, config.val_docs + n_docs)),
     )
-    options = {"probes": {"label_column": "pos"}}
+    # exact memorization: a k-token prefix and m-token continuation that fit the demo's context
+    memorization = {"prefix_tokens": min(32, config.context // 2), "continuation_tokens": min(16, config.context // 4)}
+    options = {"probes": {"label_column": "pos"}, "overfit": memorization}
     analyze(manifest, out / "results", None, inputs, options, progress=progress,
             config={"demo": True, "quick": quick, "train": asdict(config)})
     from plastiscope.reports import write_report

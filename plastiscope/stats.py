@@ -6,6 +6,7 @@ with a fixed seed so reruns give identical intervals.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -49,7 +50,9 @@ def bootstrap_ci(
             stats.append(statistic(values[idx]))
     stats = np.concatenate(stats, axis=0)
     alpha = (1 - confidence) / 2
-    low, high = np.nanquantile(stats, [alpha, 1 - alpha], axis=0)
+    with warnings.catch_warnings():  # an undefined metric (all NaN) has a NaN interval, by design
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanquantile(stats, [alpha, 1 - alpha], axis=0)
     return estimate, low, high
 
 
