@@ -25,6 +25,23 @@ documents of the same distribution (``val_data``):
 
 ``n`` is the number of documents behind a number (train + validation for two-sample
 metrics).
+
+Options (``DEFAULTS``; JSON values, part of the cache key):
+
+- ``length_matching``: ``"subsample"`` (default; equal length distributions by coarsened
+  exact matching, see :mod:`.matching`) or ``"none"``; ``length_bins``: its bin count.
+- ``position_bucket_edges``: upper edges of the position buckets (default doubling from 8).
+- ``reference``: the reference model of ``mia_auc_reference``: ``"random_init"`` (default:
+  the same architecture with seed-0 random weights, :meth:`Checkpoint.random_init`), the
+  path of a model folder (e.g. the sweep's smallest model), or ``None`` to skip. It runs in
+  :func:`start`, before the checkpoint is loaded, and its losses are cached across a sweep.
+- ``prefix_tokens`` (``k``, default 32) and ``continuation_tokens`` (``m``, default 16) of
+  the memorization test; BOS is prepended to the prefix and not counted in ``k``. Demo
+  models on short documents need smaller values (e.g. 8 and 8), else most documents are
+  skipped as short. ``memorization_max_docs`` caps the documents tested per side (seeded
+  sample; 0 skips the test).
+- ``n_resamples``, ``seed``: the bootstrap; ``batch_size``: of the memorization test and the
+  reference pass (the shared pass uses the runner's).
 """
 
 from __future__ import annotations
@@ -142,13 +159,8 @@ class OverfitTask:
             log.warning(message)
         if n_overlap == len(val):
             raise ValueError(f"{checkpoint.name}: every validation document also occurs in the training sample; pass held-out documents as --val-data")
-        edges = config["position_bucket_edges"]
-        self.bucket_edges = check_bucket_edges(edges) if edges is not None else default_bucket_edges(checkpoint.n_ctx)
-        self.train_losses = DocumentLosses(len(train), self.bucket_edges)
-        self.val_losses = DocumentLosses(len(val), self.bucket_edges)
-        self.passes = {"train_data": [self.train_losses], "val_data": [self.val_losses]}
-        # the reference runs now, before the passes, so a reference folder is freed before the
-        # checkpoint's pass (one model in memory at a time for folder sweeps)
+        # the reference runs first, before the checkpoint itself is loaded, so that a reference
+        # folder is freed before the checkpoint's passes (one model in memory at a time)
         self.reference_train = self.reference_val = None
         reference = reference_checkpoint(checkpoint, config["reference"])
         if reference is not None:
@@ -163,16 +175,25 @@ class OverfitTask:
                 self.reference_val = reference_losses(reference, val, config["batch_size"])
             finally:
                 reference.unload()
+        edges = config["position_bucket_edges"]
+        self.bucket_edges = check_bucket_edges(edges) if edges is not None else default_bucket_edges(checkpoint.n_ctx)
+        self.train_losses = DocumentLosses(len(train), self.bucket_edges)
+        self.val_losses = DocumentLosses(len(val), self.bucket_edges)
+        self.passes = {"train_data": [self.train_losses], "val_data": [self.val_losses]}
 
     # ------------------------------------------------------------------ per document
-    def _scored_texts(self, data: Documents) -> list[str]:
-        """The text each loss covers: the document, or the decoded kept tokens when it was truncated."""
+    def _scored_texts(self, data: Documents, n_targets: np.ndarray) -> list[str]:
+        """The text each loss covers: the document, or the decoded kept tokens when it was truncated.
+
+        Only documents that fill the context can have been truncated; only those are re-tokenized.
+        """
         tokenizer, n_ctx = self.checkpoint.tokenizer, self.checkpoint.n_ctx
-        room = n_ctx - (1 if tokenizer.bos_token_id is not None else 0)
-        texts = []
-        for text in data.texts:
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            texts.append(text if len(ids) <= room else tokenizer.decode(ids[:room]))
+        n_bos = 1 if tokenizer.bos_token_id is not None else 0
+        texts = list(data.texts)
+        for i in np.flatnonzero(n_targets + 1 >= n_ctx):
+            ids = tokenizer(texts[i], add_special_tokens=False)["input_ids"]
+            if len(ids) + n_bos > n_ctx:
+                texts[i] = tokenizer.decode(ids[: n_ctx - n_bos])
         return texts
 
     def documents(self) -> pd.DataFrame:
@@ -187,7 +208,7 @@ class OverfitTask:
         ):
             if not losses.seen.all():
                 raise RuntimeError(f"{self.checkpoint.name}: the {split} pass did not cover every document; run the passes first")
-            texts = self._scored_texts(data)
+            texts = self._scored_texts(data, losses.n_targets)
             loss = losses.mean_loss
             zbytes = np.array([zlib_entropy(t) for t in texts], dtype=np.int64)
             ref_loss = ref if ref is not None else np.full(len(data), np.nan)
@@ -237,59 +258,17 @@ class OverfitTask:
                 f"after length matching ({(docs['split'] == 'train').sum()} train, {(docs['split'] == 'val').sum()} val "
                 f"documents given); pass more documents or set length_matching='none'"
             )
-        n_pair = len(train) + len(val)
-        a, b = train["loss"].to_numpy(), val["loss"].to_numpy()
-
-        # loss gap
-        for metric, values in (("train_loss", a), ("val_loss", b)):
-            mean, low, high, n = mean_ci(values, **boot)
-            records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n})
-        for metric, statistic in (
-            ("loss_gap", lambda x, y: y.mean(-1) - x.mean(-1)),
-            ("loss_ratio", lambda x, y: y.mean(-1) / x.mean(-1)),
-        ):
-            value, low, high = two_sample_ci(a, b, statistic, **boot)
-            records.append({"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": n_pair})
-        records += self._by_position(train["doc"].to_numpy(), val["doc"].to_numpy(), boot)
-
-        # membership inference
-        for score, column in (("loss", "loss"), ("zlib", "zlib_score"), ("reference", "reference_score")):
-            x, y = train[column].to_numpy(), val[column].to_numpy()
-            x, y = x[~np.isnan(x)], y[~np.isnan(y)]
-            if len(x) == 0 or len(y) == 0:
-                continue  # no reference chosen
-            _, low, high = two_sample_ci(x, y, auc_batched, **boot)
-            records.append(
-                {"metric": f"mia_auc_{score}", "value": auc(x, y), "ci_low": low, "ci_high": high,
-                 "n": len(x) + len(y), "score": score}
-            )
-            _, low, high = two_sample_ci(x, y, lambda p, q: tpr_at_fpr_batched(p, q, FPR), **boot)
-            records.append(
-                {"metric": "mia_tpr_at_1fpr", "value": tpr_at_fpr(x, y, FPR), "ci_low": low, "ci_high": high,
-                 "n": len(x) + len(y), "score": score}
-            )
-
-        # exact memorization
+        records += loss_gap_records(train["loss"].to_numpy(), val["loss"].to_numpy(), boot)
+        records += position_records(
+            self.train_losses.bucket_mean[train["doc"].to_numpy()],
+            self.val_losses.bucket_mean[val["doc"].to_numpy()],
+            bucket_labels(self.bucket_edges),
+            boot,
+        )
+        records += membership_records(train, val, boot)
         if cfg["memorization_max_docs"] > 0:
             records += self._memorization(boot)
         return make_frame(self.checkpoint, NAME, records)
-
-    def _by_position(self, train_docs: np.ndarray, val_docs: np.ndarray, boot: dict[str, int]) -> list[dict[str, Any]]:
-        records = []
-        train_b, val_b = self.train_losses.bucket_mean[train_docs], self.val_losses.bucket_mean[val_docs]
-        for j, label in enumerate(bucket_labels(self.bucket_edges)):
-            x, y = train_b[:, j][~np.isnan(train_b[:, j])], val_b[:, j][~np.isnan(val_b[:, j])]
-            if len(x) == 0 or len(y) == 0:
-                continue
-            for metric, values in (("train_loss_by_position", x), ("val_loss_by_position", y)):
-                mean, low, high, n = mean_ci(values, **boot)
-                records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n, "position_bucket": label})
-            value, low, high = two_sample_ci(x, y, lambda p, q: q.mean(-1) - p.mean(-1), **boot)
-            records.append(
-                {"metric": "loss_gap_by_position", "value": value, "ci_low": low, "ci_high": high,
-                 "n": len(x) + len(y), "position_bucket": label}
-            )
-        return records
 
     def _memorization(self, boot: dict[str, int]) -> list[dict[str, Any]]:
         cfg, checkpoint = self.config, self.checkpoint
@@ -305,6 +284,76 @@ class OverfitTask:
                 mean, low, high, n = mean_ci(values.astype(np.float64), **boot)
                 records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n})
         return records
+
+
+def loss_gap_records(train_loss: np.ndarray, val_loss: np.ndarray, boot: dict[str, int]) -> list[dict[str, Any]]:
+    """``train_loss``, ``val_loss`` (means over documents), ``loss_gap`` (val - train), ``loss_ratio`` (val / train).
+
+    ``train_loss`` ``[train doc]``, ``val_loss`` ``[val doc]``: per-document mean losses.
+    """
+    records = []
+    for metric, values in (("train_loss", train_loss), ("val_loss", val_loss)):
+        mean, low, high, n = mean_ci(values, **boot)
+        records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n})
+    for metric, statistic in (
+        ("loss_gap", lambda x, y: y.mean(-1) - x.mean(-1)),
+        ("loss_ratio", lambda x, y: y.mean(-1) / x.mean(-1)),
+    ):
+        value, low, high = two_sample_ci(train_loss, val_loss, statistic, **boot)
+        records.append(
+            {"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": len(train_loss) + len(val_loss)}
+        )
+    return records
+
+
+def position_records(
+    train_buckets: np.ndarray, val_buckets: np.ndarray, labels: Sequence[str], boot: dict[str, int]
+) -> list[dict[str, Any]]:
+    """``{train,val}_loss_by_position`` and ``loss_gap_by_position`` per position bucket (extra column ``position_bucket``).
+
+    ``train_buckets`` ``[train doc, bucket]``, ``val_buckets`` ``[val doc, bucket]``: each document's mean
+    loss over its tokens in a bucket (NaN: none there). A bucket needs documents on both sides.
+    """
+    records = []
+    for j, label in enumerate(labels):
+        x, y = train_buckets[:, j], val_buckets[:, j]
+        x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+        if len(x) == 0 or len(y) == 0:
+            continue
+        for metric, values in (("train_loss_by_position", x), ("val_loss_by_position", y)):
+            mean, low, high, n = mean_ci(values, **boot)
+            records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n, "position_bucket": label})
+        value, low, high = two_sample_ci(x, y, lambda p, q: q.mean(-1) - p.mean(-1), **boot)
+        records.append(
+            {"metric": "loss_gap_by_position", "value": value, "ci_low": low, "ci_high": high,
+             "n": len(x) + len(y), "position_bucket": label}
+        )  # fmt: skip
+    return records
+
+
+def membership_records(train: pd.DataFrame, val: pd.DataFrame, boot: dict[str, int]) -> list[dict[str, Any]]:
+    """``mia_auc_{loss,zlib,reference}`` and ``mia_tpr_at_1fpr`` (one row per score, extra column ``score``).
+
+    ``train`` / ``val``: rows of :meth:`OverfitTask.documents` (members / non-members); a score
+    that is NaN everywhere (no reference chosen) is skipped.
+    """
+    records = []
+    for score, column in (("loss", "loss"), ("zlib", "zlib_score"), ("reference", "reference_score")):
+        x, y = train[column].to_numpy(), val[column].to_numpy()
+        x, y = x[~np.isnan(x)], y[~np.isnan(y)]
+        if len(x) == 0 or len(y) == 0:
+            continue
+        _, low, high = two_sample_ci(x, y, auc_batched, **boot)
+        records.append(
+            {"metric": f"mia_auc_{score}", "value": auc(x, y), "ci_low": low, "ci_high": high,
+             "n": len(x) + len(y), "score": score}
+        )  # fmt: skip
+        _, low, high = two_sample_ci(x, y, lambda p, q: tpr_at_fpr_batched(p, q, FPR), **boot)
+        records.append(
+            {"metric": "mia_tpr_at_1fpr", "value": tpr_at_fpr(x, y, FPR), "ci_low": low, "ci_high": high,
+             "n": len(x) + len(y), "score": score}
+        )  # fmt: skip
+    return records
 
 
 def start(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> OverfitTask:

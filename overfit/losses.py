@@ -53,18 +53,19 @@ def check_bucket_edges(edges: Sequence[int]) -> list[int]:
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every target token of a right-padded batch.
+    """Next-token cross-entropy at every position of a right-padded batch.
 
     ``logits`` ``[batch, pos, vocab]``, ``tokens`` ``[batch, pos]``, ``mask`` ``[batch, pos]``
-    (True on real tokens, BOS included). Returns ``(loss [target], where [target, 2])``: the
-    loss (nats) of each real token after BOS and its ``(row, position)``, position counted
-    so that the first token after BOS is 1.
+    (True on real tokens, BOS included). Returns ``(loss, target)``, both ``[batch, pos - 1]``:
+    column ``p - 1`` is the loss (nats) of token ``p`` predicted from the logits at ``p - 1``
+    (``logsumexp(logits) - logit of the token``, i.e. ``CrossEntropyLoss``), 0 where
+    ``target`` is False (padding; BOS is never a target).
     """
-    targets = mask[:, 1:] & mask[:, :-1]  # [batch, pos-1]: logits at p-1 predict token p
-    where = targets.nonzero()  # [target, 2] = (row, p-1)
-    loss = F.cross_entropy(logits[:, :-1][targets].float(), tokens[:, 1:][targets], reduction="none")
-    where[:, 1] += 1
-    return loss, where
+    target = mask[:, 1:] & mask[:, :-1]
+    shifted = logits[:, :-1].float()
+    picked = shifted.gather(2, rearrange(tokens[:, 1:], "batch pos -> batch pos 1"))
+    loss = torch.logsumexp(shifted, dim=-1) - rearrange(picked, "batch pos 1 -> batch pos")
+    return torch.where(target, loss, torch.zeros((), dtype=loss.dtype, device=loss.device)), target
 
 
 class DocumentLosses:
@@ -92,23 +93,18 @@ class DocumentLosses:
         if batch.logits is None:
             raise ValueError("DocumentLosses needs logits: run the pass with return_logits / needs_logits=True")
         with torch.no_grad():
-            loss, where = token_losses(batch.logits, batch.tokens, batch.mask)
-        loss = loss.double().cpu()
-        rows, positions = where[:, 0].cpu(), where[:, 1].cpu()
-        n_rows, n_buckets = batch.tokens.shape[0], len(self.bucket_edges)
-        # positions past the last edge (user-given edges shorter than the context) go to the last bucket
-        bucket = torch.bucketize(positions, self._edges).clamp(max=n_buckets - 1)
-        doc_sum = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows, loss)
-        doc_count = torch.bincount(rows, minlength=n_rows)
-        cell = rows * n_buckets + bucket  # flat (row, bucket) index
-        cell_sum = torch.zeros(n_rows * n_buckets, dtype=torch.float64).index_add_(0, cell, loss)
-        cell_count = torch.bincount(cell, minlength=n_rows * n_buckets)
-        docs = batch.doc_index.cpu().numpy()
-        self.loss_sum[docs] += doc_sum.numpy()
-        self.n_targets[docs] += doc_count.numpy()
-        self.bucket_sum[docs] += rearrange(cell_sum, "(row bucket) -> row bucket", bucket=n_buckets).numpy()
-        self.bucket_count[docs] += rearrange(cell_count, "(row bucket) -> row bucket", bucket=n_buckets).numpy()
-        self.seen[docs] = True
+            loss, target = token_losses(batch.logits, batch.tokens, batch.mask)  # [batch, pos-1]
+            loss, target = loss.double().cpu(), target.cpu()
+            positions = torch.arange(1, loss.shape[1] + 1)  # of the predicted token; 1 = first after BOS
+            # positions past the last edge (user-given edges shorter than the context) go to the last bucket
+            bucket = torch.bucketize(positions, self._edges).clamp(max=len(self.bucket_edges) - 1)
+            one_hot = F.one_hot(bucket, len(self.bucket_edges)).double()  # [pos-1, bucket]
+            docs = batch.doc_index.cpu().numpy()
+            self.loss_sum[docs] += loss.sum(1).numpy()
+            self.n_targets[docs] += target.sum(1).numpy()
+            self.bucket_sum[docs] += (loss @ one_hot).numpy()
+            self.bucket_count[docs] += (target.double() @ one_hot).round().long().numpy()
+            self.seen[docs] = True
 
     @property
     def mean_loss(self) -> np.ndarray:

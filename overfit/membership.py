@@ -99,7 +99,7 @@ def two_sample_ci(
     if len(a) < 2 or len(b) < 2:
         return estimate, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_resamples, int(2e7 // (len(a) + len(b)))))
+    chunk = max(1, min(n_resamples, int(4e6 // (len(a) + len(b)))))  # bounds memory of rank-based statistics
     stats = []
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)

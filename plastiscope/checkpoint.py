@@ -106,7 +106,11 @@ class Checkpoint:
     def from_model(
         cls, model: Any, tokenizer: Any, weight_decay: float, name: str | None = None, **hyperparameters: Any
     ) -> Checkpoint:
-        """An in-memory ``transformers`` causal LM or ``TransformerBridge`` and its tokenizer."""
+        """An in-memory ``transformers`` causal LM or ``TransformerBridge`` and its tokenizer.
+
+        The bridge wraps the model's modules in place (TransformerBridge's design): pass a copy
+        (``copy.deepcopy(model)``) if the notebook will keep training or saving the original.
+        """
         if tokenizer is None:
             raise CheckpointError("from_model: a tokenizer is required (the one the model was trained with)")
         if weight_decay is None:

@@ -135,8 +135,8 @@ def demo(
         train_data=load_corpus("train", config.train_docs).head(n_docs),
         val_data=load_corpus("validation", config.val_docs + n_docs).subset(range(config.val_docs, config.val_docs + n_docs)),
     )
-    # exact memorization: a k-token prefix and m-token continuation that fit the demo's context
-    memorization = {"prefix_tokens": min(32, config.context // 2), "continuation_tokens": min(16, config.context // 4)}
+    # exact memorization: glosses are short (about 20 tokens), so an 8-token prefix and continuation
+    memorization = {"prefix_tokens": 8, "continuation_tokens": 8}
     options = {"probes": {"label_column": "pos"}, "overfit": memorization}
     analyze(manifest, out / "results", None, inputs, options, progress=progress,
             config={"demo": True, "quick": quick, "train": asdict(config)})

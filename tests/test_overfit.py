@@ -36,15 +36,6 @@ N_CTX = 64
 FAST = {"n_resamples": 200}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not thrash when the machine is busy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return train_tokenizer(load_corpus("train", 2000).texts, 512)
@@ -291,7 +282,8 @@ def test_length_matching_equalises_length_distributions():
 
 
 def test_reference_folder_and_registry(tmp_path, memorised, untrained, memorised_set, val_docs):
-    untrained.hf_model.save_pretrained(tmp_path / "ref")
+    # the same weights as ``untrained``, saved before a bridge wraps them (a bridged model does not save)
+    tiny_llama(untrained.tokenizer, seed=1).save_pretrained(tmp_path / "ref")
     untrained.tokenizer.save_pretrained(tmp_path / "ref")
     docs = document_scores(memorised, memorised_set, val_docs, reference=str(tmp_path / "ref"))
     plain = document_scores(untrained, memorised_set, val_docs, reference=None)
@@ -314,3 +306,19 @@ def test_options_are_validated(memorised, memorised_set, val_docs):
         memorization_gap(memorised, memorised_set, val_docs, length_matching="stratify-ish")
     with pytest.raises(ValueError, match="not a folder"):
         memorization_gap(memorised, memorised_set, val_docs, reference="/no/such/model")
+
+
+def test_tiny_sweep_end_to_end(tiny_sweep):
+    """Checkpoints from folders (the shared tiny sweep), trained on the first 400 training glosses."""
+    frame = memorization_gap(
+        tiny_sweep, load_corpus("train", 100), load_corpus("validation", 100), progress=False, reference=None,
+        prefix_tokens=4, continuation_tokens=4, memorization_max_docs=16, **FAST,
+    )  # fmt: skip
+    assert sorted(frame["weight_decay"].unique()) == [0.0, 0.1, 1.0]
+    wanted = {"train_loss", "val_loss", "loss_gap", "loss_ratio", "mia_auc_loss", "mia_auc_zlib", "mia_tpr_at_1fpr",
+              "exact_match_train", "exact_match_val", "matched_prefix_train", "matched_prefix_val", "overlap_count"}  # fmt: skip
+    for _, rows in frame.groupby("checkpoint"):
+        assert wanted <= set(rows["metric"])
+        gap = metric(rows, "loss_gap")
+        assert np.isfinite(gap.value) and gap.ci_low <= gap.value <= gap.ci_high
+        assert metric(rows, "val_loss").value == pytest.approx(metric(rows, "train_loss").value + gap.value)
