@@ -1,1 +1,56 @@
-"""(in progress)"""
+"""Linear probes: how linearly separable each layer's representations are, across a sweep.
+
+The first mechanism of Han, Bordt, Zhang, Kakade (2026, arXiv 2602.11137): larger weight
+decay gives more linearly separable representations. Public API:
+
+- :class:`LinearProbe` -- a scikit-learn classifier (standardise + L2 multinomial logistic
+  regression, solved in torch).
+- :func:`fit_logistic` -- the batched trainer: all layers x folds x C values in one L-BFGS run.
+- :func:`evaluate_layers` -- cross-validated metrics of stacked features ``[layer, example, feature]``.
+- :func:`probe_sweep` and :data:`ANALYSIS` (analysis name ``"probes"``) -- every checkpoint,
+  layer, task and pooling; metrics ``accuracy``, ``macro_f1``, ``cross_entropy``,
+  ``selectivity_control_task``, ``selectivity_shuffled``, ``mdl_codelength``,
+  ``mdl_compression``, ``fisher_ratio``, for ``init="trained"`` and ``init="random"``.
+"""
+
+from plastiscope.probes.analysis import ANALYSIS, DEFAULT_OPTIONS, probe_sweep, start
+from plastiscope.probes.estimator import LinearProbe
+from plastiscope.probes.evaluate import evaluate_layers, mdl_records
+from plastiscope.probes.metrics import (
+    MDL_FRACTIONS,
+    classification_scores,
+    control_labels,
+    fisher_ratio,
+    mdl_block_ends,
+    online_codelength,
+    shuffled_labels,
+)
+from plastiscope.probes.tasks import BUILTIN_TASKS, FeatureCollector, select_examples, sequence_examples, token_examples
+from plastiscope.probes.trainer import LogisticFit, Preconditioner, fit_logistic, preconditioner, standardization
+
+__all__ = [
+    "ANALYSIS",
+    "BUILTIN_TASKS",
+    "DEFAULT_OPTIONS",
+    "MDL_FRACTIONS",
+    "FeatureCollector",
+    "LinearProbe",
+    "LogisticFit",
+    "Preconditioner",
+    "classification_scores",
+    "control_labels",
+    "evaluate_layers",
+    "fisher_ratio",
+    "fit_logistic",
+    "mdl_block_ends",
+    "mdl_records",
+    "online_codelength",
+    "preconditioner",
+    "probe_sweep",
+    "select_examples",
+    "sequence_examples",
+    "shuffled_labels",
+    "standardization",
+    "start",
+    "token_examples",
+]

@@ -18,20 +18,41 @@ coefficient vector; its objective is the symmetric multinomial one at ``C / 2``,
 ``max |gradient| <= tol`` on the objective above.
 
 Speed: L-BFGS runs in a preconditioned space ``W = Q diag((e + delta)^-1/2) Q^T V`` where
-``Q diag(e) Q^T`` is the features' correlation matrix (estimated on a subsample) and
-``delta = 4 / (C S)``; the Hessian there is close to a multiple of the identity, so
-anisotropic residual-stream features need tens, not hundreds, of iterations. The optimum is
-unchanged (a change of variables). Per-problem backtracking line search, float32 data with
-float64 loss accumulation.
+``Q diag(e) Q^T`` is the standardised features' correlation matrix (on a subsample; for
+large ``d`` its top eigenpairs, the rest of the spectrum flattened to its mean) and
+``delta = 4 / (C S)`` (the penalty's curvature over the largest logistic curvature 1/4). The
+Hessian there is close to a multiple of the identity, so strongly correlated residual-stream
+features need tens, not hundreds, of iterations. The optimum is unchanged (a change of
+variables). Each problem has its own backtracking line search and stops on its own; an
+iteration computes only the problems still running. Float32 data and matmuls, float64
+loss accumulation; ``X`` is read, never copied.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import einops
 import torch
+
+# Below this many multiply-adds per pass over the features, one thread is faster: the many
+# small tensor ops of L-BFGS lose more to thread synchronisation than they gain (several
+# times slower with two threads on a loaded two-core machine).
+SINGLE_THREAD_WORK = 2e8
+
+
+@contextmanager
+def threads_for(work: float) -> Iterator[None]:
+    """Run the block single-threaded when ``work`` (multiply-adds per pass) is small."""
+    before = torch.get_num_threads()
+    if work < SINGLE_THREAD_WORK and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -49,50 +70,82 @@ class LogisticFit:
     converged: torch.Tensor
     loss: torch.Tensor
 
-    def logits(self, X: torch.Tensor) -> torch.Tensor:
-        """``X [layer, example, feature]`` -> logits ``[layer, problem, example, class]``."""
-        L, P, d, K = self.coef.shape
-        W = einops.rearrange(self.coef, "l p d k -> l d (p k)")
-        Z = torch.bmm(X, W.to(X.dtype))
-        Z = einops.rearrange(Z, "l n (p k) -> l p n k", p=P) + self.intercept[:, :, None, :]
-        return Z
+    def logits(self, X: torch.Tensor, problems: list[int] | slice = slice(None)) -> torch.Tensor:
+        """``X [layer, example, feature]`` -> logits ``[layer, problem, example, class]`` (of ``problems``)."""
+        coef, intercept = self.coef[:, problems], self.intercept[:, problems]
+        Z = torch.bmm(X, einops.rearrange(coef, "l p d k -> l d (p k)").to(X.dtype))  # [L, n, P*K]
+        return einops.rearrange(Z, "l n (p k) -> l p n k", p=coef.shape[1]) + intercept[:, :, None, :]
 
-    def log_proba(self, X: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities ``[layer, problem, example, class]``."""
-        return torch.log_softmax(self.logits(X), dim=-1)
+    def log_proba(self, X: torch.Tensor, problems: list[int] | slice = slice(None)) -> torch.Tensor:
+        """Log-probabilities ``[layer, problem, example, class]`` (of ``problems``)."""
+        return torch.log_softmax(self.logits(X, problems), dim=-1)
 
 
 def standardization(X: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-layer feature mean and scale ``[layer, feature]`` of ``X [layer, example, feature]``.
 
     As scikit-learn's ``StandardScaler`` (population std; constant features get scale 1).
-    ``weights [example]`` (0/1) restricts the statistics to a training split.
+    ``weights [example]`` (0/1) restricts the statistics to a training split. One layer at a
+    time, so memory stays at one layer's copy.
     """
-    if weights is None:
-        mean = X.mean(1, dtype=torch.float64)
-        var = (X.double() ** 2).mean(1) - mean**2 if X.shape[1] < 2**16 else X.double().var(1, unbiased=False)
-    else:
-        w = weights.to(torch.float64)
-        w = w / w.sum()
-        mean = torch.einsum("n,lnd->ld", w, X.double())
-        var = torch.einsum("n,lnd->ld", w, X.double() ** 2) - mean**2
-    scale = var.clamp_min(0).sqrt()
-    scale = torch.where(scale < 10 * torch.finfo(torch.float32).eps * mean.abs().clamp_min(1), torch.ones_like(scale), scale)
+    L, n, d = X.shape
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    mean = torch.zeros(L, d, dtype=torch.float64)
+    var = torch.zeros(L, d, dtype=torch.float64)
+    for layer in range(L):
+        x = X[layer].float()
+        if w is None:
+            v, m = torch.var_mean(x, dim=0, correction=0)  # Welford: accurate in float32
+            var[layer], mean[layer] = v.double(), m.double()
+        else:
+            total = w.double().sum()
+            mean[layer] = (w @ x).double() / total
+            var[layer] = (w @ (x - mean[layer].float()) ** 2).double() / total
+    scale = var.sqrt()
+    scale = torch.where(scale < 1e-12 * mean.abs().clamp_min(1), torch.ones_like(scale), scale)
     return mean.float(), scale.float()
 
 
-def _preconditioner(X: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, max_rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition ``(e [layer, feature], Q [layer, feature, feature])`` of the features' correlation matrix."""
+@dataclass
+class Preconditioner:
+    """Spectrum of the standardised features' correlation matrix, per layer.
+
+    ``Q [layer, feature, rank]`` top eigenvectors, ``e [layer, rank]`` their eigenvalues,
+    ``tail [layer]`` the mean of the remaining eigenvalues (0 when ``rank == feature``).
+    """
+
+    e: torch.Tensor
+    Q: torch.Tensor
+    tail: torch.Tensor
+
+    def __getitem__(self, layers: slice) -> Preconditioner:
+        return Preconditioner(self.e[layers], self.Q[layers], self.tail[layers])
+
+
+def preconditioner(
+    X: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, max_rows: int = 2048, rank: int = 192,
+    exact_below: int = 384, seed: int = 0,
+) -> Preconditioner:
+    """Eigen-decomposition of the standardised features' correlation matrix (on at most
+    ``max_rows`` seeded examples): exact for ``d <= exact_below``, else the top ``rank``
+    eigenpairs by randomized subspace iteration (Halko et al. 2011) plus the tail's mean."""
     L, n, d = X.shape
-    if n > max_rows:
-        rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_rows]
-        sub = X[:, rows]
-    else:
-        sub = X
+    generator = torch.Generator().manual_seed(seed)
+    sub = X[:, torch.randperm(n, generator=generator)[:max_rows]] if n > max_rows else X
     Z = (sub - mean[:, None, :]) / scale[:, None, :]
-    cov = torch.bmm(Z.transpose(1, 2), Z) / Z.shape[1]
-    e, Q = torch.linalg.eigh(cov.double())
-    return e.clamp_min(0).float(), Q.float()
+    cov = torch.bmm(Z.transpose(1, 2), Z) / Z.shape[1]  # [L, d, d]
+    if d <= exact_below:
+        e, Q = torch.linalg.eigh(cov.double())
+        return Preconditioner(e.clamp_min(0).float(), Q.float(), torch.zeros(L))
+    k = min(d, rank + 16)
+    Y = torch.bmm(cov, torch.randn(L, d, k, generator=generator))
+    for _ in range(3):
+        Y = torch.bmm(cov, torch.linalg.qr(Y).Q)
+    basis = torch.linalg.qr(Y).Q  # [L, d, k]
+    e, S = torch.linalg.eigh(torch.bmm(basis.transpose(1, 2), torch.bmm(cov, basis)).double())
+    e, Q = e[:, -rank:].clamp_min(0).float(), torch.bmm(basis, S[:, :, -rank:].float())
+    tail = ((cov.diagonal(dim1=1, dim2=2).sum(1) - e.sum(1)) / (d - rank)).clamp_min(0)
+    return Preconditioner(e, Q, tail)
 
 
 def fit_logistic(
@@ -106,9 +159,9 @@ def fit_logistic(
     max_iter: int = 100,
     tol: float = 1e-4,
     history: int = 10,
-    precondition: bool = True,
-    precondition_rows: int = 4096,
+    precondition: bool | Preconditioner = True,
     binary_as_sklearn: bool = True,
+    max_elements: int = 2**24,
     seed: int = 0,
 ) -> LogisticFit:
     """Fit ``layer x problem`` L2-regularised multinomial logistic regressions at once.
@@ -120,9 +173,11 @@ def fit_logistic(
     - ``weights``: per-example weights ``[example]`` or ``[problem, example]`` (0 leaves an
       example out: folds; class weights go here too). Default: all ones.
     - ``mean``, ``scale``: ``[layer, feature]`` standardisation shared by all problems
-      (default: statistics of all of ``X``; pass a training split's, from
-      :func:`standardization`, to keep held-out examples out of them).
+      (default: statistics of all of ``X``; :func:`standardization` computes a split's).
     - ``n_classes``: K (default ``y.max() + 1``).
+    - ``precondition``: True, False, or a precomputed :func:`preconditioner`.
+    - ``max_elements``: layers and problems are fitted in chunks whose logits
+      ``[layer, problem, class, example]`` stay below this size (memory bound).
 
     Returns a :class:`LogisticFit` with ``coef [layer, problem, feature, class]`` on raw features.
     """
@@ -156,132 +211,181 @@ def fit_logistic(
         raise ValueError("C must be positive")
     if binary_as_sklearn and K == 2:
         C = C / 2  # scikit-learn's binary objective == symmetric multinomial at C / 2
-    S = weights.double().sum(1)  # [P]
-    if bool((S <= 0).any()):
+    if bool((weights.double().sum(1) <= 0).any()):
         raise ValueError("every problem needs some examples with positive weight")
     if mean is None or scale is None:
         mean, scale = standardization(X)
+    if precondition is True:
+        precondition = preconditioner(X, mean, scale, seed=seed)
+    pre = precondition if isinstance(precondition, Preconditioner) else None
+    # chunks of layers x problems whose logits stay below max_elements
+    per_problem = K * n
+    p_chunk = max(1, min(P, max_elements // per_problem))
+    l_chunk = max(1, min(L, max_elements // (per_problem * p_chunk)))
+    parts = []
+    with threads_for(l_chunk * p_chunk * per_problem * d):
+        for l0 in range(0, L, l_chunk):
+            ls = slice(l0, l0 + l_chunk)
+            row = []
+            for p0 in range(0, P, p_chunk):
+                ps = slice(p0, p0 + p_chunk)
+                row.append(
+                    _lbfgs(
+                        X[ls], y[ps], C[ls, ps], weights[ps], K, mean[ls], scale[ls],
+                        None if pre is None else pre[ls], max_iter, tol, history,
+                    )
+                )
+            parts.append(row)
+    if len(parts) == 1 and len(parts[0]) == 1:
+        return parts[0][0]
+    cat = lambda name: torch.cat([torch.cat([getattr(f, name) for f in row], dim=1) for row in parts], dim=0)  # noqa: E731
+    return LogisticFit(**{name: cat(name) for name in ("coef", "intercept", "n_iter", "converged", "loss")})
+
+
+def _lbfgs(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    C: torch.Tensor,
+    weights: torch.Tensor,
+    K: int,
+    mean: torch.Tensor,
+    scale: torch.Tensor,
+    pre: Preconditioner | None,
+    max_iter: int,
+    tol: float,
+    history: int,
+) -> LogisticFit:
+    """Batched L-BFGS on ``X [L, n, d]``, ``y [P, n]``, ``C [L, P]``, ``weights [P, n]``.
+
+    Each iteration computes only the problems (columns ``p``) still running in some layer, so
+    a few slow problems do not keep the converged ones busy.
+    """
+    L, n, d = X.shape
+    P = y.shape[0]
+    S = weights.double().sum(1)  # [P]
     lam = (1.0 / (C * S[None, :])).float()  # [L, P] penalty on the mean-scaled objective
-
-    if precondition:
-        e, Q = _preconditioner(X, mean, scale, precondition_rows, seed)
-        # per (layer, problem) diagonal of the preconditioner in Q's basis
-        D = (e[:, None, :] + 4 * lam[:, :, None]).rsqrt()  # [L, P, d]
+    if pre is not None:  # W = c V + Q diag(D - c) Q^T V: D on the top eigenvectors, c on the rest
+        Q = pre.Q  # [L, d, r]
+        c = (pre.tail[:, None] + 4 * lam).rsqrt() if Q.shape[-1] < d else torch.zeros_like(lam)  # [L, P]
+        D_minus_c = (pre.e[:, None, :] + 4 * lam[:, :, None]).rsqrt() - c[..., None]  # [L, P, r]
     else:
-        Q, D = None, None
-
+        Q = None
     inv_scale = 1.0 / scale  # [L, d]
     shift = mean * inv_scale  # [L, d]
     w_norm = (weights.double() / S[:, None]).float()  # [P, n]
-    onehot_y = y.T  # [n, P]
 
-    def to_W(V: torch.Tensor) -> torch.Tensor:  # V [L, P, d, K] -> W (standardised-feature coefficients)
+    # Coefficients are class-major, [L, P, K, d]: contiguous for both matmuls.
+    def to_W(V: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Preconditioned parameters V -> W, the coefficients of standardised features (symmetric map)."""
         if Q is None:
             return V
-        U = torch.einsum("lde,lpek->lpdk", Q.transpose(1, 2), V) * D[..., None]
-        return torch.einsum("lde,lpek->lpdk", Q, U)
+        p = len(cols)
+        U = torch.bmm(einops.rearrange(V, "l p k d -> l (p k) d"), Q)  # [L, p*K, r]
+        U = einops.rearrange(U, "l (p k) r -> l p k r", p=p) * D_minus_c[:, cols, None, :]
+        W = torch.bmm(einops.rearrange(U, "l p k r -> l (p k) r"), Q.transpose(1, 2))
+        return einops.rearrange(W, "l (p k) d -> l p k d", p=p) + c[:, cols, None, None] * V
 
-    def evaluate(V: torch.Tensor, b: torch.Tensor):
-        """Objective [L, P] (float64), gradients wrt V and b, max |gradient| wrt (W, b)."""
-        W = to_W(V)
-        Weff = W * inv_scale[:, None, :, None]
-        beff = b - torch.einsum("ld,lpdk->lpk", shift, W)
-        Z = torch.bmm(X, einops.rearrange(Weff, "l p d k -> l d (p k)"))
-        Z = einops.rearrange(Z, "l n (p k) -> l n p k", p=P) + beff[:, None]
-        logp = torch.log_softmax(Z, dim=-1)
-        nll = -logp.gather(-1, onehot_y[None, :, :, None].expand(L, n, P, 1)).squeeze(-1)  # [L, n, P]
-        data_loss = torch.einsum("lnp,pn->lp", nll.double(), w_norm.double())
-        loss = data_loss + 0.5 * lam.double() * (W.double() ** 2).sum((2, 3))
+    def evaluate(theta: torch.Tensor, cols: torch.Tensor):
+        """Objective [L, p] (float64), gradient wrt theta, max |gradient| wrt (W, b), for problems ``cols``."""
+        p = len(cols)
+        V = einops.rearrange(theta[..., : d * K], "l p (k d) -> l p k d", k=K)
+        b = theta[..., d * K :]
+        W = to_W(V, cols)
+        Weff = W * inv_scale[:, None, None, :]
+        beff = b - torch.einsum("ld,lpkd->lpk", shift, W)
+        Z = torch.bmm(X, einops.rearrange(Weff, "l p k d -> l d (p k)"))  # [L, n, p*K]: fast on CPU
+        Z = einops.rearrange(Z, "l n (p k) -> l p k n", p=p).contiguous() + beff[..., None]
+        logp = torch.log_softmax(Z, dim=2)  # over classes; examples innermost
+        index = y[cols][None, :, None, :].expand(L, p, 1, n)
+        wn = w_norm[cols][None, :, None, :]
+        loss = -(logp.gather(2, index).double() * wn.double()).sum((2, 3))
+        loss += 0.5 * lam[:, cols].double() * (W.double() ** 2).sum((2, 3))
         G = logp.exp_()
-        G.scatter_add_(-1, onehot_y[None, :, :, None].expand(L, n, P, 1), -torch.ones(L, n, P, 1))
-        G.mul_(w_norm.T[None, :, :, None])  # [L, n, P, K]
-        grad_beff = G.sum(1)  # [L, P, K]
-        grad_Weff = torch.bmm(einops.rearrange(G, "l n p k -> l (p k) n"), X)  # [L, PK, d]  (fast layout)
-        grad_Weff = einops.rearrange(grad_Weff, "l (p k) d -> l p d k", p=P)
-        grad_W = grad_Weff * inv_scale[:, None, :, None] - torch.einsum("ld,lpk->lpdk", shift, grad_beff) + lam[..., None, None] * W
+        G.scatter_add_(2, index, -torch.ones(L, p, 1, n))
+        G.mul_(wn)  # d loss / d logits, [L, p, K, n]
+        grad_beff = G.sum(-1)  # [L, p, K]
+        grad_Weff = torch.bmm(einops.rearrange(G, "l p k n -> l (p k) n"), X)  # [L, p*K, d]
+        grad_Weff = einops.rearrange(grad_Weff, "l (p k) d -> l p k d", p=p)
+        grad_W = grad_Weff * inv_scale[:, None, None, :] - torch.einsum("ld,lpk->lpkd", shift, grad_beff)
+        grad_W += lam[:, cols, None, None] * W
         gmax = torch.maximum(grad_W.abs().amax((2, 3)), grad_beff.abs().amax(2))
-        grad_V = to_W(grad_W)  # the preconditioner is symmetric
-        return loss, grad_V, grad_beff, gmax
+        grad_V = to_W(grad_W, cols)  # the preconditioner is symmetric
+        grad = torch.cat([einops.rearrange(grad_V, "l p k d -> l p (k d)"), grad_beff], dim=2)
+        return loss, grad, gmax
 
-    # ---- batched L-BFGS over the L*P independent problems, parameters theta = (V, b)
-    V = torch.zeros(L, P, d, K)
-    b = torch.zeros(L, P, K)
-
-    def flat(V_, b_):
-        return torch.cat([einops.rearrange(V_, "l p d k -> l p (d k)"), b_], dim=2)
-
-    def unflat(t):
-        return einops.rearrange(t[..., : d * K], "l p (d k) -> l p d k", d=d), t[..., d * K :]
-
-    theta = flat(V, b)
-    loss, gV, gb, gmax = evaluate(V, b)
-    grad = flat(gV, gb)
-    s_hist = torch.zeros(history, L, P, theta.shape[-1])
+    # ---- batched L-BFGS over the L x P independent problems, parameters theta = (V, b)
+    every = torch.arange(P)
+    theta = torch.zeros(L, P, (d + 1) * K)
+    loss, grad, gmax = evaluate(theta, every)
+    s_hist = torch.zeros(L, P, history, theta.shape[-1])
     y_hist = torch.zeros_like(s_hist)
-    rho = torch.zeros(history, L, P)  # 0 marks an empty or skipped pair: it then does nothing
+    rho = torch.zeros(L, P, history)  # 0 marks an empty or skipped pair: it then does nothing
     gamma = torch.zeros(L, P)  # initial inverse-Hessian scale s'y / y'y of the newest good pair
-    n_stored = 0
     n_iter = torch.zeros(L, P, dtype=torch.long)
     active = gmax > tol
-    for _ in range(max_iter):
-        if not bool(active.any()):
+    for it in range(max_iter):
+        cols = active.any(0).nonzero().squeeze(1)
+        if not len(cols):
             break
+        act = active[:, cols]
+        th, g, f = theta[:, cols], grad[:, cols], loss[:, cols]
+        sh, yh, rh = s_hist[:, cols], y_hist[:, cols], rho[:, cols]
         # two-loop recursion, newest pair first
-        slots = [(n_stored - 1 - i) % history for i in range(min(n_stored, history))]
-        q = grad.clone()
+        slots = [(it - 1 - i) % history for i in range(min(it, history))]
+        q = g.clone()
         alphas = []
         for slot in slots:
-            a = rho[slot] * (s_hist[slot] * q).sum(-1)
-            q -= a[..., None] * y_hist[slot]
+            a = rh[..., slot] * (sh[..., slot, :] * q).sum(-1)
+            q -= a[..., None] * yh[..., slot, :]
             alphas.append(a)
-        first = 1.0 / grad.norm(dim=-1).clamp_min(1.0)  # first step: at most unit length
-        r = q * torch.where(gamma > 0, gamma, first)[..., None]
+        first = 1.0 / g.norm(dim=-1).clamp_min(1.0)  # first step: at most unit length
+        gm = gamma[:, cols]
+        r = q * torch.where(gm > 0, gm, first)[..., None]
         for slot, a in zip(reversed(slots), reversed(alphas)):
-            beta = rho[slot] * (y_hist[slot] * r).sum(-1)
-            r += (a - beta)[..., None] * s_hist[slot]
+            beta = rh[..., slot] * (yh[..., slot, :] * r).sum(-1)
+            r += (a - beta)[..., None] * sh[..., slot, :]
         direction = -r
-        slope = (direction * grad).sum(-1)  # [L, P]
+        slope = (direction * g).sum(-1)
         bad = slope >= 0
-        if bool(bad.any()):  # not a descent direction: fall back to scaled steepest descent
-            direction = torch.where(bad[..., None], -grad * first[..., None], direction)
-            slope = (direction * grad).sum(-1)
-        direction = direction * active[..., None]
+        if bool(bad.any()):  # not a descent direction: scaled steepest descent
+            direction = torch.where(bad[..., None], -g * first[..., None], direction)
+            slope = (direction * g).sum(-1)
+        direction = direction * act[..., None]
         # backtracking (Armijo) line search, each problem with its own step
-        step = torch.ones(L, P)
-        accepted = ~active
-        new_theta, new_loss, new_grad, new_gmax = theta.clone(), loss.clone(), grad.clone(), gmax.clone()
+        step = torch.ones_like(f, dtype=torch.float32)
+        accepted = ~act
+        new_th, new_f, new_g, new_gmax = th.clone(), f.clone(), g.clone(), gmax[:, cols].clone()
         for _ in range(30):
-            trial = theta + step[..., None] * direction
-            t_loss, t_gV, t_gb, t_gmax = evaluate(*unflat(trial))
-            ok = ~accepted & (t_loss <= loss + 1e-4 * step.double() * slope.double())
+            trial = th + step[..., None] * direction
+            t_f, t_g, t_gmax = evaluate(trial, cols)
+            ok = ~accepted & (t_f <= f + 1e-4 * step.double() * slope.double())
             if bool(ok.any()):
-                new_theta = torch.where(ok[..., None], trial, new_theta)
-                new_loss = torch.where(ok, t_loss, new_loss)
-                new_grad = torch.where(ok[..., None], flat(t_gV, t_gb), new_grad)
+                new_th = torch.where(ok[..., None], trial, new_th)
+                new_f = torch.where(ok, t_f, new_f)
+                new_g = torch.where(ok[..., None], t_g, new_g)
                 new_gmax = torch.where(ok, t_gmax, new_gmax)
-                accepted = accepted | ok
+                accepted |= ok
             if bool(accepted.all()):
                 break
             step = torch.where(accepted, step, step * 0.5)
         stalled = ~accepted  # no decrease found: at the float32 precision floor
-        s = new_theta - theta
-        yv = new_grad - grad
+        s = new_th - th
+        yv = new_g - g
         sy = (s * yv).sum(-1)
         yy = (yv * yv).sum(-1)
-        good = active & accepted & (sy > 1e-10 * yy) & (yy > 0)
-        slot = n_stored % history
-        s_hist[slot] = s * good[..., None]
-        y_hist[slot] = yv * good[..., None]
-        rho[slot] = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-        gamma = torch.where(good, sy / yy.clamp_min(1e-30), gamma)
-        n_stored += 1
-        n_iter += active.long()
-        change = (loss - new_loss).abs() / torch.maximum(loss.abs(), torch.ones_like(loss))
-        theta, loss, grad, gmax = new_theta, new_loss, new_grad, new_gmax
-        active = active & (gmax > tol) & ~stalled & (change > 1e-12)
+        good = act & accepted & (sy > 1e-10 * yy) & (yy > 0)
+        slot = it % history
+        sh[..., slot, :] = s * good[..., None]
+        yh[..., slot, :] = yv * good[..., None]
+        rh[..., slot] = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        change = (f - new_f).abs() / torch.maximum(f.abs(), torch.ones_like(f))
+        s_hist[:, cols], y_hist[:, cols], rho[:, cols] = sh, yh, rh
+        gamma[:, cols] = torch.where(good, sy / yy.clamp_min(1e-30), gm)
+        theta[:, cols], loss[:, cols], grad[:, cols], gmax[:, cols] = new_th, new_f, new_g, new_gmax
+        n_iter[:, cols] += act.long()
+        active[:, cols] = act & (new_gmax > tol) & ~stalled & (change > 1e-12)
 
-    V, b = unflat(theta)
-    W = to_W(V)
-    coef = W * inv_scale[:, None, :, None]
-    intercept = b - torch.einsum("ld,lpdk->lpk", shift, W)
+    W = to_W(einops.rearrange(theta[..., : d * K], "l p (k d) -> l p k d", k=K), every)
+    coef = einops.rearrange(W * inv_scale[:, None, None, :], "l p k d -> l p d k")
+    intercept = theta[..., d * K :] - torch.einsum("ld,lpkd->lpk", shift, W)
     return LogisticFit(coef=coef, intercept=intercept, n_iter=n_iter, converged=gmax <= tol, loss=loss)

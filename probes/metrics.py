@@ -1,0 +1,126 @@
+"""Separability metrics of probe predictions and of features, and the control tasks.
+
+- Held-out accuracy, macro-F1 and cross-entropy of a linear probe (Alain & Bengio 2016).
+- Control task (Hewitt & Liang 2019, "Designing and Interpreting Probes with Control
+  Tasks"): every word type gets a fixed random label drawn from the task's label
+  distribution; *selectivity* = task accuracy - control accuracy.
+- Online (prequential) codelength (Voita & Titov 2020, "Information-Theoretic Probing with
+  Minimum Description Length"): the first block is sent with the uniform code, every later
+  block with a probe trained on all examples before it.
+- Fisher discriminant ratio ``trace(S_B) / trace(S_W)``: between-class over within-class
+  scatter, a probe-free measure of linear separability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import torch
+
+# Voita & Titov (2020), section 3.2: block boundaries in percent of the data.
+MDL_FRACTIONS = (0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.25, 12.5, 25.0, 50.0, 100.0)
+
+
+def classification_scores(log_proba: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """``accuracy``, ``macro_f1`` and ``cross_entropy`` (nats per example) of predictions.
+
+    ``log_proba``: ``[example, class]`` natural-log probabilities; ``y``: ``[example]`` class indices.
+    Macro-F1 averages the F1 of every class present in ``y`` or the predictions (scikit-learn).
+    """
+    log_proba = np.asarray(log_proba, dtype=np.float64)
+    y = np.asarray(y)
+    pred = log_proba.argmax(1)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": macro_f1(y, pred),
+        "cross_entropy": float(-log_proba[np.arange(len(y)), y].mean()),
+    }
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Unweighted mean of per-class F1 ``2 TP / (2 TP + FP + FN)`` over the classes in ``y`` or ``pred``
+    (scikit-learn's ``f1_score(average="macro", zero_division=0)``, without its overhead)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    classes = np.union1d(y, pred)
+    tp = np.array([np.sum((y == c) & (pred == c)) for c in classes], dtype=np.float64)
+    true = np.array([np.sum(y == c) for c in classes], dtype=np.float64)
+    predicted = np.array([np.sum(pred == c) for c in classes], dtype=np.float64)
+    return float(np.mean(2 * tp / (true + predicted)))
+
+
+def control_labels(types: Sequence[Hashable], y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Hewitt & Liang (2019) control task: a fixed random label per word type.
+
+    Each distinct value of ``types`` (``[example]``: a word, token id or lemma) gets one label
+    drawn from the empirical distribution of ``y`` (``[example]`` class indices); every
+    example of that type carries it. Returns ``[example]`` control labels.
+    """
+    y = np.asarray(y)
+    if len(types) != len(y):
+        raise ValueError(f"{len(types)} word types for {len(y)} labels")
+    rng = np.random.default_rng(seed)
+    codes: dict[Hashable, int] = {}
+    type_index = np.array([codes.setdefault(t, len(codes)) for t in types], dtype=np.int64)
+    draws = rng.choice(y, size=len(codes), replace=True)
+    return draws[type_index]
+
+
+def shuffled_labels(y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Label-shuffle control: the labels permuted across examples (features no longer predict them)."""
+    return np.random.default_rng(seed).permutation(np.asarray(y))
+
+
+def mdl_block_ends(n: int, fractions: Sequence[float] = MDL_FRACTIONS) -> list[int]:
+    """End indices (exclusive) of the online-code blocks for ``n`` examples.
+
+    Block ``i`` covers examples ``ends[i-1]:ends[i]`` (block 0 starts at 0); ``fractions`` are
+    percentages, the last one 100. Empty blocks (tiny ``n``) are merged; the first block has
+    at least one example.
+    """
+    if not fractions or abs(fractions[-1] - 100.0) > 1e-9:
+        raise ValueError("MDL block fractions are percentages ending at 100")
+    ends = sorted({min(n, max(1, int(round(f / 100 * n)))) for f in fractions})
+    return ends
+
+
+def online_codelength(
+    log_proba: np.ndarray, y: np.ndarray, first_block: int, n_classes: int
+) -> tuple[float, np.ndarray]:
+    """Online codelength in bits (Voita & Titov 2020, eq. 3).
+
+    ``log_proba [example, class]``: row ``j >= first_block`` is the natural-log prediction for
+    example ``j`` by the probe trained on the examples of all blocks before ``j``'s block
+    (rows ``< first_block`` are ignored); ``y [example]`` the labels in transmission order.
+    Codelength = ``first_block * log2(K) + sum_j -log2 p(y_j | x_j)``. Returns the codelength and
+    the per-example code lengths of the transmitted examples ``[example - first_block]``.
+    """
+    log_proba = np.asarray(log_proba, dtype=np.float64)
+    y = np.asarray(y)
+    tail = -log_proba[np.arange(first_block, len(y)), y[first_block:]] / math.log(2)
+    return float(first_block * math.log2(n_classes) + tail.sum()), tail
+
+
+def fisher_ratio(Z: torch.Tensor, y: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Fisher discriminant ratio ``trace(S_B) / trace(S_W)`` per layer.
+
+    ``Z``: features ``[layer, example, feature]`` (plastiscope passes the standardised features
+    the probe sees); ``y``: ``[example]`` class indices. ``S_B = sum_c n_c (mu_c - mu)(mu_c - mu)^T``,
+    ``S_W = sum_c sum_{i in c} (z_i - mu_c)(z_i - mu_c)^T``; traces only, so no ``d x d``
+    matrix is formed. 0 when the class means coincide; large when classes are tight and far
+    apart. Returns ``[layer]``.
+    """
+    Z = Z.double()
+    y = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    K = int(y.max()) + 1
+    onehot = torch.nn.functional.one_hot(y, K).double()  # [n, K]
+    counts = onehot.sum(0)  # [K]
+    sums = torch.einsum("nk,lnd->lkd", onehot, Z)  # class sums [L, K, d]
+    mu = Z.mean(1)  # [L, d]
+    present = counts > 0
+    means = sums[:, present] / counts[present][None, :, None]
+    between = (counts[present][None, :] * ((means - mu[:, None, :]) ** 2).sum(-1)).sum(-1)
+    total = ((Z - mu[:, None, :]) ** 2).sum((1, 2))
+    within = total - between
+    return (between / within).float()

@@ -1,0 +1,264 @@
+"""Probing tasks: which (document, token) examples carry which label, and the streamed features.
+
+Two levels:
+
+- **sequence**: one label per document (a column of the data, e.g. ``pos`` or ``lexname`` of
+  the embedded WordNet glosses); the feature is the residual stream ``blocks.{l}.hook_resid_post``
+  pooled over the document -- ``mean`` over its real tokens after BOS, or the ``last`` real token.
+- **token**: one label per token, either word-level labels aligned to tokens (a column holding a
+  list of labels, or a whitespace-separated string, one per whitespace-separated word of the
+  text; each word's label goes to its *last* token, the first position where a causal model
+  has read the whole word) or a function of the token ids (``token_labels(ids) -> labels``,
+  ``None`` to skip a position).
+
+Examples are chosen before the forward pass (labels are known from the data and the tokenizer):
+classes with fewer than ``min_per_class`` examples are dropped and each class is capped at
+``max_per_class`` examples (seeded random choice), so the features kept in memory are bounded
+by ``classes x max_per_class x layers x d_model`` whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from plastiscope.activations import Batch
+from plastiscope.data import DataError, Documents, encode
+
+# Built-in tasks on the embedded corpus (plastiscope.corpus.load_corpus("probe")).
+BUILTIN_TASKS = {
+    "pos": "part of speech of the WordNet synset whose gloss is the document (noun, verb, adj, adv)",
+    "lexname": "lexicographer file of the synset (45 classes such as noun.animal)",
+}
+POOLINGS = ("mean", "last")
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class Examples:
+    """The probed examples of one task, ``[example]`` arrays.
+
+    ``doc``: document index; ``position``: token position (-1 for a pooled document);
+    ``y``: class index into ``classes``; ``types``: word type for the control task;
+    ``dropped``: classes left out for having too few examples.
+    """
+
+    task: str
+    level: str
+    doc: np.ndarray
+    position: np.ndarray
+    y: np.ndarray
+    classes: list[Any]
+    types: list[Hashable]
+    dropped: list[Any]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def sequence_examples(data: Documents, column: str) -> tuple[list[int], list[int], list[Any], list[Hashable]]:
+    """Documents with a label in ``column``: ``(doc, position=-1, label, type)`` lists.
+
+    The control task's word type is the document's ``lemma`` column if present, else its first word.
+    """
+    labels = data.column(column)
+    lemmas = data.columns.get("lemma")
+    docs, types, ys = [], [], []
+    for i, label in enumerate(labels):
+        if _missing(label):
+            continue
+        docs.append(i)
+        ys.append(label)
+        if lemmas is not None and not _missing(lemmas[i]):
+            types.append(str(lemmas[i]).lower())
+        else:
+            words = data.texts[i].split()
+            types.append(words[0].lower() if words else "")
+    return docs, [-1] * len(docs), ys, types
+
+
+def _word_labels(value: Any, n_words: int, where: str) -> list[Any]:
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"{where}: a token-level label column holds a list of labels (or a whitespace-separated string) per document")
+    if len(value) != n_words:
+        raise DataError(
+            f"{where}: {len(value)} labels for {n_words} whitespace-separated words; give one label per word"
+        )
+    return list(value)
+
+
+def token_examples(
+    data: Documents,
+    tokenizer: Any,
+    max_length: int,
+    column: str | None = None,
+    token_labels: Callable[[list[int]], Sequence[Any]] | None = None,
+) -> tuple[list[int], list[int], list[Any], list[Hashable]]:
+    """Token-level examples ``(doc, position, label, type)`` under the tokenization convention.
+
+    With ``column``: word-level labels aligned to tokens through the tokenizer's character offsets
+    (:func:`plastiscope.data.encode` with ``return_offsets=True``); a word's label goes to its
+    last token; words cut off by truncation are skipped; the type is the lower-cased word.
+    With ``token_labels``: ``token_labels(ids)`` gives a label (or None) per position of the
+    encoded document (BOS included); the type is the token id.
+    """
+    if (column is None) == (token_labels is None):
+        raise ValueError("token-level task: give exactly one of a label column or token_labels=")
+    rows: list[tuple[int, int, Any, Hashable]] = []  # (doc, position, label, type)
+    for i, text in enumerate(data.texts):
+        if token_labels is not None:
+            ids = encode(tokenizer, text, max_length)
+            labels = list(token_labels(list(ids)))
+            if len(labels) != len(ids):
+                raise ValueError(f"token_labels returned {len(labels)} labels for {len(ids)} tokens (document {i})")
+            rows += [(i, p, label, int(token)) for p, (token, label) in enumerate(zip(ids, labels)) if not _missing(label)]
+            continue
+        value = data.column(column)[i]
+        if not isinstance(value, (list, tuple)) and _missing(value):
+            continue
+        words = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(text)]
+        labels = _word_labels(value, len(words), f"{data.source}: document {i}, column {column!r}")
+        ids, offsets = encode(tokenizer, text, max_length, return_offsets=True)
+        last_token: dict[int, int] = {}
+        w = 0
+        for p, (start, end) in enumerate(offsets):
+            if end <= start:  # BOS and other zero-width tokens
+                continue
+            while w < len(words) and words[w][1] <= start:
+                w += 1
+            for v in range(w, len(words)):  # every word this token overlaps
+                if words[v][0] >= end:
+                    break
+                last_token[v] = p
+        for v, p in sorted(last_token.items()):
+            # a word is complete only if its last character lies in the (untruncated) tokens
+            if offsets[p][1] >= words[v][1] and not _missing(labels[v]):
+                rows.append((i, p, labels[v], words[v][2].lower()))
+    docs, positions, ys, types = (list(column) for column in zip(*rows)) if rows else ([], [], [], [])
+    return docs, positions, ys, types
+
+
+def select_examples(
+    task: str,
+    level: str,
+    docs: list[int],
+    positions: list[int],
+    labels: list[Any],
+    types: list[Hashable],
+    max_per_class: int | None = None,
+    min_per_class: int = 10,
+    seed: int = 0,
+) -> Examples:
+    """Drop classes with fewer than ``min_per_class`` examples; keep at most ``max_per_class`` per class."""
+    keys = [str(v) for v in labels]  # labels from CSV, JSON and Python compare as text
+    count: dict[str, int] = {}
+    for k in keys:
+        count[k] = count.get(k, 0) + 1
+    kept_classes = sorted(c for c in count if count[c] >= min_per_class)
+    dropped = sorted(c for c in count if count[c] < min_per_class)
+    if len(kept_classes) < 2:
+        raise DataError(
+            f"task {task!r}: fewer than 2 classes with >= {min_per_class} examples "
+            f"(class counts {dict(sorted(count.items()))}); add data or lower min_per_class"
+        )
+    rng = np.random.default_rng(seed)
+    index = {c: i for i, c in enumerate(kept_classes)}
+    chosen: list[int] = []
+    by_class: dict[str, list[int]] = {}
+    for j, k in enumerate(keys):
+        if k in index:
+            by_class.setdefault(k, []).append(j)
+    for c in kept_classes:
+        members = by_class[c]
+        if max_per_class is not None and len(members) > max_per_class:
+            members = sorted(rng.choice(members, size=max_per_class, replace=False).tolist())
+        chosen += members
+    chosen.sort()
+    return Examples(
+        task=task,
+        level=level,
+        doc=np.asarray([docs[j] for j in chosen], dtype=np.int64),
+        position=np.asarray([positions[j] for j in chosen], dtype=np.int64),
+        y=np.asarray([index[keys[j]] for j in chosen], dtype=np.int64),
+        classes=kept_classes,
+        types=[types[j] for j in chosen],
+        dropped=dropped,
+    )
+
+
+class FeatureCollector:
+    """A :class:`~plastiscope.activations.Consumer` keeping the residual-stream features of chosen examples.
+
+    ``requests``: ``(doc, where)`` keys, ``where`` a token position (int >= 0) or a pooling
+    (``"mean"``: mean over real tokens after BOS; ``"last"``: last real token). After the pass,
+    ``features`` is ``[layer, request, d_model]`` (float32) in the order of ``requests``.
+    """
+
+    needs_logits = False
+
+    def __init__(self, layers: Sequence[int], requests: Sequence[tuple[int, int | str]], has_bos: bool = True):
+        self.layers = list(layers)
+        self.names = [f"blocks.{l}.hook_resid_post" for l in self.layers]
+        self.row = {key: r for r, key in enumerate(dict.fromkeys(requests))}
+        self.by_doc: dict[int, list[tuple[int | str, int]]] = {}
+        for (doc, where), r in self.row.items():
+            self.by_doc.setdefault(int(doc), []).append((where, r))
+        self.has_bos = has_bos
+        self.features: torch.Tensor | None = None
+        self.filled = torch.zeros(len(self.row), dtype=torch.bool)
+
+    def update(self, batch: Batch) -> None:
+        acts = torch.stack([batch.activations[name] for name in self.names])  # [layer, batch, pos, d]
+        if self.features is None:
+            self.features = torch.zeros(len(self.layers), len(self.row), acts.shape[-1])
+        mask = batch.mask.to(acts.device)
+        lengths = mask.sum(1)  # [batch]
+        rows, batch_rows, positions, pooled = [], [], [], []  # token features / pooled features
+        for b, doc in enumerate(batch.doc_index.tolist()):
+            for where, r in self.by_doc.get(doc, ()):
+                if isinstance(where, str):
+                    pooled.append((where, b, r))
+                else:
+                    if where >= int(lengths[b]):
+                        raise ValueError(f"document {doc}: token position {where} beyond its {int(lengths[b])} tokens")
+                    rows.append(r), batch_rows.append(b), positions.append(int(where))
+        if any(where == "mean" for where, _, _ in pooled):
+            body = mask.clone()
+            if self.has_bos:
+                body[:, 0] = lengths == 1  # mean over the tokens after BOS (BOS alone if nothing else)
+            mean = torch.einsum("lbpd,bp->lbd", acts, body.to(acts.dtype)) / body.sum(1).clamp_min(1)[None, :, None]
+        for where, b, r in pooled:
+            rows.append(r), batch_rows.append(b), positions.append(-1 if where == "mean" else int(lengths[b]) - 1)
+        if not rows:
+            return
+        b_index, p_index = torch.as_tensor(batch_rows), torch.as_tensor(positions)
+        features = acts[:, b_index, p_index.clamp_min(0)]  # [layer, request, d]
+        is_mean = p_index < 0
+        if bool(is_mean.any()):
+            features[:, is_mean] = mean[:, b_index[is_mean]]
+        index = torch.as_tensor(rows)
+        self.features[:, index] = features.float().cpu()
+        self.filled[index] = True
+
+    def take(self, requests: Sequence[tuple[int, int | str]]) -> torch.Tensor:
+        """Features ``[layer, example, d_model]`` of ``requests`` (each must have been seen in the pass)."""
+        if self.features is None:
+            raise RuntimeError("no batches were seen: the forward pass did not run over the data")
+        index = torch.as_tensor([self.row[key] for key in requests])
+        if not bool(self.filled[index].all()):
+            raise RuntimeError("some probed documents never appeared in the forward pass")
+        if len(index) and bool((index == torch.arange(int(index[0]), int(index[0]) + len(index))).all()):
+            return self.features[:, int(index[0]) : int(index[0]) + len(index)]  # a view: no copy
+        return self.features[:, index]
