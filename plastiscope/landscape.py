@@ -1,0 +1,331 @@
+"""The ``landscape`` analysis: sharpness and basin size of the pretraining loss at a checkpoint.
+
+Flatter minima and wider basins are the usual explanations of why some checkpoints adapt
+better; this module measures both on a **fixed batch** of training data (the first
+``n_docs`` documents of ``train_data``, one document per sequence as in
+:mod:`plastiscope.data`). The loss ``L(theta)`` is the mean next-token cross-entropy (nats)
+over every real target token of the batch (tokens after BOS; padding masked), computed with
+``checkpoint.hf_model`` in float32, eval mode (no dropout), over **all** its parameters.
+
+Metrics:
+
+- ``hessian_top_eigenvalue``: the largest eigenvalue of the Hessian of ``L`` by power
+  iteration on Hessian-vector products (Pearlmutter 1994: double backward through
+  ``torch.autograd``; Yao et al. 2020, PyHessian). Power iteration finds the eigenvalue of
+  largest magnitude; when that one is negative (away from a minimum), a second run on the
+  shifted Hessian finds the top one (:func:`top_eigenvalue`). ``n`` is the number of
+  iterations run, both runs together (each stops once the relative change of its estimate
+  falls below ``power_tol``, or after ``power_iterations``); the extra column
+  ``relative_change`` is the last relative change. ``ci_low`` / ``ci_high`` are **not** a
+  confidence interval but a convergence bracket: estimate -/+ the absolute change of the
+  last iteration. The Rayleigh quotient approaches the top eigenvalue from below, so an
+  unconverged estimate is an underestimate, and a slowly converging run (the shifted one,
+  when the top eigenvalue is small against the negative one) has a bracket narrower than
+  its error: read ``n`` and ``relative_change`` with it.
+- ``hessian_trace``: Hutchinson's estimator ``tr H = E[v^T H v]`` with Rademacher probes
+  ``v`` (Hutchinson 1990; Yao et al. 2020); value and bootstrap 95 % interval are the mean
+  over the ``trace_probes`` probes (``n``).
+- ``basin_curve_loss``: the 1-D loss curves ``L(theta + r d)`` along ``n_directions``
+  random directions ``d``, **filter-normalised** (Li et al. 2018, "Visualizing the Loss
+  Landscape of Neural Nets"): ``d`` is Gaussian, then each filter (row ``i`` of a weight
+  matrix: an output unit of a linear map, a token's embedding) is rescaled to the norm of
+  the same filter of the weights, ``d_i <- d_i ||theta_i|| / ||d_i||``; 1-D parameters
+  (norm gains, biases) are zero in ``d``, as in Li et al. Extra columns ``radius`` (``r``,
+  option ``radii``) and ``direction`` (0, 1, ...). Filter normalisation removes the scale
+  symmetry that normalisation layers give the weights, so radii compare across weight decays.
+- ``basin_radius``: per direction, the radius at which the loss first rises by
+  ``basin_threshold`` nats over the loss at ``r = 0`` (linear interpolation between grid
+  radii); a direction that never rises that much within the grid counts as the largest
+  radius (censored: a lower bound; the extra column ``n_censored`` counts them). Value and
+  bootstrap 95 % interval: mean over directions (``n``).
+
+Perturbations change the checkpoint's weights in place and restore them bit-exactly from a
+saved copy (:func:`restored`), also on error. Random draws use ``seed``: every checkpoint of
+a sweep sees the same probes and the same Gaussian draws behind its directions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from einops import rearrange
+
+from plastiscope.analysis import Analysis, Inputs
+from plastiscope.checkpoint import Checkpoint
+from plastiscope.data import Documents, encode
+from plastiscope.results import make_frame
+from plastiscope.stats import mean_ci
+
+NAME = "landscape"
+DEFAULTS: dict[str, Any] = {
+    "n_docs": 32,  # the fixed batch: the first n_docs documents of train_data
+    "power_iterations": 20,  # at most
+    "power_tol": 1e-3,  # stop when the relative change of the estimate is below this
+    "trace_probes": 10,
+    "n_directions": 4,
+    "radii": [0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0],
+    "basin_threshold": 0.1,  # nats
+    "seed": 0,
+    "n_resamples": 1000,
+}
+
+Params = Sequence[torch.Tensor]
+Vectors = list[torch.Tensor]
+
+
+# ---------------------------------------------------------------------- loss on a fixed batch
+def fixed_batch(checkpoint: Checkpoint, data: Documents, n_docs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tokens [doc, pos]`` and ``labels [doc, pos]`` (-100 on padding) of the first ``n_docs`` documents."""
+    tokenizer = checkpoint.tokenizer
+    ids = [encode(tokenizer, text, checkpoint.n_ctx) for text in data.texts[:n_docs]]
+    ids = [x for x in ids if len(x) >= 2]  # a document without a target token adds nothing
+    if not ids:
+        raise ValueError(f"{checkpoint.name}: no document of train_data has a token to predict")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(x) for x in ids)
+    tokens = torch.full((len(ids), width), pad, dtype=torch.long)
+    labels = torch.full((len(ids), width), -100, dtype=torch.long)
+    for i, x in enumerate(ids):
+        tokens[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(x)] = torch.tensor(x)
+    return tokens, labels
+
+
+def batch_loss_fn(model: Any, tokens: torch.Tensor, labels: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """``L()``: mean next-token cross-entropy over the real target tokens of the batch (a scalar tensor)."""
+    mask = (labels != -100).long()
+    return lambda: model(tokens, attention_mask=mask, labels=labels).loss
+
+
+# ---------------------------------------------------------------------- Hessian
+def _dot(a: Params, b: Params) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def _normalize(v: Vectors) -> Vectors:
+    norm = torch.sqrt(_dot(v, v))
+    return [x / norm for x in v]
+
+
+def hvp_operator(loss_fn: Callable[[], torch.Tensor], params: Params) -> Callable[[Params], Vectors]:
+    """``v -> H v``, the Hessian of ``loss_fn()`` w.r.t. ``params`` times ``v`` (Pearlmutter's trick).
+
+    The gradient graph is built once (``create_graph=True``); each product is one more
+    backward pass through it: ``H v = d(g . v)/d theta``.
+    """
+    grads = torch.autograd.grad(loss_fn(), params, create_graph=True)
+
+    def hvp(v: Params) -> Vectors:
+        return list(torch.autograd.grad(grads, params, grad_outputs=list(v), retain_graph=True))
+
+    return hvp
+
+
+def dominant_eigenvalue(
+    hvp: Callable[[Params], Vectors], params: Params, max_iter: int = 20, tol: float = 1e-3, seed: int = 0,
+    shift: float = 0.0,
+) -> tuple[float, int, float]:
+    """Power iteration on ``H - shift I``: ``(eigenvalue of H, iterations, last change)``.
+
+    Starts from a Gaussian vector (``seed``); each iteration ``v <- (H - shift I) v / ||.||``
+    and the estimate is the Rayleigh quotient ``v^T (H - shift I) v``. Stops when the change
+    of the estimate, relative to the eigenvalue of ``H`` it stands for (estimate + shift), is
+    below ``tol``, or after ``max_iter`` products. Converges to the eigenvalue of
+    ``H - shift I`` of largest magnitude, returned plus ``shift``.
+    ``last change`` is ``|estimate - previous estimate|`` of the last iteration (inf after one).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    v = _normalize([torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params])
+    estimate, change = math.nan, math.inf
+    for iteration in range(1, max_iter + 1):
+        hv = [h.detach() - shift * x for h, x in zip(hvp(v), v)]
+        previous, estimate = estimate, float(_dot(hv, v))
+        v = _normalize(hv)
+        if iteration > 1:
+            change = abs(estimate - previous)
+            if change <= tol * abs(previous + shift):
+                break
+    return estimate + shift, iteration, change
+
+
+def top_eigenvalue(
+    hvp: Callable[[Params], Vectors], params: Params, max_iter: int = 20, tol: float = 1e-3, seed: int = 0
+) -> tuple[float, int, float]:
+    """The algebraically largest Hessian eigenvalue: ``(eigenvalue, iterations, last change)``.
+
+    Power iteration (:func:`dominant_eigenvalue`) finds the eigenvalue of largest magnitude,
+    the top one near a minimum. Away from a minimum it can be a negative one, ``lambda_neg``;
+    then a second power iteration on ``H - lambda_neg I`` (whose spectrum is >= 0 and whose
+    largest eigenvalue is ``lambda_max - lambda_neg``) finds the top one. ``iterations``
+    counts both runs (each at most ``max_iter``); ``last change`` is the last run's. The
+    shifted run converges slowly when ``lambda_max`` is small against ``|lambda_neg|`` (the
+    bulk of near-zero eigenvalues becomes a cluster near the top): then it usually stops at
+    ``max_iter`` with an underestimate, and its last change understates the error.
+    """
+    value, iterations, change = dominant_eigenvalue(hvp, params, max_iter, tol, seed)
+    if value >= 0:
+        return value, iterations, change
+    top, more, change = dominant_eigenvalue(hvp, params, max_iter, tol, seed + 1, shift=value)
+    return top, iterations + more, change
+
+
+def hutchinson_samples(hvp: Callable[[Params], Vectors], params: Params, n_probes: int = 16, seed: int = 0) -> np.ndarray:
+    """``[probe]`` samples ``v^T H v`` with Rademacher ``v``; their mean estimates ``tr H`` (Hutchinson 1990)."""
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(n_probes):
+        v = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.dtype) for p in params]
+        samples.append(float(_dot(hvp(v), v)))
+    return np.array(samples)
+
+
+# ---------------------------------------------------------------------- basin
+def filter_normalized_direction(params: Params, generator: torch.Generator) -> Vectors:
+    """A Gaussian direction rescaled filter-wise to the weights' norms (Li et al. 2018).
+
+    For a parameter of 2 or more dimensions ``[filter, ...]`` each filter ``d_i`` gets the
+    norm of ``theta_i``; 1-D parameters (biases, norm gains) get zeros.
+    """
+    direction = []
+    for p in params:
+        d = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+        if p.dim() < 2:
+            direction.append(torch.zeros_like(p))
+            continue
+        rows_d = rearrange(d, "f ... -> f (...)")
+        rows_p = rearrange(p.detach(), "f ... -> f (...)")
+        scale = rows_p.norm(dim=1, keepdim=True) / rows_d.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        direction.append((rows_d * scale).reshape(p.shape))
+    return direction
+
+
+@contextlib.contextmanager
+def restored(params: Params) -> Iterator[list[torch.Tensor]]:
+    """Yield a saved copy of ``params``; on exit (also on error) copy it back bit-exactly."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield saved
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+
+
+def loss_curve(loss_fn: Callable[[], torch.Tensor], params: Params, direction: Params, radii: Sequence[float]) -> np.ndarray:
+    """``[radius]`` loss at ``theta + r d`` for every ``r`` of ``radii``; the weights are restored after."""
+    losses = []
+    with restored(params) as origin, torch.no_grad():
+        for r in radii:
+            for p, o, d in zip(params, origin, direction):
+                p.copy_(o).add_(d, alpha=float(r))
+            losses.append(float(loss_fn()))
+    return np.array(losses)
+
+
+def basin_radius(radii: Sequence[float], losses: Sequence[float], threshold: float) -> tuple[float, bool]:
+    """``(radius, censored)``: where ``losses`` first exceed ``losses[0] + threshold``.
+
+    ``radii`` increase from 0; the crossing is interpolated linearly between grid radii.
+    ``censored`` is True when the loss never exceeds it (the radius is then ``radii[-1]``).
+    A NaN/inf loss counts as above the threshold.
+    """
+    radii, losses = np.asarray(radii, dtype=float), np.asarray(losses, dtype=float)
+    rise = np.where(np.isfinite(losses), losses - losses[0], np.inf)
+    above = np.flatnonzero(rise >= threshold)
+    if not above.size:
+        return float(radii[-1]), True
+    i = int(above[0])
+    if i == 0:  # the loss at r = 0 itself is not finite
+        return float(radii[0]), False
+    if not np.isfinite(rise[i]):
+        return float(radii[i - 1]), False
+    r0, r1, y0, y1 = radii[i - 1], radii[i], rise[i - 1], rise[i]
+    return float(r0 + (threshold - y0) * (r1 - r0) / (y1 - y0)), False
+
+
+# ---------------------------------------------------------------------- the task
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"landscape: unknown option(s) {unknown}; options are {sorted(DEFAULTS)}")
+    config = {**DEFAULTS, **options}
+    for key in ("n_docs", "power_iterations", "trace_probes", "n_directions", "n_resamples"):
+        if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0:
+            raise ValueError(f"landscape: {key} must be an integer >= 0, got {config[key]!r}")
+    if config["n_docs"] < 1:
+        raise ValueError("landscape: n_docs must be at least 1")
+    radii = [float(r) for r in config["radii"]]
+    if len(radii) < 2 or radii[0] != 0 or any(b <= a for a, b in zip(radii, radii[1:])):
+        raise ValueError(f"landscape: radii must start at 0 and increase strictly (at least two), got {config['radii']!r}")
+    config["radii"] = radii
+    if not config["basin_threshold"] > 0:
+        raise ValueError(f"landscape: basin_threshold must be > 0 nats, got {config['basin_threshold']!r}")
+    return config
+
+
+class LandscapeTask:
+    """Sharpness and basin size of one checkpoint, computed in :meth:`finish` (gradients: no shared pass)."""
+
+    def __init__(self, checkpoint: Checkpoint, train_data: Documents, config: dict[str, Any]):
+        self.checkpoint, self.train_data, self.config = checkpoint, train_data, config
+        self.passes: dict[str, list] = {}
+
+    def finish(self) -> pd.DataFrame:
+        cfg = self.config
+        model = self.checkpoint.hf_model
+        tokens, labels = fixed_batch(self.checkpoint, self.train_data, cfg["n_docs"])
+        loss_fn = batch_loss_fn(model, tokens, labels)
+        params = list(model.parameters())
+        boot = {"n_resamples": cfg["n_resamples"], "seed": cfg["seed"]}
+        records: list[dict[str, Any]] = []
+        was_training, flags = model.training, [p.requires_grad for p in params]
+        model.eval()
+        try:
+            for p in params:
+                p.requires_grad_(True)
+            if cfg["power_iterations"] or cfg["trace_probes"]:
+                hvp = hvp_operator(loss_fn, params)
+                if cfg["power_iterations"]:
+                    value, iterations, change = top_eigenvalue(hvp, params, cfg["power_iterations"], cfg["power_tol"], cfg["seed"])
+                    records.append({"metric": "hessian_top_eigenvalue", "value": value, "ci_low": value - change,
+                                    "ci_high": value + change, "n": iterations,
+                                    "relative_change": change / abs(value) if value else math.nan})
+                if cfg["trace_probes"]:
+                    samples = hutchinson_samples(hvp, params, cfg["trace_probes"], cfg["seed"])
+                    value, low, high, n = mean_ci(samples, **boot)
+                    records.append({"metric": "hessian_trace", "value": value, "ci_low": low, "ci_high": high, "n": n})
+                del hvp
+            if cfg["n_directions"]:
+                records += self._basin(loss_fn, params, boot)
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+            model.train(was_training)
+        return make_frame(self.checkpoint, NAME, records)
+
+    def _basin(self, loss_fn: Callable[[], torch.Tensor], params: Params, boot: dict[str, int]) -> list[dict[str, Any]]:
+        cfg, radii = self.config, self.config["radii"]
+        generator = torch.Generator().manual_seed(cfg["seed"])
+        records, found = [], []
+        for k in range(cfg["n_directions"]):
+            direction = filter_normalized_direction(params, generator)
+            curve = loss_curve(loss_fn, params, direction, radii)
+            records += [{"metric": "basin_curve_loss", "value": loss, "radius": r, "direction": k} for r, loss in zip(radii, curve)]
+            found.append(basin_radius(radii, curve, cfg["basin_threshold"]))
+        value, low, high, n = mean_ci(np.array([r for r, _ in found]), **boot)
+        records.append({"metric": "basin_radius", "value": value, "ci_low": low, "ci_high": high, "n": n,
+                        "n_censored": sum(c for _, c in found)})
+        return records
+
+
+def start(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> LandscapeTask:
+    return LandscapeTask(checkpoint, inputs.train_data, _check_options(options))
+
+
+ANALYSIS = Analysis(name=NAME, inputs=("train_data",), start=start, options=dict(DEFAULTS))

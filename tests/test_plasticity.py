@@ -1,0 +1,192 @@
+"""Plasticity: fine-tuning copies, the loss convention, label scoring, task specs, and the analysis end to end."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from plastiscope.analysis import Inputs, run_analyses
+from plastiscope.corpus import load_corpus
+from plastiscope.data import DataError, Documents, encode
+from plastiscope.plasticity import (
+    ANALYSIS,
+    DownstreamTask,
+    document_losses,
+    finetune,
+    label_accuracy,
+    labelled_ids,
+    resolve_task,
+    split_indices,
+    task_ids,
+    task_spec,
+    trainable_copy,
+)
+from plastiscope.results import ResultsStore
+
+TINY_OPTIONS = {"steps": 4, "batch_size": 8, "learning_rates": [1e-4, 3e-3], "eval_docs": 24, "select_docs": 12,
+                "train_docs": 64, "n_resamples": 200}
+
+
+def test_split_is_disjoint_seeded_and_checked():
+    ev, sel, tr = split_indices(100, 20, 10, 50, seed=0)
+    assert len(ev) == 20 and len(sel) == 10 and len(tr) == 50
+    assert len(set(ev) | set(sel) | set(tr)) == 80
+    again = split_indices(100, 20, 10, 50, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip((ev, sel, tr), again))
+    assert not np.array_equal(ev, split_indices(100, 20, 10, 50, seed=1)[0])
+    with pytest.raises(ValueError, match="fewer than eval_docs"):
+        split_indices(30, 20, 10, 50, seed=0)
+
+
+def test_tasks_resolve_and_user_data_is_keyed_by_content(tmp_path):
+    topic = resolve_task("finetune_topic")
+    assert topic.label_name == "topic" and set(topic.labels) == {"plant", "food", "weather"}
+    assert resolve_task("finetune").labels is None
+    with pytest.raises(ValueError, match="task_spec"):
+        resolve_task(str(tmp_path / "data.txt"))  # a bare path would key the cache by its name only
+
+    file = tmp_path / "data.jsonl"
+    file.write_text("\n".join(json.dumps({"text": f"doc {i}", "label": "ab"[i % 2]}) for i in range(10)))
+    spec = task_spec(file, label_column="label")
+    json.dumps(spec)  # options are the cache key: JSON only
+    assert spec["sha256"] == resolve_task(spec).documents.sha256() and spec["name"] == "data"
+    assert resolve_task(spec).labels[:3] == ["a", "b", "a"]
+    file.write_text(file.read_text().replace("doc 3", "doc three"))
+    with pytest.raises(DataError, match="changed"):
+        resolve_task(spec)
+
+    docs = Documents([f"text {i}" for i in range(5)], source="mine")
+    spec = task_spec(docs)
+    assert "path" not in spec and resolve_task(spec).documents is docs
+    with pytest.raises(ValueError, match="in-memory"):
+        resolve_task({**spec, "sha256": "0" * 64})
+
+
+def test_labelled_sequence_keeps_its_label_when_the_text_is_truncated(tiny_sweep):
+    tokenizer = tiny_sweep[0].tokenizer
+    ids, at = labelled_ids(tokenizer, "a plant with leaves", "topic", "plant", 48)
+    assert ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids[1:]) == "a plant with leaves topic: plant"
+    assert tokenizer.decode(ids[at:]) == " plant"
+    long_text = " ".join(["green leaves"] * 100)
+    ids, at = labelled_ids(tokenizer, long_text, "topic", "plant", 48)
+    cue = tokenizer(" topic:", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 48 and tokenizer.decode(ids[at:]) == " plant" and ids[at - len(cue) : at] == cue
+    assert ids[: at - len(cue)] == encode(tokenizer, long_text, at - len(cue))  # the text part, truncated
+
+
+class _Favours(torch.nn.Module):
+    """A stand-in language model whose next-token distribution always favours one token."""
+
+    def __init__(self, vocab: int, token: int):
+        super().__init__()
+        self.vocab, self.token = vocab, token
+
+    def forward(self, tokens, attention_mask=None):
+        logits = torch.zeros(*tokens.shape, self.vocab)
+        logits[..., self.token] = 5.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_label_accuracy_is_rank_classification_of_candidates(tiny_sweep):
+    tokenizer = tiny_sweep[0].tokenizer
+    labels = ["the", "of", "of", "the", "of", "of", "the", "of"]
+    task = DownstreamTask("toy", Documents([f"word {i}" for i in range(8)]), "label", labels)
+    the = tokenizer(" the", add_special_tokens=False)["input_ids"]
+    assert len(the) == 1 and len(tokenizer(" of", add_special_tokens=False)["input_ids"]) == 1
+    rows = [0, 1, 2, 3, 6]
+    correct = label_accuracy(_Favours(len(tokenizer), the[0]), task, tokenizer, 48, rows, tokenizer.pad_token_id, 2)
+    np.testing.assert_array_equal(correct, [labels[i] == "the" for i in rows])  # always predicts "the"
+
+
+def test_document_losses_match_per_document_hf_loss(tiny_sweep):
+    checkpoint = tiny_sweep[0]
+    model, tokenizer = checkpoint.hf_model, checkpoint.tokenizer
+    texts = load_corpus("finetune", 7).texts
+    ids = [encode(tokenizer, t, checkpoint.n_ctx) for t in texts]
+    losses = document_losses(model, ids, tokenizer.pad_token_id, batch_size=3)  # padded batches
+    with torch.no_grad():
+        expected = [float(model(torch.tensor([x]), labels=torch.tensor([x])).loss) for x in ids]  # one at a time
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    """Parameters by name, without the bridge's wrapper names."""
+    return {name.replace("._original_component", ""): p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_finetune_trains_a_copy_and_never_the_checkpoint(tiny_sweep):
+    checkpoint = tiny_sweep[0]
+    model, tokenizer = checkpoint.hf_model, checkpoint.tokenizer
+    before = _weights(model)
+    ids = task_ids(resolve_task("finetune"), tokenizer, checkpoint.n_ctx, range(32))
+    copied = trainable_copy(model)
+    assert _weights(copied).keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in _weights(copied).items())
+    tokens = torch.tensor([ids[0]])
+    with torch.no_grad():
+        assert torch.equal(copied(tokens).logits, model(tokens).logits)
+    tuned = finetune(model, ids, tokenizer.pad_token_id, steps=3, batch_size=4, learning_rate=1e-2, seed=0)
+    assert all(torch.equal(v, before[k]) for k, v in _weights(model).items())
+    after = _weights(tuned)
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    again = finetune(model, ids, tokenizer.pad_token_id, steps=3, batch_size=4, learning_rate=1e-2, seed=0)
+    assert all(torch.equal(v, after[k]) for k, v in _weights(again).items())  # same batches, same result
+    losses = document_losses(model, ids, tokenizer.pad_token_id)
+    assert document_losses(tuned, ids, tokenizer.pad_token_id).mean() < losses.mean()
+
+
+def test_finetuning_gains_little_on_own_training_data_and_more_on_new_data(tiny_sweep):
+    """A held-out domain (the finetune split) gains clearly more than the checkpoint's own training data.
+
+    The tiny checkpoints saw only 40 steps, so continued training on their own first 400 documents
+    still lowers the loss (about 0.56x the new-domain gain here), just clearly less than new data."""
+    own = task_spec(load_corpus("train", 400), name="own")
+    options = {"tasks": [own, "finetune"], "steps": 15, "learning_rates": [1e-3], "eval_docs": 48, "select_docs": 16,
+               "train_docs": 256, "n_resamples": 500}
+    results, failures = run_analyses(tiny_sweep[:1], ["plasticity"], Inputs(), options={"plasticity": options}, progress=False)
+    assert failures.empty, failures.to_dict("records")
+    gain = results[results.metric == "plasticity_gain"].set_index("task")
+    assert gain.loc["finetune", "ci_low"] > 0
+    assert gain.loc["own", "ci_high"] < gain.loc["finetune", "ci_low"]
+    assert gain.loc["own", "value"] < 0.75 * gain.loc["finetune", "value"]
+
+
+def test_plasticity_end_to_end_schema_selection_and_cache(tiny_sweep, tmp_path):
+    json.dumps(ANALYSIS.options)
+    options = {**TINY_OPTIONS, "tasks": ["finetune", "finetune_topic"]}
+    store = ResultsStore(tmp_path)
+    results, failures = run_analyses(tiny_sweep, ["plasticity"], Inputs(), options={"plasticity": options}, store=store,
+                                     progress=False)
+    assert failures.empty, failures.to_dict("records")
+    assert sorted(results.weight_decay.unique()) == [0.0, 0.1, 1.0]
+    for (name, task), group in results.groupby(["checkpoint", "task"]):
+        m = group.set_index("metric")
+        expected = {"downstream_loss_before", "downstream_loss_after", "plasticity_gain", "downstream_selection_loss"}
+        if task == "finetune_topic":
+            expected |= {"downstream_accuracy_before", "downstream_accuracy_after"}
+        assert set(m.index) == expected
+        assert m.loc["plasticity_gain", "value"] == pytest.approx(
+            m.loc["downstream_loss_before", "value"] - m.loc["downstream_loss_after", "value"], abs=1e-9)
+        assert m.loc["plasticity_gain", "ci_low"] <= m.loc["plasticity_gain", "value"] <= m.loc["plasticity_gain", "ci_high"]
+        assert m.loc["downstream_loss_after", "n"] == 24
+        selection = m.loc["downstream_selection_loss"]
+        assert sorted(selection.finetune_lr) == [1e-4, 3e-3]
+        best = selection.finetune_lr.to_numpy()[np.argmin(selection.value.to_numpy())]
+        assert m.loc["downstream_loss_after", "finetune_lr"] == best
+    cached, _ = run_analyses(tiny_sweep, ["plasticity"], Inputs(), options={"plasticity": options}, store=store, progress=False)
+    np.testing.assert_array_equal(cached.value.to_numpy(), results.value.to_numpy())
+
+
+def test_plasticity_rejects_bad_options(tiny_sweep):
+    from plastiscope.plasticity import start
+
+    with pytest.raises(ValueError, match="unknown option"):
+        start(tiny_sweep[0], Inputs(), lr=1e-3)
+    with pytest.raises(ValueError, match="learning_rates"):
+        start(tiny_sweep[0], Inputs(), learning_rates=[])
+    with pytest.raises(ValueError, match="unknown task"):
+        start(tiny_sweep[0], Inputs(), tasks=["sentiment"])
