@@ -87,6 +87,7 @@ def analyze(
     train_data: Optional[Path] = typer.Option(None, help="Documents the checkpoints were trained on (overfit)."),
     val_data: Optional[Path] = typer.Option(None, help="Held-out documents of the same kind (overfit)."),
     max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents of each input."),
+    option: list[str] = typer.Option([], "--option", "-o", help="An analysis option, ANALYSIS.KEY=VALUE (VALUE as JSON, else text); repeatable, e.g. -o overfit.prefix_tokens=8."),
     batch_size: int = typer.Option(16, help="Documents per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
     dtype: str = typer.Option("float32", help="Forward-pass precision: float32, bfloat16, float16 (statistics stay float32)."),
@@ -108,6 +109,8 @@ def analyze(
         inputs = Inputs(data=read(data, label_column), train_data=read(train_data), val_data=read(val_data))
         names = [a.strip() for a in analyses.split(",")] if analyses else None
         options = {"probes": {"pooling": pooling, **({"label_column": label_column} if label_column else {})}}
+        for name, key, value in map(_parse_option, option):
+            options.setdefault(name, {})[key] = value
         from plastiscope.pipeline import open_sweep
 
         sweep = open_sweep(source).to(device=device, dtype=dtype, device_map=device_map)
@@ -125,6 +128,20 @@ def analyze(
     typer.echo(f"{len(results)} rows -> {out / 'metrics.parquet'}")
     if len(failures) and not len(results):
         raise typer.Exit(1)
+
+
+def _parse_option(text: str) -> tuple[str, str, object]:
+    """``overfit.prefix_tokens=8`` -> ("overfit", "prefix_tokens", 8); the value is JSON when it parses."""
+    import json
+
+    target, sep, raw = text.partition("=")
+    name, dot, key = target.partition(".")
+    if not (sep and dot and name and key):
+        raise ValueError(f"--option {text!r}: write ANALYSIS.KEY=VALUE, e.g. overfit.prefix_tokens=8")
+    try:
+        return name, key, json.loads(raw)
+    except json.JSONDecodeError:
+        return name, key, raw
 
 
 @app.command()

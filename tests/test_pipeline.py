@@ -142,3 +142,24 @@ def test_sweep_from_results_dir_name(tiny_manifest):
     from plastiscope.pipeline import open_sweep
 
     assert len(open_sweep(tiny_manifest.parent)) == len(Sweep.from_manifest(tiny_manifest)) == 3
+
+
+def test_cli_analyze_end_to_end_with_options(tiny_manifest, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join('{"text": "a small gloss number %d about things", "label": "%s"}' % (i, "ab"[i % 2]) for i in range(40)))
+    val = tmp_path / "val.txt"
+    val.write_text("\n".join(f"a small gloss number {i} about stuff" for i in range(40)))
+    out = tmp_path / "res"
+    args = ["analyze", str(tiny_manifest), "--out", str(out), "--analyses", "attention,overfit", "--data", str(docs),
+            "--train-data", str(docs), "--val-data", str(val), "-o", "overfit.prefix_tokens=4", "-o", "overfit.continuation_tokens=4",
+            "-o", "overfit.reference=null"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = load_results(out)
+    assert set(frame["analysis"]) == {"attention", "attention_weights", "overfit"}
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["options"]["overfit"] == {"prefix_tokens": 4, "continuation_tokens": 4, "reference": None}
+    bad = CliRunner().invoke(app, args[:-6] + ["-o", "overfit"])
+    assert bad.exit_code == 2 and "write ANALYSIS.KEY=VALUE" in bad.output
+    report = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "r.html")])
+    assert report.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 100_000
