@@ -15,7 +15,6 @@ empty.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ import pandas as pd
 import torch
 
 from plastiscope.activations import Batch
-from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.analysis import Analysis, Inputs, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.results import ResultsStore, make_frame
@@ -198,23 +197,13 @@ def attention_stats(
     """
     check_options(options)
     inputs = Inputs(data=load_documents(data))
-    return _run(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
+    return run_one(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
 
 
 def weight_stats(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint], *, store: ResultsStore | None = None, progress: bool = True
 ) -> pd.DataFrame:
     """QK/OV circuit and projection-weight statistics of every head of every checkpoint (tidy results frame)."""
-    return _run(sweep, WEIGHTS_ANALYSIS, Inputs(), {}, store, 16, progress)
+    return run_one(sweep, WEIGHTS_ANALYSIS, Inputs(), {}, store, 16, progress)
 
 
-def _run(sweep, analysis, inputs, options, store, batch_size, progress) -> pd.DataFrame:
-    results, failures = run_analyses(
-        sweep, [analysis], inputs, options={analysis.name: options}, store=store, batch_size=batch_size, progress=progress
-    )
-    if len(failures):
-        lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
-        if results.empty:
-            raise RuntimeError(f"{analysis.name} failed on every checkpoint: {lines}")
-        warnings.warn(f"{analysis.name} failed on {len(failures)} checkpoint(s): {lines}", stacklevel=3)
-    return results

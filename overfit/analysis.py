@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.analysis import Analysis, Inputs, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.results import ResultsStore, make_frame
@@ -389,15 +389,7 @@ def memorization_gap(
     inputs = Inputs(train_data=load_documents(train_data), val_data=load_documents(val_data))
     if store is not None and not isinstance(store, ResultsStore):
         store = ResultsStore(store)
-    results, failures = run_analyses(
-        sweep, [ANALYSIS], inputs, options={NAME: options}, store=store, batch_size=batch_size, progress=progress
-    )
-    if len(failures):
-        lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
-        if results.empty:
-            raise RuntimeError(f"overfit failed on every checkpoint: {lines}")
-        warnings.warn(f"overfit failed on {len(failures)} checkpoint(s): {lines}", stacklevel=2)
-    return results
+    return run_one(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
 
 
 def document_scores(

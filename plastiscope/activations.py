@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from plastiscope.data import Documents, encode, load_documents
+from plastiscope.data import pad as pad_ids
 
 if TYPE_CHECKING:
     from plastiscope.checkpoint import Checkpoint
@@ -96,12 +97,7 @@ def stream(
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            width = max(len(ids[i]) for i in rows)
-            tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.bool)
-            for r, i in enumerate(rows):
-                tokens[r, : len(ids[i])] = torch.tensor(ids[i])
-                mask[r, : len(ids[i])] = True
+            tokens, mask = pad_ids([ids[i] for i in rows], pad)
             with torch.no_grad():
                 if wanted:
                     logits, cache = bridge.run_with_cache(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -148,6 +149,30 @@ def run_analyses(
         finally:
             checkpoint.unload()
     return combine(frames, failures)
+
+
+def run_one(
+    sweep: Sweep | Checkpoint | Sequence[Checkpoint],
+    analysis: Analysis,
+    inputs: Inputs,
+    options: Mapping[str, Any],
+    store: ResultsStore | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One analysis over a sweep, for the notebook functions (``probe_sweep``, ``attention_stats``, ...).
+
+    Checkpoints that fail are reported by a warning (and kept in ``frame.attrs["failures"]``);
+    if every checkpoint fails, the errors are raised.
+    """
+    results, failures = run_analyses(sweep, [analysis], inputs, {analysis.name: options}, store, batch_size, progress)
+    if len(failures):
+        lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
+        if results.empty:
+            raise RuntimeError(f"{analysis.name} failed on every checkpoint: {lines}")
+        warnings.warn(f"{analysis.name} failed on {len(failures)} checkpoint(s): {lines}", stacklevel=3)
+    results.attrs["failures"] = failures
+    return results
 
 
 def combine(frames: list[pd.DataFrame], failures: list[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -148,6 +148,19 @@ def _from_records(records: list[dict[str, Any]], text_column: str, source: str) 
     )
 
 
+def pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """Right-pad token lists: ``tokens [batch, pos]`` (int64) and ``mask [batch, pos]`` (bool, True on real tokens)."""
+    import torch
+
+    width = max(len(x) for x in ids)
+    tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.bool)
+    for i, x in enumerate(ids):
+        tokens[i, : len(x)] = torch.tensor(list(x), dtype=torch.long)
+        mask[i, : len(x)] = True
+    return tokens, mask
+
+
 def encode(tokenizer: Any, text: str, max_length: int, return_offsets: bool = False) -> Any:
     """Token ids of one document under the convention: ``[BOS] + tokens``, truncated to ``max_length``.
 

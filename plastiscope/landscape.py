@@ -61,6 +61,7 @@ from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, encode
 from plastiscope.results import make_frame
 from plastiscope.stats import mean_ci
+from plastiscope.train import batchify
 
 NAME = "landscape"
 DEFAULTS: dict[str, Any] = {
@@ -87,14 +88,7 @@ def fixed_batch(checkpoint: Checkpoint, data: Documents, n_docs: int) -> tuple[t
     ids = [x for x in ids if len(x) >= 2]  # a document without a target token adds nothing
     if not ids:
         raise ValueError(f"{checkpoint.name}: no document of train_data has a token to predict")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), width), pad, dtype=torch.long)
-    labels = torch.full((len(ids), width), -100, dtype=torch.long)
-    for i, x in enumerate(ids):
-        tokens[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(x)] = torch.tensor(x)
-    return tokens, labels
+    return batchify(ids, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
 
 def batch_loss_fn(model: Any, tokens: torch.Tensor, labels: torch.Tensor) -> Callable[[], torch.Tensor]:

@@ -80,6 +80,7 @@ from plastiscope.analysis import Analysis, Inputs
 from plastiscope.checkpoint import Checkpoint
 from plastiscope.corpus import load_corpus
 from plastiscope.data import DataError, Documents, encode, load_documents
+from plastiscope.data import pad as pad_ids
 from plastiscope.results import make_frame
 from plastiscope.stats import mean_ci
 
@@ -230,17 +231,6 @@ def task_ids(task: DownstreamTask, tokenizer: Any, max_length: int, rows: Sequen
             for i in rows]
 
 
-def pad_batch(ids: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``tokens [batch, pos]`` and ``mask [batch, pos]`` (True on real tokens)."""
-    width = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.bool)
-    for i, x in enumerate(ids):
-        tokens[i, : len(x)] = torch.tensor(list(x), dtype=torch.long)
-        mask[i, : len(x)] = True
-    return tokens, mask
-
-
 def _target_logprobs(model: Any, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``[batch, pos - 1]`` log-probability of each next token (0 where the target is padding)."""
     logits = model(tokens, attention_mask=mask.long()).logits.float()
@@ -257,7 +247,7 @@ def document_losses(model: Any, ids: Sequence[Sequence[int]], pad: int, batch_si
     out = np.full(len(ids), np.nan)
     try:
         for start in range(0, len(ids), batch_size):
-            tokens, mask = pad_batch(ids[start : start + batch_size], pad)
+            tokens, mask = pad_ids(ids[start : start + batch_size], pad)
             logp = _target_logprobs(model, tokens, mask)
             count = mask[:, 1:].sum(1).clamp(min=1)
             out[start : start + len(tokens)] = (-logp.sum(1) / count).double().numpy()
@@ -281,7 +271,7 @@ def label_accuracy(model: Any, task: DownstreamTask, tokenizer: Any, max_length:
                     for i in rows]
             for start in range(0, len(seqs), batch_size):
                 chunk = seqs[start : start + batch_size]
-                tokens, mask = pad_batch([s for s, _ in chunk], pad)
+                tokens, mask = pad_ids([s for s, _ in chunk], pad)
                 logp = _target_logprobs(model, tokens, mask)  # target p+1 sits at column p
                 label_part = torch.zeros_like(mask[:, 1:])
                 for r, (seq, at) in enumerate(chunk):
@@ -338,7 +328,7 @@ def finetune(
     order = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         rows = torch.randint(len(train_ids), (batch_size,), generator=order).tolist()
-        tokens, mask = pad_batch([train_ids[i] for i in rows], pad)
+        tokens, mask = pad_ids([train_ids[i] for i in rows], pad)
         labels = tokens.masked_fill(~mask, -100)
         loss = tuned(tokens, attention_mask=mask.long(), labels=labels).loss
         if not torch.isfinite(loss):

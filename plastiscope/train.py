@@ -30,6 +30,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from plastiscope.corpus import load_corpus
 from plastiscope.data import Documents, encode
+from plastiscope.data import pad as pad_ids
 from plastiscope.tokenizer import train_tokenizer
 
 
@@ -76,13 +77,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 def batchify(ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists: ``tokens [batch, pos]`` and ``labels [batch, pos]`` (-100 on padding)."""
-    width = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), width), pad, dtype=torch.long)
-    labels = torch.full((len(ids), width), -100, dtype=torch.long)
-    for i, x in enumerate(ids):
-        tokens[i, : len(x)] = torch.tensor(x)
-        labels[i, : len(x)] = torch.tensor(x)
-    return tokens, labels
+    tokens, mask = pad_ids(ids, pad)
+    return tokens, tokens.masked_fill(~mask, -100)
 
 
 @torch.no_grad()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.analysis import Analysis, Inputs, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import DataError, Documents, load_documents
 from plastiscope.probes.evaluate import DEFAULT_CS, evaluate_layers
@@ -265,13 +264,4 @@ def probe_sweep(
         "random_baseline": random_baseline,
     }
     _label_columns(docs, _check_options(opts))  # fail early, before any model is loaded
-    results, failures = run_analyses(
-        sweep, [ANALYSIS], Inputs(data=docs), {"probes": opts}, store=store, batch_size=batch_size, progress=progress
-    )
-    if len(failures):
-        if not len(results):
-            raise RuntimeError("probes failed on every checkpoint:\n" + "\n".join(
-                f"{r.checkpoint}: {r.error}" for r in failures.itertuples()))
-        warnings.warn(f"probes failed on {len(failures)} checkpoint(s): {failures['checkpoint'].tolist()}; see frame.attrs['failures']")
-    results.attrs["failures"] = failures
-    return results
+    return run_one(sweep, ANALYSIS, Inputs(data=docs), opts, store, batch_size, progress)

@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from transformers import (
-    AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     GPTNeoXConfig,

@@ -52,7 +52,6 @@ def test_rerun_reuses_trained_runs(tiny_manifest):
 
 
 def test_same_init_for_every_weight_decay():
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from plastiscope.train import train_one
     from plastiscope.tokenizer import train_tokenizer
