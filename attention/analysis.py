@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from plastiscope.activations import Batch
-from plastiscope.analysis import Analysis, Inputs, run_one
+from plastiscope.analysis import Analysis, Inputs, merge_options, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.results import ResultsStore, make_frame
@@ -51,10 +51,7 @@ def pattern_hook(layer: int) -> str:
 
 def check_options(options: dict[str, Any]) -> dict[str, Any]:
     """Defaults merged with ``options``; a precise error for an unknown or out-of-range option."""
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"attention: unknown option(s) {unknown}; options are {sorted(DEFAULTS)}")
-    config = {**DEFAULTS, **options}
+    config = merge_options("attention", DEFAULTS, options)
     for key in ("tol", "one_hot_threshold"):
         if not isinstance(config[key], (int, float)) or not 0 < config[key] < 1:
             raise ValueError(f"attention: {key}={config[key]!r} must be a number in (0, 1) (default {DEFAULTS[key]})")

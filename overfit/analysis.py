@@ -58,7 +58,7 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.analysis import Analysis, Inputs, run_one
+from plastiscope.analysis import Analysis, Inputs, merge_options, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.results import ResultsStore, make_frame
@@ -93,10 +93,7 @@ def text_hash(text: str) -> str:
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"overfit: unknown option(s) {unknown}; options are {sorted(DEFAULTS)}")
-    config = {**DEFAULTS, **options}
+    config = merge_options("overfit", DEFAULTS, options)
     if config["length_matching"] not in ("subsample", "none"):
         raise ValueError(f"overfit: length_matching must be 'subsample' or 'none', got {config['length_matching']!r}")
     for key in ("length_bins", "prefix_tokens", "continuation_tokens", "n_resamples", "batch_size"):

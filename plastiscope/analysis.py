@@ -79,6 +79,14 @@ REGISTRY = {
 ALIASES = {"attention": ("attention", "attention_weights")}
 
 
+def merge_options(name: str, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``options``; a precise error naming an unknown option and the known ones."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown}; options are {sorted(defaults)}")
+    return {**defaults, **options}
+
+
 def get_analysis(name: str) -> Analysis:
     if name not in REGISTRY:
         raise ValueError(f"unknown analysis {name!r}; choose from {', '.join(sorted(REGISTRY))}")

@@ -22,6 +22,9 @@ Metrics:
   unconverged estimate is an underestimate, and a slowly converging run (the shifted one,
   when the top eigenvalue is small against the negative one) has a bracket narrower than
   its error: read ``n`` and ``relative_change`` with it.
+- ``hessian_min_eigenvalue`` (only when the eigenvalue of largest magnitude is negative:
+  the checkpoint is not at a minimum of ``L``): that eigenvalue, the most negative one,
+  with its iterations and bracket as above.
 - ``hessian_trace``: Hutchinson's estimator ``tr H = E[v^T H v]`` with Rademacher probes
   ``v`` (Hutchinson 1990; Yao et al. 2020); value and bootstrap 95 % interval are the mean
   over the ``trace_probes`` probes (``n``).
@@ -56,7 +59,7 @@ import pandas as pd
 import torch
 from einops import rearrange
 
-from plastiscope.analysis import Analysis, Inputs
+from plastiscope.analysis import Analysis, Inputs, merge_options
 from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, encode
 from plastiscope.results import make_frame
@@ -78,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
 
 Params = Sequence[torch.Tensor]
 Vectors = list[torch.Tensor]
+Estimate = tuple[float, int, float]  # (eigenvalue, iterations, last change)
 
 
 # ---------------------------------------------------------------------- loss on a fixed batch
@@ -99,12 +103,13 @@ def batch_loss_fn(model: Any, tokens: torch.Tensor, labels: torch.Tensor) -> Cal
 
 # ---------------------------------------------------------------------- Hessian
 def _dot(a: Params, b: Params) -> torch.Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b))
+    """``sum_i a_i . b_i`` accumulated in float64 (no cancellation in shifted Rayleigh quotients)."""
+    return sum((x.double() * y.double()).sum() for x, y in zip(a, b))
 
 
 def _normalize(v: Vectors) -> Vectors:
     norm = torch.sqrt(_dot(v, v))
-    return [x / norm for x in v]
+    return [(x / norm).to(x.dtype) for x in v]
 
 
 def hvp_operator(loss_fn: Callable[[], torch.Tensor], params: Params) -> Callable[[Params], Vectors]:
@@ -127,25 +132,25 @@ def dominant_eigenvalue(
 ) -> tuple[float, int, float]:
     """Power iteration on ``H - shift I``: ``(eigenvalue of H, iterations, last change)``.
 
-    Starts from a Gaussian vector (``seed``); each iteration ``v <- (H - shift I) v / ||.||``
-    and the estimate is the Rayleigh quotient ``v^T (H - shift I) v``. Stops when the change
-    of the estimate, relative to the eigenvalue of ``H`` it stands for (estimate + shift), is
-    below ``tol``, or after ``max_iter`` products. Converges to the eigenvalue of
-    ``H - shift I`` of largest magnitude, returned plus ``shift``.
-    ``last change`` is ``|estimate - previous estimate|`` of the last iteration (inf after one).
+    Starts from a Gaussian vector (``seed``); each iteration ``v <- (H - shift I) v / ||.||``,
+    so ``v`` converges to the eigenvector of ``H - shift I`` of largest magnitude, and the
+    estimate is the Rayleigh quotient of ``H`` itself, ``v^T H v`` (float64; never ``shift``
+    plus a small difference). Stops when the estimate changes by less than ``tol`` times its
+    magnitude, or after ``max_iter`` products. ``last change`` is ``|estimate - previous
+    estimate|`` of the last iteration (inf after one).
     """
     generator = torch.Generator().manual_seed(seed)
     v = _normalize([torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params])
     estimate, change = math.nan, math.inf
     for iteration in range(1, max_iter + 1):
-        hv = [h.detach() - shift * x for h, x in zip(hvp(v), v)]
+        hv = [h.detach() for h in hvp(v)]
         previous, estimate = estimate, float(_dot(hv, v))
-        v = _normalize(hv)
+        v = _normalize([h - shift * x for h, x in zip(hv, v)] if shift else hv)
         if iteration > 1:
             change = abs(estimate - previous)
-            if change <= tol * abs(previous + shift):
+            if change <= tol * abs(previous):
                 break
-    return estimate + shift, iteration, change
+    return estimate, iteration, change
 
 
 def top_eigenvalue(
@@ -162,11 +167,21 @@ def top_eigenvalue(
     bulk of near-zero eigenvalues becomes a cluster near the top): then it usually stops at
     ``max_iter`` with an underestimate, and its last change understates the error.
     """
+    top, _ = eigenvalue_extremes(hvp, params, max_iter, tol, seed)
+    return top
+
+
+def eigenvalue_extremes(
+    hvp: Callable[[Params], Vectors], params: Params, max_iter: int = 20, tol: float = 1e-3, seed: int = 0
+) -> tuple[Estimate, Estimate | None]:
+    """``(top, negative)``: :func:`top_eigenvalue`'s estimate and, when the dominant eigenvalue
+    is negative, that one's (the most negative eigenvalue; else None). ``top``'s iterations
+    count both runs."""
     value, iterations, change = dominant_eigenvalue(hvp, params, max_iter, tol, seed)
     if value >= 0:
-        return value, iterations, change
-    top, more, change = dominant_eigenvalue(hvp, params, max_iter, tol, seed + 1, shift=value)
-    return top, iterations + more, change
+        return (value, iterations, change), None
+    top, more, top_change = dominant_eigenvalue(hvp, params, max_iter, tol, seed + 1, shift=value)
+    return (top, iterations + more, top_change), (value, iterations, change)
 
 
 def hutchinson_samples(hvp: Callable[[Params], Vectors], params: Params, n_probes: int = 16, seed: int = 0) -> np.ndarray:
@@ -245,10 +260,7 @@ def basin_radius(radii: Sequence[float], losses: Sequence[float], threshold: flo
 
 # ---------------------------------------------------------------------- the task
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"landscape: unknown option(s) {unknown}; options are {sorted(DEFAULTS)}")
-    config = {**DEFAULTS, **options}
+    config = merge_options("landscape", DEFAULTS, options)
     for key in ("n_docs", "power_iterations", "trace_probes", "n_directions", "n_resamples"):
         if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 0:
             raise ValueError(f"landscape: {key} must be an integer >= 0, got {config[key]!r}")
@@ -286,10 +298,10 @@ class LandscapeTask:
             if cfg["power_iterations"] or cfg["trace_probes"]:
                 hvp = hvp_operator(loss_fn, params)
                 if cfg["power_iterations"]:
-                    value, iterations, change = top_eigenvalue(hvp, params, cfg["power_iterations"], cfg["power_tol"], cfg["seed"])
-                    records.append({"metric": "hessian_top_eigenvalue", "value": value, "ci_low": value - change,
-                                    "ci_high": value + change, "n": iterations,
-                                    "relative_change": change / abs(value) if value else math.nan})
+                    top, negative = eigenvalue_extremes(hvp, params, cfg["power_iterations"], cfg["power_tol"], cfg["seed"])
+                    records.append(_eigenvalue_record("hessian_top_eigenvalue", top))
+                    if negative is not None:
+                        records.append(_eigenvalue_record("hessian_min_eigenvalue", negative))
                 if cfg["trace_probes"]:
                     samples = hutchinson_samples(hvp, params, cfg["trace_probes"], cfg["seed"])
                     value, low, high, n = mean_ci(samples, **boot)
@@ -316,6 +328,12 @@ class LandscapeTask:
         records.append({"metric": "basin_radius", "value": value, "ci_low": low, "ci_high": high, "n": n,
                         "n_censored": sum(c for _, c in found)})
         return records
+
+
+def _eigenvalue_record(metric: str, estimate: Estimate) -> dict[str, Any]:
+    value, iterations, change = estimate
+    return {"metric": metric, "value": value, "ci_low": value - change, "ci_high": value + change, "n": iterations,
+            "relative_change": change / abs(value) if value else math.nan}
 
 
 def start(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> LandscapeTask:

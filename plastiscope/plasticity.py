@@ -76,7 +76,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from plastiscope.analysis import Analysis, Inputs
+from plastiscope.analysis import Analysis, Inputs, merge_options
 from plastiscope.checkpoint import Checkpoint
 from plastiscope.corpus import load_corpus
 from plastiscope.data import DataError, Documents, encode, load_documents
@@ -344,10 +344,7 @@ def finetune(
 
 # ---------------------------------------------------------------------- the task
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"plasticity: unknown option(s) {unknown}; options are {sorted(DEFAULTS)}")
-    config = {**DEFAULTS, **options}
+    config = merge_options("plasticity", DEFAULTS, options)
     for key in ("steps", "batch_size", "train_docs", "select_docs", "eval_docs", "eval_batch_size", "n_resamples"):
         if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
             raise ValueError(f"plasticity: {key} must be a positive integer, got {config[key]!r}")

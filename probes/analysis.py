@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.analysis import Analysis, Inputs, run_one
+from plastiscope.analysis import Analysis, Inputs, merge_options, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import DataError, Documents, load_documents
 from plastiscope.probes.evaluate import DEFAULT_CS, evaluate_layers
@@ -61,10 +61,7 @@ _MEMO_SIZE = 8
 
 
 def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"probes: unknown option(s) {unknown}; options are {sorted(DEFAULT_OPTIONS)}")
-    o = {**DEFAULT_OPTIONS, **options}
+    o = merge_options("probes", DEFAULT_OPTIONS, options)
     if o["level"] not in ("sequence", "token"):
         raise ValueError(f"probes: level must be 'sequence' or 'token', got {o['level']!r}")
     pooling = [o["pooling"]] if isinstance(o["pooling"], str) else list(o["pooling"])
