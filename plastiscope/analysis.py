@@ -95,14 +95,14 @@ def get_analysis(name: str) -> Analysis:
 
 
 def available_analyses() -> list[str]:
-    """Analyses whose module imports (the others are reported by :func:`get_analysis`)."""
+    """Analyses whose module imports; the others are left out with a warning that says why."""
     names = []
     for name in REGISTRY:
         try:
             get_analysis(name)
             names.append(name)
-        except (ImportError, AttributeError):
-            pass
+        except (ImportError, AttributeError) as err:
+            log.warning("analysis %r is unavailable and left out: %s: %s", name, type(err).__name__, err)
     return names
 
 
