@@ -205,6 +205,41 @@ def callout(prep: Prepared, corr: pd.DataFrame) -> str:
             f"looks worse by validation loss may be better by these:<ul>{''.join(items)}</ul>{note}</div>")
 
 
+def plasticity_predictors(corr: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """Series ranked by how well they predict ``plasticity_gain`` across checkpoints: |Spearman rho|, descending.
+
+    The plasticity analysis's own rows (the gain and the downstream losses it is made of) are
+    the target, not predictors, and are left out; validation loss is ranked like any metric.
+    """
+    if "rho_plasticity" not in corr:
+        return corr.iloc[0:0]
+    candidates = corr[(corr["analysis"] != "plasticity") & corr["rho_plasticity"].notna()]
+    order = candidates["rho_plasticity"].abs().sort_values(ascending=False, kind="stable").index
+    ranked = candidates.loc[order].reset_index(drop=True)
+    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
+    return ranked
+
+
+def predictors_html(corr: pd.DataFrame, top: int = 10) -> str:
+    if "group" in corr and corr["group"].nunique() > 1:  # one ranking per group of a comparison report
+        return "".join(predictors_html(sub.assign(group=None), top).replace("predicts plasticity?</strong>",
+                       f"predicts plasticity? ({esc(group)})</strong>", 1) for group, sub in corr.groupby("group"))
+    ranked = plasticity_predictors(corr)
+    if ranked.empty:
+        return ""
+    items = "".join(
+        f"<li><strong>{esc(r['series'])}</strong>: ρ = {fmt(r['rho_plasticity'])} "
+        f"[{fmt(r['rho_plasticity_low'])}, {fmt(r['rho_plasticity_high'])}]</li>"
+        for r in ranked.head(top).to_dict("records")
+    )
+    val = ranked[ranked["metric"] == "val_loss"]
+    where = (f"Validation loss ranks <strong>{int(val['rank'].iloc[0])} of {len(ranked)}</strong> "
+             f"(ρ = {fmt(val['rho_plasticity'].iloc[0])}).") if len(val) else "No validation-loss series to rank (run the overfit analysis)."
+    return (f"<div class='ps-callout' id='plasticity-predictors'><strong>Which metric predicts plasticity?</strong> "
+            f"Series ranked by |Spearman ρ| with plasticity_gain across checkpoints (95 % bootstrap interval). {where}"
+            f"<ol>{items}</ol></div>")
+
+
 def correlation_section(prep: Prepared, corr: pd.DataFrame, plot_html: str) -> str:
     plasticity = "rho_plasticity" in corr and corr["rho_plasticity"].notna().any()
     columns = ([("group", "group")] if prep.group_by else []) + [
@@ -227,7 +262,7 @@ def correlation_section(prep: Prepared, corr: pd.DataFrame, plot_html: str) -> s
         row += [r.get("tau_val_loss", math.nan), verdict, r.get("best_metric", "")]
         rows.append(row)
     tbl = table(columns, rows, "correlation-table", caption="Correlation summary (click a column header to sort)") if rows else ""
-    return (f"<section id='correlations'><h2>Correlations and rankings</h2>{callout(prep, corr)}{plot_html}"
+    return (f"<section id='correlations'><h2>Correlations and rankings</h2>{callout(prep, corr)}{predictors_html(corr)}{plot_html}"
             f"<details><summary>Correlation table</summary>{tbl}</details></section>")
 
 

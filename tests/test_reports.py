@@ -324,3 +324,28 @@ def test_batch_index_links_each_report(tmp_path):
     assert hrefs == ["comparison/report.html", "lr_schedule%3Dcos/report.html", "lr_schedule%3Dlin/report.html"]
     for href in hrefs:
         assert (index.parent / href.replace("%3D", "=")).exists()
+
+
+def test_plasticity_predictor_ranking_matches_scipy(tmp_path):
+    """Every metric (validation loss included) ranked by |Spearman rho| with plasticity_gain."""
+    from scipy.stats import spearmanr
+
+    from plastiscope.reports import write_report
+    from plastiscope.reports.correlate import correlation_table
+    from plastiscope.reports.page import plasticity_predictors
+    from plastiscope.reports.report import _prepared
+    from plastiscope.results import tidy
+
+    gain = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    series = {("plasticity", "plasticity_gain"): gain, ("probes", "accuracy"): [0.1, 0.3, 0.2, 0.5, 0.4, 0.6],
+              ("overfit", "val_loss"): [3.0, 1.0, 2.0, 6.0, 4.0, 5.0], ("overfit", "loss_gap"): [6.0, 5.0, 4.0, 3.0, 1.0, 2.0]}
+    rows = [{"checkpoint": f"c{i}", "weight_decay": wd, "analysis": a, "metric": m, "value": v[i]}
+            for (a, m), v in series.items() for i, wd in enumerate([0.0, 0.001, 0.01, 0.1, 0.3, 1.0])]
+    frame = tidy(pd.DataFrame(rows))
+    ranked = plasticity_predictors(correlation_table(_prepared(frame), n_resamples=50))
+    expected = sorted(((abs(spearmanr(v, gain)[0]), m) for (a, m), v in series.items() if a != "plasticity"), key=lambda t: -t[0])
+    assert ranked["metric"].tolist() == [m for _, m in expected]
+    np.testing.assert_allclose(ranked["rho_plasticity"].abs(), [r for r, _ in expected])
+    text = write_report(frame, tmp_path / "r.html").read_text()
+    rank = ranked.index[ranked["metric"] == "val_loss"][0] + 1
+    assert "Which metric predicts plasticity?" in text and f"Validation loss ranks <strong>{rank} of 3</strong>" in text
