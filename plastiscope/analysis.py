@@ -37,7 +37,7 @@ INPUT_FLAGS = {"data": "--data", "train_data": "--train-data", "val_data": "--va
 
 @dataclass
 class Inputs:
-    """The documents analyses read: ``data`` (probes, attention), ``train_data`` / ``val_data`` (overfit, plasticity)."""
+    """The documents analyses read: ``data`` (probes, attention), ``train_data`` / ``val_data`` (overfit, landscape)."""
 
     data: Documents | None = None
     train_data: Documents | None = None

@@ -16,7 +16,6 @@ import gc
 import hashlib
 import json
 import math
-import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -393,10 +392,6 @@ class Sweep(Sequence[Checkpoint]):
         return [dict(e) for e in self.errors]
 
     @classmethod
-    def from_checkpoints(cls, checkpoints: Sequence[Checkpoint]) -> Sweep:
-        return cls(checkpoints)
-
-    @classmethod
     def from_manifest(cls, path: str | Path) -> Sweep:
         """A CSV, JSON or YAML manifest: one row per checkpoint with ``path``, ``weight_decay`` and any metadata."""
         path = Path(path)
@@ -478,6 +473,3 @@ def _number(value: Any) -> Any:
             except ValueError:
                 pass
     return value
-
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a hub

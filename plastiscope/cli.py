@@ -79,7 +79,7 @@ def train_sweep_cmd(
 def analyze(
     source: Path = typer.Argument(..., help="Manifest (.csv/.json/.yaml), sweep folder, or one checkpoint folder."),
     out: Path = typer.Option(..., "--out", help="Results folder (metrics.parquet, metrics.csv, run.json)."),
-    analyses: Optional[str] = typer.Option(None, help="Comma-separated: probes,attention,overfit (default: all whose inputs are given)."),
+    analyses: Optional[str] = typer.Option(None, help="Comma-separated: probes,attention,overfit,landscape,plasticity (default: all whose inputs are given, but plasticity, which fine-tunes: name it)."),
     data: Optional[Path] = typer.Option(None, help="Documents for probes and attention statistics."),
     text_column: str = typer.Option("text", help="Text column of JSONL/CSV/datasets inputs."),
     label_column: Optional[str] = typer.Option(None, help="Label column for probes."),

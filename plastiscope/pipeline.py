@@ -70,7 +70,10 @@ def analyze(
     executor: str = "local",
     executor_options: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run ``analyses`` (default: every one whose inputs are given) and write ``out``.
+    """Run ``analyses`` and write ``out``.
+
+    Default: every analysis whose inputs are given, except ``plasticity``, which fine-tunes
+    every checkpoint and runs only when named.
 
     Returns ``(results, failures)``. Cached pieces in ``out/cache`` are reused.
     ``executor="ray"`` runs each (checkpoint, analysis) as a Ray task
@@ -83,7 +86,8 @@ def analyze(
     if analyses is None:
         from plastiscope.analysis import get_analysis
 
-        analyses = [a for a in available_analyses() if all(getattr(inputs, n) is not None for n in get_analysis(a).inputs)]
+        analyses = [a for a in available_analyses() if a != "plasticity"
+                    and all(getattr(inputs, n) is not None for n in get_analysis(a).inputs)]
     analyses = expand_analyses(analyses)
     store = ResultsStore(out)
     if executor == "ray":
@@ -138,7 +142,7 @@ def demo(
     # exact memorization: glosses are short (about 20 tokens), so an 8-token prefix and continuation
     memorization = {"prefix_tokens": 8, "continuation_tokens": 8}
     options = {"probes": {"label_column": "pos"}, "overfit": memorization}
-    analyze(manifest, out / "results", None, inputs, options, progress=progress,
+    analyze(manifest, out / "results", available_analyses(), inputs, options, progress=progress,
             config={"demo": True, "quick": quick, "train": asdict(config)})
     from plastiscope.reports import write_report
 
