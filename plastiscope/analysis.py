@@ -170,7 +170,7 @@ def run_one(
 ) -> pd.DataFrame:
     """One analysis over a sweep, for the notebook functions (``probe_sweep``, ``attention_stats``, ...).
 
-    Checkpoints that fail are reported by a warning (and kept in ``frame.attrs["failures"]``);
+    Checkpoints that fail are reported by a warning (and kept as records in ``frame.attrs["failures"]``);
     if every checkpoint fails, the errors are raised.
     """
     results, failures = run_analyses(sweep, [analysis], inputs, {analysis.name: options}, store, batch_size, progress)
@@ -179,7 +179,7 @@ def run_one(
         if results.empty:
             raise RuntimeError(f"{analysis.name} failed on every checkpoint: {lines}")
         warnings.warn(f"{analysis.name} failed on {len(failures)} checkpoint(s): {lines}", stacklevel=3)
-    results.attrs["failures"] = failures
+    results.attrs["failures"] = failures.to_dict("records")  # plain records: pandas compares attrs on concat
     return results
 
 

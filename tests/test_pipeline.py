@@ -163,3 +163,12 @@ def test_cli_analyze_end_to_end_with_options(tiny_manifest, tmp_path):
     assert bad.exit_code == 2 and "write ANALYSIS.KEY=VALUE" in bad.output
     report = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "r.html")])
     assert report.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 100_000
+
+
+def test_notebook_functions_results_concatenate(tiny_sweep, probe_docs):
+    """Frames from run_one carry their failures in attrs, and still concatenate (pandas compares attrs)."""
+    from plastiscope.analysis import run_one
+
+    a = run_one(tiny_sweep, NORM, Inputs(data=probe_docs.subset(range(4))), {}, progress=False)
+    b = run_one(tiny_sweep[:1], NORM, Inputs(data=probe_docs.subset(range(5))), {}, progress=False)
+    assert a.attrs["failures"] == [] and len(pd.concat([a, b], ignore_index=True)) == 8
