@@ -11,17 +11,19 @@ Metrics:
 
 - ``hessian_top_eigenvalue``: the largest eigenvalue of the Hessian of ``L`` by power
   iteration on Hessian-vector products (Pearlmutter 1994: double backward through
-  ``torch.autograd``; Yao et al. 2020, PyHessian). Power iteration finds the eigenvalue of
-  largest magnitude; when that one is negative (away from a minimum), a second run on the
-  shifted Hessian finds the top one (:func:`top_eigenvalue`). ``n`` is the number of
-  iterations run, both runs together (each stops once the relative change of its estimate
-  falls below ``power_tol``, or after ``power_iterations``); the extra column
-  ``relative_change`` is the last relative change. ``ci_low`` / ``ci_high`` are **not** a
-  confidence interval but a convergence bracket: estimate -/+ the absolute change of the
-  last iteration. The Rayleigh quotient approaches the top eigenvalue from below, so an
-  unconverged estimate is an underestimate, and a slowly converging run (the shifted one,
-  when the top eigenvalue is small against the negative one) has a bracket narrower than
-  its error: read ``n`` and ``relative_change`` with it.
+  ``torch.autograd``; Yao et al. 2020, PyHessian). ``n`` is the number of iterations run
+  (a run stops once the relative change of its estimate falls below ``power_tol``, or
+  after ``power_iterations``); the extra column ``relative_change`` is the last relative
+  change. ``ci_low`` / ``ci_high`` are **not** a confidence interval but a convergence
+  bracket: estimate -/+ the absolute change of the last iteration. The Rayleigh quotient
+  approaches the top eigenvalue from below, so an unconverged estimate is an
+  underestimate; read ``relative_change`` with the bracket. Power iteration finds the
+  eigenvalue of largest magnitude; when that one is negative (away from a minimum), a
+  second run on the shifted Hessian looks for the top one (:func:`top_eigenvalue`; ``n``
+  counts both runs). That run converges slowly when the top eigenvalue is small against
+  the negative one, and an unconverged one can be far below the truth: if it has not
+  converged within ``power_iterations``, the value is NaN (``n`` and ``relative_change``
+  still say what was run).
 - ``hessian_min_eigenvalue`` (only when the eigenvalue of largest magnitude is negative:
   the checkpoint is not at a minimum of ``L``): that eigenvalue, the most negative one,
   with its iterations and bracket as above.
@@ -50,6 +52,7 @@ a sweep sees the same probes and the same Gaussian draws behind its directions.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -78,6 +81,8 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "n_resamples": 1000,
 }
+
+log = logging.getLogger("plastiscope")
 
 Params = Sequence[torch.Tensor]
 Vectors = list[torch.Tensor]
@@ -299,9 +304,7 @@ class LandscapeTask:
                 hvp = hvp_operator(loss_fn, params)
                 if cfg["power_iterations"]:
                     top, negative = eigenvalue_extremes(hvp, params, cfg["power_iterations"], cfg["power_tol"], cfg["seed"])
-                    records.append(_eigenvalue_record("hessian_top_eigenvalue", top))
-                    if negative is not None:
-                        records.append(_eigenvalue_record("hessian_min_eigenvalue", negative))
+                    records += eigenvalue_records(top, negative, cfg["power_tol"], self.checkpoint.name)
                 if cfg["trace_probes"]:
                     samples = hutchinson_samples(hvp, params, cfg["trace_probes"], cfg["seed"])
                     value, low, high, n = mean_ci(samples, **boot)
@@ -334,6 +337,23 @@ def _eigenvalue_record(metric: str, estimate: Estimate) -> dict[str, Any]:
     value, iterations, change = estimate
     return {"metric": metric, "value": value, "ci_low": value - change, "ci_high": value + change, "n": iterations,
             "relative_change": change / abs(value) if value else math.nan}
+
+
+def eigenvalue_records(top: Estimate, negative: Estimate | None, tol: float, name: str = "") -> list[dict[str, Any]]:
+    """Rows ``hessian_top_eigenvalue`` (+ ``hessian_min_eigenvalue`` when the dominant one is negative).
+
+    The top eigenvalue of a shifted run that did not converge (relative change above
+    ``tol``) is NaN: such an estimate can be far below the truth.
+    """
+    record = _eigenvalue_record("hessian_top_eigenvalue", top)
+    if negative is None:
+        return [record]
+    if not record["relative_change"] <= tol:
+        log.warning("%s: the Hessian's dominant eigenvalue is negative (%.4g) and the shifted power iteration for the top "
+                    "one did not converge (relative change %.2g); hessian_top_eigenvalue is NaN",
+                    name, negative[0], record["relative_change"])
+        record.update(value=math.nan, ci_low=math.nan, ci_high=math.nan)
+    return [record, _eigenvalue_record("hessian_min_eigenvalue", negative)]
 
 
 def start(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> LandscapeTask:

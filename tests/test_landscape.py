@@ -16,6 +16,7 @@ from plastiscope.landscape import (
     basin_radius,
     batch_loss_fn,
     dominant_eigenvalue,
+    eigenvalue_records,
     filter_normalized_direction,
     fixed_batch,
     hutchinson_samples,
@@ -71,6 +72,18 @@ def test_top_eigenvalue_is_the_largest_even_when_a_negative_one_dominates():
     a, params, loss = _quadratic(seed=3, spectrum=(-100.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0))
     value, iterations, change = top_eigenvalue(hvp_operator(loss, params), params, max_iter=5000, tol=1e-7, seed=0)
     assert value == pytest.approx(1.0, rel=1e-4) and change <= 1e-7 * 1.01
+
+
+def test_eigenvalue_rows_report_a_negative_dominant_eigenvalue_and_refuse_an_unconverged_top():
+    (top,) = eigenvalue_records((12.0, 9, 0.006), None, tol=1e-3)
+    assert top["metric"] == "hessian_top_eigenvalue" and top["n"] == 9
+    assert (top["value"], top["ci_low"], top["ci_high"]) == pytest.approx((12.0, 11.994, 12.006))
+    assert top["relative_change"] == pytest.approx(0.0005)
+    top, low = eigenvalue_records((3.0, 30, 0.001), (-50.0, 8, 0.01), tol=1e-3)  # shifted run converged
+    assert top["value"] == 3.0 and top["n"] == 30
+    assert low["metric"] == "hessian_min_eigenvalue" and low["value"] == -50.0 and low["n"] == 8
+    top, low = eigenvalue_records((1e-4, 28, 5e-6), (-449.0, 8, 0.1), tol=1e-3)  # not converged: no number
+    assert math.isnan(top["value"]) and math.isnan(top["ci_low"]) and top["n"] == 28 and low["value"] == -449.0
 
 
 class _MLP(torch.nn.Module):
