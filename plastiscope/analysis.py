@@ -152,7 +152,6 @@ def run_analyses(
             if todo:
                 _run_checkpoint(checkpoint, todo, configs, inputs, store, frames, failures, batch_size, progress)
         except Exception as err:  # a broken checkpoint must not sink the sweep
-            log.error("%s: %s", checkpoint.name, err)
             failures.append(failure_row(checkpoint, "*", err))
         finally:
             checkpoint.unload()
@@ -225,7 +224,6 @@ def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures,
         try:
             tasks[spec.name] = (spec, spec.start(checkpoint, inputs, **configs[spec.name]))
         except Exception as err:
-            log.error("%s / %s: %s", checkpoint.name, spec.name, err)
             failures.append(failure_row(checkpoint, spec.name, err))
     for input_name in INPUT_FLAGS:
         consumers = [c for _, task in tasks.values() for c in task.passes.get(input_name, ())]
@@ -235,7 +233,6 @@ def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures,
         try:
             frame = task.finish()
         except Exception as err:
-            log.error("%s / %s: %s", checkpoint.name, name, err)
             failures.append(failure_row(checkpoint, name, err))
             continue
         if store is not None:
@@ -244,9 +241,10 @@ def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures,
 
 
 def failure_row(checkpoint: Checkpoint, analysis: str, err: BaseException | str) -> dict[str, Any]:
-    """One row of ``failures``: which checkpoint, where, which analysis, what went wrong."""
+    """One row of ``failures`` (which checkpoint, where, which analysis, what went wrong), logged as an error."""
     if isinstance(err, BaseException):
         log.debug("".join(traceback.format_exception(err)))
         err = f"{type(err).__name__}: {err}"
+    log.error("%s / %s: %s", checkpoint.name, analysis, err)
     path = str(checkpoint.path) if checkpoint.path else "<in memory>"
     return {"checkpoint": checkpoint.name, "path": path, "analysis": analysis, "error": err}
