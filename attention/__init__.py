@@ -18,7 +18,7 @@ Quick use::
 
 from .analysis import (
     ANALYSIS,
-    DEFAULTS,
+    OPTIONS,
     WEIGHTS_ANALYSIS,
     PatternStatistics,
     attention_stats,
@@ -32,7 +32,7 @@ from .weights import WEIGHT_METRICS, expand_kv_heads, layer_weights, weight_stat
 __all__ = [
     "ANALYSIS",
     "WEIGHTS_ANALYSIS",
-    "DEFAULTS",
+    "OPTIONS",
     "PATTERN_METRICS",
     "WEIGHT_METRICS",
     "PatternStatistics",

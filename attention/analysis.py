@@ -25,10 +25,12 @@ import pandas as pd
 import torch
 
 from plastiscope.activations import Batch
-from plastiscope.analysis import Analysis, Inputs, merge_options, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
+from plastiscope.memo import Memo
+from plastiscope.options import Integer, Option, OptionTable, Real
 from plastiscope.results import ResultsStore, make_frame
+from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci
 
 from .patterns import PATTERN_METRICS, pattern_statistics
@@ -36,30 +38,18 @@ from .weights import WEIGHT_METRICS, layer_weights, weight_statistics
 
 NAME = "attention"
 WEIGHTS_NAME = "attention_weights"
-DEFAULTS: dict[str, Any] = {
-    "tol": 1e-2,  # relative tolerance of numerical_rank: singular values above tol * sigma_max
-    "one_hot_threshold": 0.9,  # a query row is near one-hot when its largest weight exceeds this
-    "n_resamples": 1000,  # bootstrap resamples of documents
-    "seed": 0,
-}
+OPTIONS = OptionTable({
+    "tol": Option(1e-2, Real(0, 1, closed="neither"), "relative tolerance of numerical_rank: singular values above tol * sigma_max"),
+    "one_hot_threshold": Option(0.9, Real(0, 1, closed="neither"), "a query row is near one-hot when its largest weight exceeds this"),
+    "n_resamples": Option(1000, Integer(1), "bootstrap resamples of documents"),
+    "seed": Option(0, Integer(0), "bootstrap seed"),
+})
+WEIGHT_OPTIONS = OptionTable({})
 
 
 def pattern_hook(layer: int) -> str:
     """TransformerLens hook name of layer ``layer``'s attention pattern ``[batch, head, q, k]``."""
     return f"blocks.{layer}.attn.hook_pattern"
-
-
-def check_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Defaults merged with ``options``; a precise error for an unknown or out-of-range option."""
-    config = merge_options("attention", DEFAULTS, options)
-    for key in ("tol", "one_hot_threshold"):
-        if not isinstance(config[key], (int, float)) or not 0 < config[key] < 1:
-            raise ValueError(f"attention: {key}={config[key]!r} must be a number in (0, 1) (default {DEFAULTS[key]})")
-    if not isinstance(config["n_resamples"], int) or config["n_resamples"] < 1:
-        raise ValueError(f"attention: n_resamples={config['n_resamples']!r} must be a positive integer")
-    if not isinstance(config["seed"], int):
-        raise ValueError(f"attention: seed={config['seed']!r} must be an integer")
-    return config
 
 
 # ---------------------------------------------------------------------- patterns
@@ -72,7 +62,7 @@ class PatternStatistics:
 
     needs_logits = False
 
-    def __init__(self, n_layers: int, tol: float = DEFAULTS["tol"], one_hot_threshold: float = DEFAULTS["one_hot_threshold"]):
+    def __init__(self, n_layers: int, tol: float = 1e-2, one_hot_threshold: float = 0.9):
         self.names = [pattern_hook(layer) for layer in range(n_layers)]
         self.tol = tol
         self.one_hot_threshold = one_hot_threshold
@@ -80,6 +70,7 @@ class PatternStatistics:
         self._values: list[np.ndarray] = []
 
     def update(self, batch: Batch) -> None:
+        """Add the pattern statistics of one batch's documents, every layer and head."""
         per_layer = []
         for layer, name in enumerate(self.names):
             try:
@@ -92,6 +83,7 @@ class PatternStatistics:
         self._doc_index.append(batch.doc_index.cpu().numpy())
 
     def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(doc_index [doc], values [doc, layer, head, metric])`` of every document read, in document order."""
         if not self._values:
             raise ValueError("attention: no documents were read (empty data?)")
         doc_index = np.concatenate(self._doc_index)
@@ -126,6 +118,8 @@ def summarize(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> lis
 
 @dataclass
 class PatternTask:
+    """The attention-pattern analysis of one checkpoint: statistics in the ``data`` pass, summarised in :meth:`finish`."""
+
     checkpoint: Checkpoint
     consumer: PatternStatistics
     config: dict[str, Any]
@@ -135,13 +129,14 @@ class PatternTask:
         self.passes = {"data": [self.consumer]}
 
     def finish(self) -> pd.DataFrame:
+        """Per (metric, layer, head) rows: mean over documents with a bootstrap 95 % interval."""
         _, values = self.consumer.values()
         records = summarize(values, self.config["n_resamples"], self.config["seed"])
         return make_frame(self.checkpoint, NAME, records)
 
 
-def start_patterns(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> PatternTask:
-    config = check_options(options)
+def start_patterns(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: Memo) -> PatternTask:
+    """Start the pattern statistics of one checkpoint (read from the shared pass over ``data``)."""
     consumer = PatternStatistics(checkpoint.n_layers, config["tol"], config["one_hot_threshold"])
     return PatternTask(checkpoint, consumer, config)
 
@@ -149,10 +144,13 @@ def start_patterns(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> Pa
 # ---------------------------------------------------------------------- weights
 @dataclass
 class WeightTask:
+    """The attention-weight analysis of one checkpoint, computed in :meth:`finish` (no data)."""
+
     checkpoint: Checkpoint
     passes: dict[str, Sequence[Any]] = field(default_factory=dict)  # no data
 
     def finish(self) -> pd.DataFrame:
+        """Per (metric, layer, head) rows of the QK, OV and projection weight statistics."""
         bridge = self.checkpoint.bridge
         records = []
         with torch.no_grad():
@@ -166,14 +164,13 @@ class WeightTask:
         return make_frame(self.checkpoint, WEIGHTS_NAME, records)
 
 
-def start_weights(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> WeightTask:
-    if options:
-        raise ValueError(f"attention_weights takes no options, got {sorted(options)}")
+def start_weights(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: Memo) -> WeightTask:
+    """Start the weight statistics of one checkpoint (no data)."""
     return WeightTask(checkpoint)
 
 
-ANALYSIS = Analysis(NAME, ("data",), start_patterns, DEFAULTS)
-WEIGHTS_ANALYSIS = Analysis(WEIGHTS_NAME, (), start_weights, {})
+ANALYSIS = Analysis(NAME, ("data",), start_patterns, OPTIONS)
+WEIGHTS_ANALYSIS = Analysis(WEIGHTS_NAME, (), start_weights, WEIGHT_OPTIONS)
 
 
 # ---------------------------------------------------------------------- API
@@ -189,10 +186,9 @@ def attention_stats(
     """Attention-pattern statistics of every head of every checkpoint over ``data`` (tidy results frame).
 
     ``data``: anything :func:`plastiscope.load_documents` reads. ``options``: ``tol``,
-    ``one_hot_threshold``, ``n_resamples``, ``seed`` (see :data:`DEFAULTS`). Checkpoints
+    ``one_hot_threshold``, ``n_resamples``, ``seed`` (see :data:`OPTIONS`). Checkpoints
     that fail are reported by a warning; if all fail, an error is raised.
     """
-    check_options(options)
     inputs = Inputs(data=load_documents(data))
     return run_one(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
 

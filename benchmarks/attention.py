@@ -1,4 +1,4 @@
-"""Benchmark of attention-pattern statistics (issue 4).
+"""Benchmark of attention-pattern statistics.
 
 Model: random-init Llama (or GPT-2) with 6 layers, d_model 384, 6 heads, on documents of
 exactly 128 tokens. Measures, in one run:
@@ -32,8 +32,8 @@ from plastiscope import Checkpoint
 from plastiscope.activations import run_pass
 from plastiscope.attention import PATTERN_METRICS, PatternStatistics
 from plastiscope.attention.patterns import one_thread
-from plastiscope.corpus import load_corpus
-from plastiscope.tokenizer import train_tokenizer
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.tokenizer import train_tokenizer
 
 LAYERS, D_MODEL, HEADS, SEQ = 6, 384, 6, 128
 
@@ -77,6 +77,7 @@ class Timed:
         self.kept: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] = []
 
     def update(self, batch) -> None:
+        """Time the statistics of one batch and keep a copy of its patterns for the baseline."""
         start = time.perf_counter()
         self.inner.update(batch)
         self.seconds += time.perf_counter() - start
@@ -125,7 +126,7 @@ def main() -> None:
 
     checkpoint = build_checkpoint(args.arch)
     docs = long_documents(args.docs)
-    checkpoint.bridge  # load outside the timings
+    _ = checkpoint.bridge  # load outside the timings
     print(
         f"model: random-init {args.arch}, {LAYERS} layers, d_model {D_MODEL}, {HEADS} heads; {args.docs} documents x "
         f"{SEQ} tokens, batch {args.batch_size}; torch threads {torch.get_num_threads()}"

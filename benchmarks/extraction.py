@@ -24,8 +24,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from plastiscope import Checkpoint
 from plastiscope.activations import stream
-from plastiscope.corpus import load_corpus
-from plastiscope.tokenizer import train_tokenizer
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.tokenizer import train_tokenizer
 
 LAYERS, D_MODEL, HEADS, CONTEXT = 4, 256, 8, 128
 
@@ -67,7 +67,7 @@ def time_transformers(model, batches) -> float:
 
 def peak_memory_child(n_docs: int, batch_size: int) -> None:
     ckpt, docs = setup(n_docs)
-    ckpt.bridge  # load before measuring the baseline
+    _ = ckpt.bridge  # load before measuring the baseline
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for batch in stream(ckpt, docs, names(), batch_size=batch_size, progress=False):
         del batch

@@ -32,14 +32,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from plastiscope import Checkpoint
-from plastiscope.analysis import Inputs
-from plastiscope.corpus import load_corpus
 from plastiscope.data import encode
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.tokenizer import train_tokenizer
 from plastiscope.landscape import (
-    DEFAULTS,
-    eigenvalue_extremes,
+    OPTIONS,
     basin_radius,
     batch_loss_fn,
+    eigenvalue_extremes,
     filter_normalized_direction,
     fixed_batch,
     hutchinson_samples,
@@ -48,7 +48,7 @@ from plastiscope.landscape import (
     start,
 )
 from plastiscope.plasticity import finetune
-from plastiscope.tokenizer import train_tokenizer
+from plastiscope.runner import Inputs
 
 # name -> (d_model, layers, heads, d_mlp, context, vocab, documents in the batch)
 SIZES = {"default": (64, 3, 4, 192, 64, 2048, 32), "full": (256, 6, 8, 768, 128, 4096, 64)}
@@ -80,7 +80,7 @@ def build(size: str, train_steps: int) -> tuple[Checkpoint, object]:
     model = LlamaForCausalLM(config)
     if train_steps:
         ids = [encode(tokenizer, t, context) for t in train.texts]
-        model = finetune(model, ids, tokenizer.pad_token_id, steps=train_steps, batch_size=32, learning_rate=3e-3, seed=0)
+        model, _ = finetune(model, ids, tokenizer.pad_token_id, steps=train_steps, batch_size=32, learning_rate=3e-3, seed=0)
     model.config.architectures = ["LlamaForCausalLM"]
     return Checkpoint.from_model(model.eval(), tokenizer, weight_decay=0.1, name=f"bench-{size}"), train
 
@@ -98,9 +98,9 @@ def main() -> None:
     checkpoint, train = build(size, args.train_steps)
     model = checkpoint.hf_model
     params = list(model.parameters())
-    tokens, labels = fixed_batch(checkpoint, train, n_docs)
-    loss_fn = batch_loss_fn(model, tokens, labels)
-    n_targets = int((labels[:, 1:] != -100).sum())
+    tokens, mask = fixed_batch(checkpoint, train, n_docs)
+    loss_fn = batch_loss_fn(model, tokens, mask)
+    n_targets = int((mask[:, 1:] & mask[:, :-1]).sum())
     print(f"size {size}: d_model {d_model}, {layers} layers, context {context}, vocab {len(checkpoint.tokenizer)}, "
           f"{sum(p.numel() for p in params):,} parameters; batch {tokens.shape[0]} documents x {tokens.shape[1]} positions "
           f"({n_targets} target tokens); pretrained {args.train_steps} steps; torch threads {torch.get_num_threads()}")
@@ -122,7 +122,7 @@ def main() -> None:
     _, wall, cpu = timed(lambda: hvp(v), 3)
     rows.append(("one Hessian-vector product", wall, cpu, ""))
 
-    cfg = DEFAULTS
+    cfg = OPTIONS.defaults()
     ((eig, iters, change), negative), wall, cpu = timed(
         lambda: eigenvalue_extremes(hvp_operator(loss_fn, params), params, cfg["power_iterations"], cfg["power_tol"], cfg["seed"]))
     note = f"{eig:.4g} after {iters} iterations, last change {change:.2g}"

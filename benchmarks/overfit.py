@@ -42,13 +42,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from plastiscope import Checkpoint
 from plastiscope.activations import run_pass, stream
-from plastiscope.analysis import Inputs
-from plastiscope.corpus import load_corpus
 from plastiscope.data import encode
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.tokenizer import train_tokenizer
 from plastiscope.overfit import exact_memorization
 from plastiscope.overfit.analysis import loss_gap_records, position_records, start
 from plastiscope.overfit.losses import bucket_labels
-from plastiscope.tokenizer import train_tokenizer
+from plastiscope.runner import Inputs
 
 
 def bare_loss_loop(model, tokenizer, texts, n_ctx: int, batch_size: int) -> tuple[np.ndarray, int]:
@@ -84,6 +84,7 @@ class Clock:
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def read(self) -> np.ndarray:
+        """``[wall, cpu]`` seconds since construction."""
         return np.array([time.perf_counter() - self.wall, time.process_time() - self.cpu])
 
 
@@ -110,7 +111,7 @@ def main() -> None:
     model = LlamaForCausalLM(config).eval()
     bare = copy.deepcopy(model)  # the bridge wraps the model it boots; the baseline keeps a pristine copy
     checkpoint = Checkpoint.from_model(model, tokenizer, weight_decay=0.1, name="bench")
-    checkpoint.bridge  # boot once, outside the timings
+    _ = checkpoint.bridge  # boot once, outside the timings
     print(
         f"size: {size}; d_model {d_model}, {layers} layers, context {n_ctx}, "
         f"vocab {len(tokenizer)}, {len(train)} train + {len(val)} val documents, batch {args.batch_size}, "

@@ -12,7 +12,7 @@ class means whose strength grows with depth, so accuracy is meaningful and varie
     python benchmarks/probes.py --full     # the issue's size: 12 layers, d=768, 20k examples
     python benchmarks/probes.py --cv       # also time the inner-CV choice of C (batched vs loop)
 
-Targets (issue 3): speed ratio >= 10x, accuracy difference <= 1 point.
+Targets: speed ratio >= 10x, accuracy difference <= 1 point.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@ import torch
 
 from plastiscope import Sweep
 from plastiscope.activations import stream
-from plastiscope.analysis import Inputs, run_analyses
-from plastiscope.corpus import load_corpus
-from plastiscope.train import TrainConfig, train_sweep
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.sweep import TrainConfig, train_sweep
+from plastiscope.runner import Inputs, run_analyses
 
 SMALL = dict(steps=20, batch_size=16, context=64, warmup_steps=5, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2,
              d_mlp=192, vocab_size=1024, train_docs=500, val_docs=100, eval_every=20)

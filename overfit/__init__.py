@@ -11,15 +11,15 @@ metric names and options.
     >>> frame = memorization_gap(sweep, train_docs, val_docs, prefix_tokens=8, continuation_tokens=8)
 """
 
-from .analysis import ANALYSIS, DEFAULTS, OverfitTask, document_scores, memorization_gap, text_hash
-from .losses import DocumentLosses, token_losses
+from .analysis import ANALYSIS, OPTIONS, OverfitTask, document_scores, memorization_gap, text_hash
+from .losses import DocumentLosses
 from .matching import match_lengths
 from .membership import auc, tpr_at_fpr, zlib_entropy, zlib_scores
 from .memorization import Memorization, exact_memorization, greedy_continuation
 
 __all__ = [
     "ANALYSIS",
-    "DEFAULTS",
+    "OPTIONS",
     "DocumentLosses",
     "Memorization",
     "OverfitTask",
@@ -30,7 +30,6 @@ __all__ = [
     "match_lengths",
     "memorization_gap",
     "text_hash",
-    "token_losses",
     "tpr_at_fpr",
     "zlib_entropy",
     "zlib_scores",

@@ -26,7 +26,7 @@ documents of the same distribution (``val_data``):
 ``n`` is the number of documents behind a number (train + validation for two-sample
 metrics).
 
-Options (``DEFAULTS``; JSON values, part of the cache key):
+Options (:data:`OPTIONS`; JSON values, part of the cache key):
 
 - ``length_matching``: ``"subsample"`` (default; equal length distributions by coarsened
   exact matching, see :mod:`.matching`) or ``"none"``; ``length_bins``: its bin count.
@@ -49,7 +49,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,33 +57,47 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.analysis import Analysis, Inputs, merge_options, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
+from plastiscope.memo import Memo
+from plastiscope.options import AnyOf, Integer, ListOf, Nullable, OneOf, Option, OptionTable, Text, validate
 from plastiscope.results import ResultsStore, make_frame
-from plastiscope.stats import mean_ci
+from plastiscope.runner import Analysis, Inputs, run_one
+from plastiscope.stats import bootstrap_ci, mean_ci
 
-from .losses import DocumentLosses, bucket_labels, check_bucket_edges, default_bucket_edges
+from .losses import DocumentLosses, bucket_labels, default_bucket_edges
 from .matching import match_lengths
-from .membership import auc, auc_batched, tpr_at_fpr, tpr_at_fpr_batched, two_sample_ci, zlib_entropy
+from .membership import auc, auc_batched, tpr_at_fpr, tpr_at_fpr_batched, zlib_entropy
 from .memorization import exact_memorization
 
 log = logging.getLogger("plastiscope")
 
 NAME = "overfit"
 FPR = 0.01
-DEFAULTS: dict[str, Any] = {
-    "length_matching": "subsample",  # "subsample" (see .matching) or "none"
-    "length_bins": 8,
-    "position_bucket_edges": None,  # upper edges, e.g. [8, 16, 32]; None: doubling from 8 to the context
-    "reference": "random_init",  # None, "random_init", or the path of a model folder
-    "prefix_tokens": 32,  # k of the exact-memorization test (BOS not counted)
-    "continuation_tokens": 16,  # m
-    "memorization_max_docs": 256,  # per side; 0 skips the memorization test
-    "n_resamples": 1000,
-    "seed": 0,
-    "batch_size": 16,  # for the memorization test and the reference model's pass
-}
+VARIANTS = ("score", "position_bucket")
+
+
+def _check(config: dict[str, Any]) -> dict[str, Any]:
+    reference = config["reference"]
+    if reference not in (None, "random_init") and not Path(reference).is_dir():
+        raise ValueError(f"reference must be null, 'random_init' or a model folder; {reference!r} is not a folder")
+    return config
+
+
+OPTIONS = OptionTable({
+    "length_matching": Option("subsample", OneOf("subsample", "none"), "equal length distributions by subsampling, or none"),
+    "length_bins": Option(8, Integer(1), "length bins of the matching"),
+    "position_bucket_edges": Option(None, Nullable(ListOf(Integer(1), increasing=True)),
+                                    "upper edges of the position buckets; null: doubling from 8 to the context"),
+    "reference": Option("random_init", Nullable(AnyOf(OneOf("random_init"), Text())),
+                        "reference model of mia_auc_reference: null, 'random_init' or a model folder"),
+    "prefix_tokens": Option(32, Integer(1), "k of the exact-memorization test (BOS not counted)"),
+    "continuation_tokens": Option(16, Integer(1), "m of the exact-memorization test"),
+    "memorization_max_docs": Option(256, Integer(0), "documents tested per side; 0 skips the test"),
+    "n_resamples": Option(1000, Integer(1), "bootstrap resamples"),
+    "seed": Option(0, Integer(0), "seed of the matching, the memorization sample and the bootstrap"),
+    "batch_size": Option(16, Integer(1), "batch of the memorization test and the reference pass"),
+}, check=_check)
 
 
 def text_hash(text: str) -> str:
@@ -92,27 +105,7 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).encode("utf-8")).hexdigest()
 
 
-def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    config = merge_options("overfit", DEFAULTS, options)
-    if config["length_matching"] not in ("subsample", "none"):
-        raise ValueError(f"overfit: length_matching must be 'subsample' or 'none', got {config['length_matching']!r}")
-    for key in ("length_bins", "prefix_tokens", "continuation_tokens", "n_resamples", "batch_size"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ValueError(f"overfit: {key} must be a positive integer, got {config[key]!r}")
-    if not isinstance(config["memorization_max_docs"], int) or config["memorization_max_docs"] < 0:
-        raise ValueError(f"overfit: memorization_max_docs must be an integer >= 0, got {config['memorization_max_docs']!r}")
-    reference = config["reference"]
-    if reference is not None and reference != "random_init" and not Path(str(reference)).is_dir():
-        raise ValueError(
-            f"overfit: reference must be None, 'random_init' or a model folder; {reference!r} is not a folder"
-        )
-    return config
-
-
 # ---------------------------------------------------------------------- reference model
-_REFERENCE_CACHE: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-
-
 def reference_checkpoint(checkpoint: Checkpoint, reference: str | None) -> Checkpoint | None:
     """The reference model the user chose: None, ``"random_init"`` (same architecture, seed 0), or a folder."""
     if reference is None:
@@ -123,26 +116,26 @@ def reference_checkpoint(checkpoint: Checkpoint, reference: str | None) -> Check
     return Checkpoint.from_pretrained(Path(reference), weight_decay=0.0, name=f"reference:{Path(reference).name}")
 
 
-def reference_losses(reference: Checkpoint, data: Documents, batch_size: int = 16) -> np.ndarray:
+def reference_losses(reference: Checkpoint, data: Documents, memo: Memo, batch_size: int = 16) -> np.ndarray:
     """``[doc]`` mean per-token loss of ``data`` under the reference model (its own tokenizer and context).
 
-    Cached in memory by (reference weights, data), so one reference serves a whole sweep.
+    Memoised by (reference weights, data, precision), so one reference serves a whole sweep.
     """
-    key = (reference.content_hash(), data.sha256())
-    if key not in _REFERENCE_CACHE:
+
+    def compute() -> np.ndarray:
         losses = DocumentLosses(len(data), [max(1, reference.n_ctx - 1)])
         run_pass(reference, data, [losses], batch_size=batch_size, progress=False)
-        _REFERENCE_CACHE[key] = losses.mean_loss
-        while len(_REFERENCE_CACHE) > 8:
-            _REFERENCE_CACHE.popitem(last=False)
-    return _REFERENCE_CACHE[key]
+        return losses.mean_loss
+
+    key = {"reference": reference.content_hash(), "data": data.sha256(), "dtype": str(reference.dtype)}
+    return memo.get("overfit-reference-losses", key, compute)
 
 
 # ---------------------------------------------------------------------- the task
 class OverfitTask:
     """The overfit analysis of one checkpoint: feed :attr:`passes`, then :meth:`finish`."""
 
-    def __init__(self, checkpoint: Checkpoint, train: Documents, val: Documents, config: dict[str, Any]):
+    def __init__(self, checkpoint: Checkpoint, train: Documents, val: Documents, config: dict[str, Any], memo: Memo):
         self.checkpoint, self.train, self.val, self.config = checkpoint, train, val, config
         train_hashes = {text_hash(t) for t in train.texts}
         self.val_overlap = np.array([text_hash(t) in train_hashes for t in val.texts], dtype=bool)
@@ -155,7 +148,10 @@ class OverfitTask:
             warnings.warn(message, stacklevel=2)
             log.warning(message)
         if n_overlap == len(val):
-            raise ValueError(f"{checkpoint.name}: every validation document also occurs in the training sample; pass held-out documents as --val-data")
+            raise ValueError(
+                f"{checkpoint.name}: every validation document also occurs in the training sample; "
+                f"pass held-out documents as --val-data"
+            )
         # the reference runs first, before the checkpoint itself is loaded, so that a reference
         # folder is freed before the checkpoint's passes (one model in memory at a time)
         self.reference_train = self.reference_val = None
@@ -168,12 +164,12 @@ class OverfitTask:
                     stacklevel=2,
                 )
             try:
-                self.reference_train = reference_losses(reference, train, config["batch_size"])
-                self.reference_val = reference_losses(reference, val, config["batch_size"])
+                self.reference_train = reference_losses(reference, train, memo, config["batch_size"])
+                self.reference_val = reference_losses(reference, val, memo, config["batch_size"])
             finally:
                 reference.unload()
         edges = config["position_bucket_edges"]
-        self.bucket_edges = check_bucket_edges(edges) if edges is not None else default_bucket_edges(checkpoint.n_ctx)
+        self.bucket_edges = list(edges) if edges is not None else default_bucket_edges(checkpoint.n_ctx)
         self.train_losses = DocumentLosses(len(train), self.bucket_edges)
         self.val_losses = DocumentLosses(len(val), self.bucket_edges)
         self.passes = {"train_data": [self.train_losses], "val_data": [self.val_losses]}
@@ -241,6 +237,7 @@ class OverfitTask:
 
     # ------------------------------------------------------------------ metrics
     def finish(self) -> pd.DataFrame:
+        """The task's rows: overlap count, loss gap (overall and by position), membership inference, memorization."""
         docs = self.documents()
         cfg = self.config
         boot = {"n_resamples": cfg["n_resamples"], "seed": cfg["seed"]}
@@ -265,7 +262,7 @@ class OverfitTask:
         records += membership_records(train, val, boot)
         if cfg["memorization_max_docs"] > 0:
             records += self._memorization(boot)
-        return make_frame(self.checkpoint, NAME, records)
+        return make_frame(self.checkpoint, NAME, records, VARIANTS)
 
     def _memorization(self, boot: dict[str, int]) -> list[dict[str, Any]]:
         cfg, checkpoint = self.config, self.checkpoint
@@ -296,7 +293,7 @@ def loss_gap_records(train_loss: np.ndarray, val_loss: np.ndarray, boot: dict[st
         ("loss_gap", lambda x, y: y.mean(-1) - x.mean(-1)),
         ("loss_ratio", lambda x, y: y.mean(-1) / x.mean(-1)),
     ):
-        value, low, high = two_sample_ci(train_loss, val_loss, statistic, **boot)
+        value, low, high = bootstrap_ci((train_loss, val_loss), statistic, **boot)
         records.append(
             {"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": len(train_loss) + len(val_loss)}
         )
@@ -320,7 +317,7 @@ def position_records(
         for metric, values in (("train_loss_by_position", x), ("val_loss_by_position", y)):
             mean, low, high, n = mean_ci(values, **boot)
             records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n, "position_bucket": label})
-        value, low, high = two_sample_ci(x, y, lambda p, q: q.mean(-1) - p.mean(-1), **boot)
+        value, low, high = bootstrap_ci((x, y), lambda p, q: q.mean(-1) - p.mean(-1), **boot)
         records.append(
             {"metric": "loss_gap_by_position", "value": value, "ci_low": low, "ci_high": high,
              "n": len(x) + len(y), "position_bucket": label}
@@ -340,12 +337,12 @@ def membership_records(train: pd.DataFrame, val: pd.DataFrame, boot: dict[str, i
         x, y = x[~np.isnan(x)], y[~np.isnan(y)]
         if len(x) == 0 or len(y) == 0:
             continue
-        _, low, high = two_sample_ci(x, y, auc_batched, **boot)
+        _, low, high = bootstrap_ci((x, y), auc_batched, **boot)
         records.append(
             {"metric": f"mia_auc_{score}", "value": auc(x, y), "ci_low": low, "ci_high": high,
              "n": len(x) + len(y), "score": score}
         )  # fmt: skip
-        _, low, high = two_sample_ci(x, y, lambda p, q: tpr_at_fpr_batched(p, q, FPR), **boot)
+        _, low, high = bootstrap_ci((x, y), lambda p, q: tpr_at_fpr_batched(p, q, FPR), **boot)
         records.append(
             {"metric": "mia_tpr_at_1fpr", "value": tpr_at_fpr(x, y, FPR), "ci_low": low, "ci_high": high,
              "n": len(x) + len(y), "score": score}
@@ -353,16 +350,12 @@ def membership_records(train: pd.DataFrame, val: pd.DataFrame, boot: dict[str, i
     return records
 
 
-def start(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> OverfitTask:
+def start(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: Memo) -> OverfitTask:
     """Start the overfit analysis of ``checkpoint`` on ``inputs.train_data`` and ``inputs.val_data``."""
-    config = _check_options(options)
-    for name in ("train_data", "val_data"):
-        if getattr(inputs, name) is None:
-            raise ValueError(f"overfit needs {name} (--{name.replace('_', '-')} FILE)")
-    return OverfitTask(checkpoint, inputs.train_data, inputs.val_data, config)
+    return OverfitTask(checkpoint, inputs.train_data, inputs.val_data, config, memo)
 
 
-ANALYSIS = Analysis(name=NAME, inputs=("train_data", "val_data"), start=start, options=dict(DEFAULTS))
+ANALYSIS = Analysis(name=NAME, inputs=("train_data", "val_data"), start=start, options=OPTIONS, variants=VARIANTS)
 
 
 # ---------------------------------------------------------------------- API
@@ -379,13 +372,10 @@ def memorization_gap(
 
     ``train_data``: documents the checkpoints were trained on; ``val_data``: held-out
     documents of the same distribution (anything :func:`plastiscope.load_documents` reads).
-    ``options``: see ``DEFAULTS`` (e.g. ``reference=None``, ``prefix_tokens=8``). Checkpoints
+    ``options``: see :data:`OPTIONS` (e.g. ``reference=None``, ``prefix_tokens=8``). Checkpoints
     that fail are reported by a warning; if all fail, the first error is raised.
     """
-    _check_options(options)
     inputs = Inputs(train_data=load_documents(train_data), val_data=load_documents(val_data))
-    if store is not None and not isinstance(store, ResultsStore):
-        store = ResultsStore(store)
     return run_one(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
 
 
@@ -394,7 +384,7 @@ def document_scores(
 ) -> pd.DataFrame:
     """Per-document losses and membership scores of one checkpoint (see :meth:`OverfitTask.documents`)."""
     inputs = Inputs(train_data=load_documents(train_data), val_data=load_documents(val_data))
-    task = start(checkpoint, inputs, **options)
+    task = start(checkpoint, inputs, validate(NAME, OPTIONS, options), Memo())
     for name, consumers in task.passes.items():
         run_pass(checkpoint, getattr(inputs, name), consumers, batch_size=batch_size, progress=progress)
     return task.documents()

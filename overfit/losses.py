@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from plastiscope.activations import Batch
+from plastiscope.losses import token_losses
 
 
 def default_bucket_edges(n_ctx: int, first: int = 8) -> list[int]:
@@ -42,30 +42,6 @@ def bucket_labels(edges: Sequence[int]) -> list[str]:
     """``"1-8", "9-16", ...`` for upper ``edges`` ``[8, 16, ...]``."""
     lows = [1] + [e + 1 for e in edges[:-1]]
     return [f"{lo}-{hi}" if hi > lo else f"{lo}" for lo, hi in zip(lows, edges)]
-
-
-def check_bucket_edges(edges: Sequence[int]) -> list[int]:
-    """Validate user-given upper edges: positive, strictly increasing integers."""
-    edges = [int(e) for e in edges]
-    if not edges or edges[0] < 1 or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"position_bucket_edges must be strictly increasing positive integers (upper edges), got {edges}")
-    return edges
-
-
-def token_losses(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy at every position of a right-padded batch.
-
-    ``logits`` ``[batch, pos, vocab]``, ``tokens`` ``[batch, pos]``, ``mask`` ``[batch, pos]``
-    (True on real tokens, BOS included). Returns ``(loss, target)``, both ``[batch, pos - 1]``:
-    column ``p - 1`` is the loss (nats) of token ``p`` predicted from the logits at ``p - 1``
-    (``logsumexp(logits) - logit of the token``, i.e. ``CrossEntropyLoss``), 0 where
-    ``target`` is False (padding; BOS is never a target).
-    """
-    target = mask[:, 1:] & mask[:, :-1]
-    shifted = logits[:, :-1].float()
-    picked = shifted.gather(2, rearrange(tokens[:, 1:], "batch pos -> batch pos 1"))
-    loss = torch.logsumexp(shifted, dim=-1) - rearrange(picked, "batch pos 1 -> batch pos")
-    return torch.where(target, loss, torch.zeros((), dtype=loss.dtype, device=loss.device)), target
 
 
 class DocumentLosses:
@@ -90,6 +66,7 @@ class DocumentLosses:
         self.seen = np.zeros(n_docs, dtype=bool)
 
     def update(self, batch: Batch) -> None:
+        """Add one batch's token losses to its documents' sums, overall and per position bucket."""
         if batch.logits is None:
             raise ValueError("DocumentLosses needs logits: run the pass with return_logits / needs_logits=True")
         with torch.no_grad():

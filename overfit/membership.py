@@ -15,13 +15,14 @@ Scores (lower = "more likely a member", as the model fits its training data bett
 Attack quality is the ROC AUC of ``-score`` for members (label 1) against non-members
 (label 0) and the TPR at 1 % FPR (Carlini et al. 2022, "Membership Inference Attacks From
 First Principles"). Intervals are a percentile bootstrap resampling members and
-non-members separately (stratified), so every resample keeps both classes.
+non-members separately (stratified, :func:`plastiscope.stats.bootstrap_ci` with two samples),
+so every resample keeps both classes.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -78,34 +79,3 @@ def tpr_at_fpr_batched(member_scores: np.ndarray, nonmember_scores: np.ndarray, 
 def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float = 0.01) -> float:
     """TPR at ``FPR <= fpr`` of one sample (see :func:`tpr_at_fpr_batched`)."""
     return float(tpr_at_fpr_batched(np.asarray(member_scores)[None], np.asarray(nonmember_scores)[None], fpr)[0])
-
-
-def two_sample_ci(
-    a: np.ndarray,
-    b: np.ndarray,
-    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float, float]:
-    """Statistic of two independent samples with a stratified percentile-bootstrap interval.
-
-    ``a`` ``[n_a]`` and ``b`` ``[n_b]`` are resampled separately (Efron & Tibshirani 1993);
-    ``statistic`` maps ``([resample, n_a], [resample, n_b])`` to ``[resample]``. Returns
-    ``(estimate, low, high)``; the interval is NaN when either sample has fewer than 2 units.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    estimate = float(statistic(a[None], b[None])[0])
-    if len(a) < 2 or len(b) < 2:
-        return estimate, float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(n_resamples, int(4e6 // (len(a) + len(b)))))  # bounds memory of rank-based statistics
-    stats = []
-    for start in range(0, n_resamples, chunk):
-        size = min(chunk, n_resamples - start)
-        ia = rng.integers(0, len(a), size=(size, len(a)))
-        ib = rng.integers(0, len(b), size=(size, len(b)))
-        stats.append(statistic(a[ia], b[ib]))
-    alpha = (1 - confidence) / 2
-    low, high = np.nanquantile(np.concatenate(stats), [alpha, 1 - alpha])
-    return estimate, float(low), float(high)

@@ -1,4 +1,4 @@
-"""plastiscope: measure the mechanisms of language-model plasticity across weight-decay sweeps.
+"""plastiscope: measure the mechanisms of language-model plasticity across hyperparameter sweeps.
 
 Han, Bordt, Zhang, Kakade (2026), "Weight Decay Improves Language Model Plasticity",
 arXiv 2602.11137: larger weight decay can give a worse base model that fine-tunes better,
@@ -6,10 +6,6 @@ through more linearly separable representations, regularized attention and less 
 """
 
 import importlib
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched from a hub at run time
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Imported on first use, so that light parts (results, reports) don't pay for torch.
 _EXPORTS = {
@@ -25,7 +21,7 @@ __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'plastiscope' has no attribute {name!r}")

@@ -48,7 +48,8 @@ class Consumer(Protocol):
     names: Sequence[str]  # hook points it reads
     needs_logits: bool
 
-    def update(self, batch: Batch) -> None: ...
+    def update(self, batch: Batch) -> None:
+        """Read one batch of the pass."""
 
 
 def tokenize(checkpoint: Checkpoint, data: Documents) -> list[list[int]]:

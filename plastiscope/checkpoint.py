@@ -140,7 +140,15 @@ class Checkpoint:
         return self
 
     @property
+    def device_type(self) -> str:
+        """``"cuda"``, ``"cpu"``, ...: the kind of device the forward runs on (part of cache keys)."""
+        if self.device_map is not None:
+            return "device_map"
+        return torch.device(self.device).type
+
+    @property
     def tokenizer(self) -> Any:
+        """The checkpoint's own tokenizer, loaded on first use."""
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -205,18 +213,22 @@ class Checkpoint:
 
     @property
     def n_ctx(self) -> int:
+        """The context length in tokens."""
         return int(self.bridge.cfg.n_ctx)
 
     @property
     def n_layers(self) -> int:
+        """The number of transformer blocks."""
         return int(self.bridge.cfg.n_layers)
 
     @property
     def n_heads(self) -> int:
+        """The number of attention heads per layer."""
         return int(self.bridge.cfg.n_heads)
 
     @property
     def vocab_size(self) -> int:
+        """The size of the model's vocabulary (rows of the embedding)."""
         return int(self.bridge.cfg.d_vocab)
 
     def content_hash(self) -> str:
@@ -238,15 +250,44 @@ class Checkpoint:
         return self._hash
 
     def random_init(self, seed: int = 0) -> Checkpoint:
-        """The same architecture with fresh random weights: a baseline for what training added."""
+        """The same architecture with fresh random weights (seeded; the global RNG is left as it was),
+        on this checkpoint's device and in its dtype: a baseline for what training added."""
         from transformers import AutoModelForCausalLM
 
         config = copy.deepcopy(self.hf_model.config)
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config).eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = AutoModelForCausalLM.from_config(config).eval()
         hyper = {**self.hyperparameters, "init": "random"}
         hyper.pop("weight_decay", None)
-        return Checkpoint.from_model(model, self.tokenizer, self.weight_decay, name=f"{self.name} (random init)", **hyper)
+        baseline = Checkpoint.from_model(model, self.tokenizer, self.weight_decay, name=f"{self.name} (random init)", **hyper)
+        return baseline.to(device=self.device if self.device_map is None else "cpu", dtype=self.dtype)
+
+
+def trainable_copy(model: Any) -> Any:
+    """A plain ``transformers`` model with ``model``'s config and a float32 copy of its parameters,
+    on the device of its first parameter, ready to train.
+
+    A checkpoint's ``hf_model`` is wrapped in place by TransformerLens's bridge, whose hook
+    closures keep pointing at the original modules through ``copy.deepcopy`` (a deep copy's
+    forward writes into the original). So the copy is rebuilt from the config and the
+    parameters are copied by name, with the bridge's ``._original_component`` wrappers
+    stripped; every parameter must match.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    with torch.device(device):
+        fresh = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=torch.float32)
+    state = {name.replace("._original_component", ""): p.detach() for name, p in model.named_parameters()}
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    expected = {name for name, _ in fresh.named_parameters()}
+    missing = [m for m in missing if m in expected]
+    if missing or unexpected:
+        raise RuntimeError(f"cannot copy the model for training (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for p in fresh.parameters():
+        p.requires_grad_(True)
+    return fresh
 
 
 def _isnan(value: Any) -> bool:
@@ -268,7 +309,9 @@ def check_folder(path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path}: no such folder; fix the path (manifest paths are relative to the manifest)")
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a folder; a checkpoint is a Hugging Face model folder (config.json, model.safetensors, tokenizer)")
+        raise CheckpointError(
+            f"{path}: not a folder; a checkpoint is a Hugging Face model folder (config.json, model.safetensors, tokenizer)"
+        )
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: not a model folder (no config.json); save the model with model.save_pretrained()")
     weights = sorted(path.glob("*.safetensors"))
@@ -389,6 +432,7 @@ class Sweep(Sequence[Checkpoint]):
         return self
 
     def load_errors(self) -> list[dict[str, Any]]:
+        """Failure rows (checkpoint, path, analysis, error) of the checkpoints that could not be built, as copies."""
         return [dict(e) for e in self.errors]
 
     @classmethod
@@ -423,7 +467,9 @@ class Sweep(Sequence[Checkpoint]):
             if (sub / "config.json").exists() or any(sub.glob("*.safetensors")):
                 candidates.append(sub)
             else:
-                candidates += sorted(q for q in sub.iterdir() if q.is_dir() and ((q / "config.json").exists() or any(q.glob("*.safetensors"))))
+                candidates += sorted(
+                    q for q in sub.iterdir() if q.is_dir() and ((q / "config.json").exists() or any(q.glob("*.safetensors")))
+                )
         if not candidates:
             raise CheckpointError(f"{root}: no model folders found (folders with config.json); pass the sweep folder or a manifest")
         checkpoints, errors = [], []
@@ -438,6 +484,7 @@ class Sweep(Sequence[Checkpoint]):
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV, JSON or YAML manifest, one dict per checkpoint."""
     if not path.exists():
         raise CheckpointError(f"{path}: no such manifest; pass a .csv, .json or .yaml file (or a sweep folder)")
     suffix = path.suffix.lower()

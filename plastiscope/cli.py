@@ -7,9 +7,9 @@ checkpoint that is not a model, a data file without the named column, ...).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -31,9 +31,10 @@ def _bad_input(err: Exception) -> bool:
 @app.callback()
 def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (tracebacks of failures)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's; the demo uses 1)."),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's; the demo uses 1)."),
 ) -> None:
     """Measure the mechanisms of language-model plasticity across weight-decay sweeps."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the command never reaches a hub: checkpoints are local
     if threads:
         import torch
 
@@ -47,15 +48,15 @@ def main(
 def train_sweep_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the checkpoints and manifest.csv."),
     weight_decays: str = typer.Option("0,0.01,0.1,0.3,1", help="Comma-separated AdamW weight decays."),
-    steps: Optional[int] = typer.Option(None, help="Optimizer steps per run."),
+    steps: int | None = typer.Option(None, help="Optimizer steps per run."),
     schedule: str = typer.Option("cosine", help="Learning-rate schedule after warmup: cosine or constant."),
-    learning_rate: Optional[float] = typer.Option(None, help="Peak learning rate."),
+    learning_rate: float | None = typer.Option(None, help="Peak learning rate."),
     seed: int = typer.Option(0, help="Seed shared by every run (init and data order)."),
     decay_all: bool = typer.Option(False, help="Decay norms and biases too (default: matrices only)."),
     quick: bool = typer.Option(False, help="Smaller models, fewer steps (about a minute)."),
 ) -> None:
     """Pretrain small Llama-style models on the embedded corpus, one per weight decay."""
-    from plastiscope.train import QUICK, TrainConfig, train_sweep
+    from plastiscope.demo.sweep import QUICK, TrainConfig, train_sweep
 
     try:
         decays = tuple(float(x) for x in weight_decays.split(","))
@@ -79,36 +80,51 @@ def train_sweep_cmd(
 def analyze(
     source: Path = typer.Argument(..., help="Manifest (.csv/.json/.yaml), sweep folder, or one checkpoint folder."),
     out: Path = typer.Option(..., "--out", help="Results folder (metrics.parquet, metrics.csv, run.json)."),
-    analyses: Optional[str] = typer.Option(None, help="Comma-separated: probes,attention,overfit,landscape,plasticity (default: all whose inputs are given, but plasticity, which fine-tunes: name it)."),
-    data: Optional[Path] = typer.Option(None, help="Documents for probes and attention statistics."),
+    analyses: str | None = typer.Option(
+        None,
+        help="Comma-separated: probes,attention,overfit,landscape,plasticity "
+        "(default: all whose inputs are given, but plasticity, which fine-tunes: name it).",
+    ),
+    data: Path | None = typer.Option(None, help="Documents for probes and attention statistics."),
     text_column: str = typer.Option("text", help="Text column of JSONL/CSV/datasets inputs."),
-    label_column: Optional[str] = typer.Option(None, help="Label column for probes."),
+    label_column: str | None = typer.Option(None, help="Label column for probes."),
     pooling: str = typer.Option("mean", help="Probe feature pooling over tokens: mean or last."),
-    train_data: Optional[Path] = typer.Option(None, help="Documents the checkpoints were trained on (overfit)."),
-    val_data: Optional[Path] = typer.Option(None, help="Held-out documents of the same kind (overfit)."),
-    max_docs: Optional[int] = typer.Option(None, help="Use at most this many documents of each input."),
-    option: list[str] = typer.Option([], "--option", "-o", help="An analysis option, ANALYSIS.KEY=VALUE (VALUE as JSON, else text); repeatable, e.g. -o overfit.prefix_tokens=8."),
+    train_data: Path | None = typer.Option(None, help="Documents the checkpoints were trained on (overfit)."),
+    val_data: Path | None = typer.Option(None, help="Held-out documents of the same kind (overfit)."),
+    finetune_data: Path | None = typer.Option(
+        None, help="A downstream task's documents (plasticity; -o plasticity.label_column=COL for a labelled task)."
+    ),
+    max_docs: int | None = typer.Option(None, help="Use at most this many documents of each input."),
+    option: list[str] = typer.Option(
+        [],
+        "--option",
+        "-o",
+        help="An analysis option, ANALYSIS.KEY=VALUE (VALUE as JSON, else text); repeatable, e.g. -o overfit.prefix_tokens=8.",
+    ),
     batch_size: int = typer.Option(16, help="Documents per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
     dtype: str = typer.Option("float32", help="Forward-pass precision: float32, bfloat16, float16 (statistics stay float32)."),
-    device_map: Optional[str] = typer.Option(None, help="Spread or offload large checkpoints (e.g. auto); replaces --device."),
+    device_map: str | None = typer.Option(None, help="Spread or offload large checkpoints (e.g. auto); replaces --device."),
     executor: str = typer.Option("local", help="local (in-process) or ray (one Ray task per checkpoint x analysis)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: start a local one)."),
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local one)."),
     task_gpus: float = typer.Option(0, help="GPUs per Ray task."),
     task_cpus: float = typer.Option(1, help="CPUs per Ray task."),
 ) -> None:
     """Analyze every checkpoint of a sweep; a broken checkpoint is reported and skipped."""
-    from plastiscope.analysis import Inputs
     from plastiscope.data import load_documents
     from plastiscope.pipeline import analyze as run
+    from plastiscope.runner import Inputs
 
     try:
         if pooling not in ("mean", "last"):
             raise ValueError(f"--pooling {pooling!r}: choose mean or last")
         read = lambda p, label=None: None if p is None else load_documents(p, text_column, label, max_docs)  # noqa: E731
-        inputs = Inputs(data=read(data, label_column), train_data=read(train_data), val_data=read(val_data))
+        inputs = Inputs(data=read(data, label_column), train_data=read(train_data), val_data=read(val_data),
+                        finetune_data=read(finetune_data))
         names = [a.strip() for a in analyses.split(",")] if analyses else None
-        options = {"probes": {"pooling": pooling, **({"label_column": label_column} if label_column else {})}}
+        options: dict = {}
+        if data is not None and (names is None or "probes" in names):  # the probe flags apply only where probes run
+            options["probes"] = {"pooling": pooling, **({"label_column": label_column} if label_column else {})}
         for name, key, value in map(_parse_option, option):
             options.setdefault(name, {})[key] = value
         from plastiscope.pipeline import open_sweep
@@ -147,9 +163,9 @@ def _parse_option(text: str) -> tuple[str, str, object]:
 @app.command()
 def report(
     results: list[Path] = typer.Argument(..., help="Results folder(s) written by `plastiscope analyze`."),
-    out: Optional[Path] = typer.Option(None, "--out", help="One HTML report (of one results folder, or all combined)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="One report per results folder (or group) plus index.html."),
-    group_by: Optional[str] = typer.Option(None, help="Hyperparameter column to compare groups side by side."),
+    out: Path | None = typer.Option(None, "--out", help="One HTML report (of one results folder, or all combined)."),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="One report per results folder (or group) plus index.html."),
+    group_by: str | None = typer.Option(None, help="Hyperparameter column to compare groups side by side."),
     format: str = typer.Option("html", help="Comma-separated outputs: html, plus csv (data behind each figure), png, svg (need kaleido)."),
 ) -> None:
     """Write self-contained HTML reports (plotly embedded, opens offline)."""
@@ -180,9 +196,9 @@ def demo(
     quick: bool = typer.Option(False, help="Smaller models and data (about a minute)."),
 ) -> None:
     """Train the embedded sweep (or reuse it), analyze it with every analysis, write the report."""
-    from plastiscope.pipeline import demo as run
+    from plastiscope.demo import run_demo
 
-    path = run(out, quick=quick)
+    path = run_demo(out, quick=quick)
     typer.echo(f"report: {path.resolve()}")
 
 

@@ -56,6 +56,7 @@ class Documents:
         return self.columns[name]
 
     def subset(self, indices: Sequence[int]) -> Documents:
+        """The documents at ``indices``, in that order, with their columns."""
         return Documents(
             [self.texts[i] for i in indices],
             {k: [v[i] for i in indices] for k, v in self.columns.items()},
@@ -63,6 +64,7 @@ class Documents:
         )
 
     def head(self, n: int | None) -> Documents:
+        """The first ``n`` documents (all of them when ``n`` is None)."""
         return self if n is None or n >= len(self) else self.subset(range(n))
 
     def sha256(self) -> str:

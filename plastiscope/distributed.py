@@ -23,7 +23,9 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from plastiscope.analysis import (
+from plastiscope.checkpoint import Checkpoint, Sweep
+from plastiscope.results import ResultsStore, identity
+from plastiscope.runner import (
     Analysis,
     Inputs,
     as_sweep,
@@ -34,11 +36,11 @@ from plastiscope.analysis import (
     prepare,
     run_analyses,
 )
-from plastiscope.checkpoint import Checkpoint, Sweep
-from plastiscope.results import ResultsStore
 
 
-def _task(spec: dict[str, Any], analysis: str | Analysis, inputs: Inputs, options: dict[str, Any], batch_size: int) -> tuple[pd.DataFrame, list]:
+def _task(
+    spec: dict[str, Any], analysis: str | Analysis, inputs: Inputs, options: dict[str, Any], batch_size: int
+) -> tuple[pd.DataFrame, list]:
     """Body of one Ray task: rebuild the checkpoint from its folder, run one analysis, return rows."""
     device, dtype = spec.pop("device"), spec.pop("dtype")
     checkpoint = Checkpoint(**spec).to(device=device, dtype=dtype)
@@ -62,7 +64,7 @@ def run_analyses_ray(
     max_retries: int = 1,
     init_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Like :func:`plastiscope.analysis.run_analyses`, with every (checkpoint, analysis) a Ray task.
+    """Like :func:`plastiscope.runner.run_analyses`, with every (checkpoint, analysis) a Ray task.
 
     ``address`` joins a running cluster ("auto", "ray://host:10001"); None starts a local one
     (or uses the one already initialised). ``num_cpus`` / ``num_gpus`` / ``memory`` (bytes)
@@ -76,7 +78,10 @@ def run_analyses_ray(
     sweep = as_sweep(sweep)
     in_memory = [c.name for c in sweep if c.path is None]
     if in_memory:
-        raise ValueError(f"checkpoints {in_memory} are in memory; the Ray executor needs checkpoint folders (save_pretrained), or use the local executor")
+        raise ValueError(
+            f"checkpoints {in_memory} are in memory; the Ray executor needs checkpoint folders (save_pretrained), "
+            f"or use the local executor"
+        )
     specs, configs = prepare(analyses, inputs, options)
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **dict(init_kwargs or {}))
@@ -88,10 +93,10 @@ def run_analyses_ray(
     pending: dict[Any, tuple[Checkpoint, Analysis]] = {}
     for checkpoint in sweep:
         for spec in cached(checkpoint, specs, configs, inputs, store, frames):
-            task_spec = {"name": checkpoint.name, "weight_decay": checkpoint.weight_decay, "hyperparameters": checkpoint.hyperparameters,
+            rebuild = {"name": checkpoint.name, "weight_decay": checkpoint.weight_decay, "hyperparameters": checkpoint.hyperparameters,
                          "path": checkpoint.path, "device": checkpoint.device, "dtype": checkpoint.dtype}
             analysis = spec.name if not _is_ad_hoc(spec) else spec
-            pending[remote.remote(task_spec, analysis, inputs_ref, configs[spec.name], batch_size)] = (checkpoint, spec)
+            pending[remote.remote(rebuild, analysis, inputs_ref, configs[spec.name], batch_size)] = (checkpoint, spec)
     bar = tqdm(total=len(pending), desc="ray tasks", unit="task", disable=not progress)
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
@@ -104,7 +109,8 @@ def run_analyses_ray(
             failures += task_failures
             if not task_failures:
                 if store is not None:
-                    store.put(spec.name, checkpoint.content_hash(), cache_key(spec, configs[spec.name], inputs), frame)
+                    key = cache_key(spec, configs[spec.name], inputs, checkpoint)
+                    store.put(spec.name, checkpoint.content_hash(), key, frame, identity_columns=list(identity(checkpoint)))
                 frames.append(frame)
         bar.update(1)
     bar.close()
@@ -113,6 +119,6 @@ def run_analyses_ray(
 
 def _is_ad_hoc(spec: Analysis) -> bool:
     """An Analysis object not in the registry (a notebook's own) travels by value."""
-    from plastiscope.analysis import REGISTRY
+    from plastiscope.runner import REGISTRY
 
     return spec.name not in REGISTRY

@@ -1,4 +1,4 @@
-"""The main job: analyze a sweep into a results folder, and the embedded demo.
+"""The main job: analyze a sweep into a results folder.
 
 ``RESULTS_DIR`` holds ``metrics.parquet`` / ``metrics.csv`` (the tidy schema of
 :mod:`plastiscope.results`), ``run.json`` (versions, configuration, data hashes),
@@ -13,15 +13,14 @@ import json
 import logging
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from plastiscope.analysis import ALIASES, Analysis, Inputs, available_analyses, run_analyses
 from plastiscope.checkpoint import CheckpointError, Sweep
 from plastiscope.results import ResultsStore
+from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, get_analysis, run_analyses
 
 log = logging.getLogger("plastiscope")
 
@@ -49,6 +48,7 @@ def expand_analyses(names: Sequence[str | Analysis]) -> list[str | Analysis]:
 
 
 def versions() -> dict[str, str]:
+    """Installed versions of Python and the packages behind the results (those missing are left out)."""
     found = {"python": platform.python_version()}
     for package in ("plastiscope", "torch", "transformers", "transformer-lens", "scikit-learn", "pandas", "plotly"):
         try:
@@ -84,8 +84,6 @@ def analyze(
     sweep = open_sweep(sweep) if not isinstance(sweep, Sweep) else sweep
     inputs = inputs or Inputs()
     if analyses is None:
-        from plastiscope.analysis import get_analysis
-
         analyses = [a for a in available_analyses() if a != "plasticity"
                     and all(getattr(inputs, n) is not None for n in get_analysis(a).inputs)]
     analyses = expand_analyses(analyses)
@@ -99,11 +97,12 @@ def analyze(
     store.write(results, failures)
     run = {
         "versions": versions(),
-        "config": {"analyses": [a if isinstance(a, str) else a.name for a in analyses], "options": {k: dict(v) for k, v in (options or {}).items()},
+        "config": {"analyses": [a if isinstance(a, str) else a.name for a in analyses],
+                   "options": {k: dict(v) for k, v in (options or {}).items()},
                    "batch_size": batch_size, "executor": executor, **dict(config or {})},
         "data": {
             name: {"source": docs.source, "documents": len(docs), "sha256": docs.sha256()}
-            for name in ("data", "train_data", "val_data")
+            for name in ("data", "train_data", "val_data", "finetune_data")
             if (docs := getattr(inputs, name)) is not None
         },
         "checkpoints": sweep.to_frame().astype(str).to_dict("records"),
@@ -111,39 +110,3 @@ def analyze(
     }
     (Path(out) / "run.json").write_text(json.dumps(run, indent=1, default=str))
     return results, failures
-
-
-def demo(
-    out: str | Path, quick: bool = False, progress: bool = True, config: Any = None, n_docs: int | None = None
-) -> Path:
-    """Train (or reuse) the embedded sweep, analyze it with every analysis, write the report.
-
-    Returns the report's path. ``quick`` trains smaller models for fewer steps (about a
-    minute on two CPU cores) for tests and a first look; ``config`` (a
-    :class:`~plastiscope.train.TrainConfig`) and ``n_docs`` override both. Runs on one torch thread: models
-    this small gain little from intra-op threads and lose much when the cores are shared.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-    from plastiscope.corpus import load_corpus
-    from plastiscope.train import QUICK, TrainConfig, train_sweep
-
-    out = Path(out)
-    config = config or (TrainConfig(**QUICK) if quick else TrainConfig())
-    manifest = train_sweep(out / "sweep", config, progress=progress)
-    n_docs = n_docs or (300 if quick else 1000)
-    inputs = Inputs(
-        data=load_corpus("probe", n_docs),
-        # the documents the models were trained on, and unseen ones of the same kind
-        train_data=load_corpus("train", config.train_docs).head(n_docs),
-        val_data=load_corpus("validation", config.val_docs + n_docs).subset(range(config.val_docs, config.val_docs + n_docs)),
-    )
-    # exact memorization: glosses are short (about 20 tokens), so an 8-token prefix and continuation
-    memorization = {"prefix_tokens": 8, "continuation_tokens": 8}
-    options = {"probes": {"label_column": "pos"}, "overfit": memorization}
-    analyze(manifest, out / "results", available_analyses(), inputs, options, progress=progress,
-            config={"demo": True, "quick": quick, "train": asdict(config)})
-    from plastiscope.reports import write_report
-
-    return Path(write_report(out / "results", out / "report.html"))

@@ -13,7 +13,7 @@ decay gives more linearly separable representations. Public API:
   ``mdl_compression``, ``fisher_ratio``, for ``init="trained"`` and ``init="random"``.
 """
 
-from plastiscope.probes.analysis import ANALYSIS, DEFAULT_OPTIONS, probe_sweep, start
+from plastiscope.probes.analysis import ANALYSIS, OPTIONS, probe_sweep, start
 from plastiscope.probes.estimator import LinearProbe
 from plastiscope.probes.evaluate import evaluate_layers, mdl_records
 from plastiscope.probes.metrics import (
@@ -31,7 +31,7 @@ from plastiscope.probes.trainer import LogisticFit, Preconditioner, fit_logistic
 __all__ = [
     "ANALYSIS",
     "BUILTIN_TASKS",
-    "DEFAULT_OPTIONS",
+    "OPTIONS",
     "MDL_FRACTIONS",
     "FeatureCollector",
     "LinearProbe",

@@ -9,85 +9,83 @@ can show what training added.
 
 Features come from the shared forward pass (a :class:`~plastiscope.probes.tasks.FeatureCollector`);
 the random-init baseline needs its own pass over the data (a different model), run in
-``finish()`` and memoised in-process: all checkpoints of a sweep share one architecture,
-so the baseline is computed once per (architecture, tokenizer, data, options).
+``finish()`` and memoised (:class:`~plastiscope.memo.Memo`): all checkpoints of a sweep share
+one architecture, so the baseline is computed once per (architecture, tokenizer, data,
+options, precision).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.analysis import Analysis, Inputs, merge_options, run_one
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import DataError, Documents, load_documents
+from plastiscope.memo import Memo
+from plastiscope.options import (
+    Boolean,
+    Function,
+    Integer,
+    ListOf,
+    Nullable,
+    OneOf,
+    Option,
+    OptionTable,
+    Real,
+    Text,
+    validate,
+)
 from plastiscope.probes.evaluate import DEFAULT_CS, evaluate_layers
 from plastiscope.probes.tasks import POOLINGS, Examples, FeatureCollector, select_examples, sequence_examples, token_examples
 from plastiscope.results import make_frame
+from plastiscope.runner import Analysis, Inputs, run_one
 
 log = logging.getLogger("plastiscope")
 
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "label_column": None,  # str or list of str; None: "pos" if the data has it, else "label"
-    "level": "sequence",  # "sequence" (a label per document) or "token" (a label per token)
-    "pooling": "mean",  # sequence level: "mean", "last", or a list of both
-    "layers": None,  # list of layer indices (negative counts from the end); None: all
-    "max_per_class": 1000,  # cap on examples per class (memory and time bound); None: no cap
-    "min_per_class": 10,  # classes with fewer examples are dropped
-    "folds": 5,  # outer cross-validation folds (intervals are over these)
-    "inner_folds": 3,  # inner folds choosing C
-    "Cs": list(DEFAULT_CS),  # grid of inverse L2 strengths (scikit-learn's C, standardised features)
-    "class_weight": None,  # None or "balanced"
-    "max_iter": 100,
-    "tol": 1e-4,
-    "control_task": True,  # selectivity_control_task
-    "shuffled": True,  # selectivity_shuffled
-    "mdl": True,  # mdl_codelength, mdl_compression
-    "fisher": True,  # fisher_ratio
-    "random_baseline": True,  # the same metrics for a random-init model (init="random")
-    "seed": 0,
-    "token_labels": None,  # Python API only: callable(token ids) -> label per position (level="token")
-}
-
-_RANDOM_MEMO: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-_MEMO_SIZE = 8
+NAME = "probes"
+VARIANTS = ("task", "pooling")
 
 
-def _check_options(options: dict[str, Any]) -> dict[str, Any]:
-    o = merge_options("probes", DEFAULT_OPTIONS, options)
-    if o["level"] not in ("sequence", "token"):
-        raise ValueError(f"probes: level must be 'sequence' or 'token', got {o['level']!r}")
-    pooling = [o["pooling"]] if isinstance(o["pooling"], str) else list(o["pooling"])
-    bad = [p for p in pooling if p not in POOLINGS]
-    if bad or not pooling:
-        raise ValueError(f"probes: pooling must be one of {POOLINGS} (or a list of them), got {o['pooling']!r}")
-    o["pooling"] = pooling
-    if o["class_weight"] not in (None, "balanced"):
-        raise ValueError(f"probes: class_weight must be None or 'balanced', got {o['class_weight']!r}")
-    if not o["Cs"] or any(not isinstance(c, (int, float)) or c <= 0 for c in o["Cs"]):
-        raise ValueError(f"probes: Cs must be a non-empty list of positive numbers, got {o['Cs']!r}")
-    if int(o["folds"]) < 2 or int(o["inner_folds"]) < 2:
-        raise ValueError("probes: folds and inner_folds must be >= 2")
-    if o["max_per_class"] is not None and int(o["max_per_class"]) < int(o["min_per_class"]):
-        raise ValueError(f"probes: max_per_class ({o['max_per_class']}) must be >= min_per_class ({o['min_per_class']})")
-    if int(o["min_per_class"]) < int(o["folds"]):
-        raise ValueError(f"probes: min_per_class ({o['min_per_class']}) must be >= folds ({o['folds']}): every class in every fold")
-    if o["token_labels"] is not None and not callable(o["token_labels"]):
-        raise ValueError("probes: token_labels must be a function of a document's token ids")
+def _check(o: dict[str, Any]) -> dict[str, Any]:
+    if o["max_per_class"] is not None and o["max_per_class"] < o["min_per_class"]:
+        raise ValueError(f"max_per_class ({o['max_per_class']}) must be >= min_per_class ({o['min_per_class']})")
+    if o["min_per_class"] < o["folds"]:
+        raise ValueError(f"min_per_class ({o['min_per_class']}) must be >= folds ({o['folds']}): every class in every fold")
+    if o["token_labels"] is not None and o["level"] != "token":
+        raise ValueError("token_labels= needs level='token'")
     return o
+
+
+OPTIONS = OptionTable({
+    "label_column": Option(None, Nullable(ListOf(Text(), scalar=True)),
+                           "label column(s); null: 'pos' if the data has it, else 'label'"),
+    "level": Option("sequence", OneOf("sequence", "token"), "a label per document (sequence) or per token"),
+    "pooling": Option(["mean"], ListOf(OneOf(*POOLINGS), scalar=True), "pooling of sequence-level features"),
+    "layers": Option(None, Nullable(ListOf(Integer())), "layer indices (negative counts from the end); null: all"),
+    "max_per_class": Option(1000, Nullable(Integer(1)), "cap on examples per class (memory and time bound); null: no cap"),
+    "min_per_class": Option(10, Integer(2), "classes with fewer examples are dropped"),
+    "folds": Option(5, Integer(2), "outer cross-validation folds (intervals are over these)"),
+    "inner_folds": Option(3, Integer(2), "inner folds choosing C"),
+    "Cs": Option(list(DEFAULT_CS), ListOf(Real(0, None, closed="neither")), "grid of inverse L2 strengths"),
+    "class_weight": Option(None, Nullable(OneOf("balanced")), "null or 'balanced'"),
+    "max_iter": Option(100, Integer(1), "L-BFGS iterations"),
+    "tol": Option(1e-4, Real(0, None, closed="neither"), "L-BFGS tolerance on max |gradient|"),
+    "control_task": Option(True, Boolean(), "report selectivity_control_task"),
+    "shuffled": Option(True, Boolean(), "report selectivity_shuffled"),
+    "mdl": Option(True, Boolean(), "report mdl_codelength and mdl_compression"),
+    "fisher": Option(True, Boolean(), "report fisher_ratio"),
+    "random_baseline": Option(True, Boolean(), "the same metrics for a random-init model (init='random')"),
+    "seed": Option(0, Integer(0), "seed of subsampling, folds and controls"),
+    "token_labels": Option(None, Nullable(Function()), "Python API only: callable(token ids) -> label per position"),
+}, check=_check)
 
 
 def _label_columns(data: Documents, o: dict[str, Any]) -> list[str | None]:
     if o["token_labels"] is not None:
-        if o["level"] != "token":
-            raise ValueError("probes: token_labels= needs level='token'")
         return [None]
     column = o["label_column"]
     if column is None:
@@ -118,8 +116,9 @@ def _layers(checkpoint: Checkpoint, layers: Sequence[int] | None) -> list[int]:
 class ProbesTask:
     """One checkpoint's probes: collects features in the shared pass, fits in ``finish()``."""
 
-    def __init__(self, checkpoint: Checkpoint, data: Documents, options: dict[str, Any]):
+    def __init__(self, checkpoint: Checkpoint, data: Documents, options: dict[str, Any], memo: Memo):
         self.checkpoint = checkpoint
+        self.memo = memo
         self.data = data
         self.o = options
         self.layers = _layers(checkpoint, options["layers"])
@@ -170,53 +169,45 @@ class ProbesTask:
             del X
         return records
 
-    def _random_key(self) -> str:
+    def _random_key(self) -> dict[str, Any]:
+        """What the random-init baseline depends on: architecture, tokenizer, data, options, precision."""
         config = self.checkpoint.hf_model.config.to_dict()
         config = {k: v for k, v in config.items() if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
         vocab = sorted(self.checkpoint.tokenizer.get_vocab().items())
         options = {k: (v if not callable(v) else getattr(v, "__qualname__", repr(v))) for k, v in self.o.items()}
-        blob = json.dumps([config, vocab, self.data.sha256(), options, self.layers], sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return {"architecture": config, "vocab": vocab, "data": self.data.sha256(), "options": options,
+                "layers": self.layers, "dtype": str(self.checkpoint.dtype), "device": self.checkpoint.device_type}
 
-    def _random_records(self) -> list[dict[str, Any]]:
-        key = self._random_key()
-        if key in _RANDOM_MEMO:
-            _RANDOM_MEMO.move_to_end(key)
-            return [dict(r) for r in _RANDOM_MEMO[key]]
+    def _random_baseline(self) -> pd.DataFrame:
         baseline = self.checkpoint.random_init(seed=int(self.o["seed"]))
         try:
             collector = FeatureCollector(self.layers, list(self.collector.row), self.has_bos)
             run_pass(baseline, self.data, [collector], progress=False)
-            records = self._records(collector, "random")
+            return pd.DataFrame(self._records(collector, "random"))
         finally:
             baseline.unload()
-            del baseline
-        _RANDOM_MEMO[key] = [dict(r) for r in records]
-        while len(_RANDOM_MEMO) > _MEMO_SIZE:
-            _RANDOM_MEMO.popitem(last=False)
-        return records
 
     def finish(self) -> pd.DataFrame:
+        """Probe rows of every task, pooling and layer, with the random-init baseline's when asked for."""
         records = self._records(self.collector, "trained")
         self.collector.features = None  # free before the baseline's pass
         if self.o["random_baseline"]:
-            records += self._random_records()
-        return make_frame(self.checkpoint, "probes", records)
+            # every checkpoint of a sweep shares the architecture: the baseline is computed once
+            records += self.memo.get("probes-random-init", self._random_key(), self._random_baseline).to_dict("records")
+        return make_frame(self.checkpoint, NAME, records, VARIANTS)
 
 
-def start(checkpoint: Checkpoint, inputs: Inputs, **options: Any) -> ProbesTask:
-    """Start the probes of one checkpoint on ``inputs.data`` (see :data:`DEFAULT_OPTIONS`)."""
-    if inputs.data is None:
-        raise ValueError("probes needs --data (documents with a label column)")
-    return ProbesTask(checkpoint, inputs.data, _check_options(options))
+def start(checkpoint: Checkpoint, inputs: Inputs, options: dict[str, Any], memo: Memo) -> ProbesTask:
+    """Start the probes of one checkpoint on ``inputs.data`` (see :data:`OPTIONS`)."""
+    return ProbesTask(checkpoint, inputs.data, options, memo)
 
 
-ANALYSIS = Analysis(name="probes", inputs=("data",), start=start, options=DEFAULT_OPTIONS)
+ANALYSIS = Analysis(name=NAME, inputs=("data",), start=start, options=OPTIONS, variants=VARIANTS)
 
 
 def probe_sweep(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint],
-    data: Documents | Sequence[str] | str | None = None,
+    data: Documents | Sequence[str] | str,
     task: str | Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     pooling: str | Sequence[str] = "mean",
@@ -231,26 +222,20 @@ def probe_sweep(
 ) -> pd.DataFrame:
     """Probe every layer of every checkpoint; return the tidy results frame.
 
-    - ``data``: documents (anything :func:`plastiscope.load_documents` reads); default the
-      embedded corpus's ``probe`` split (columns ``pos``, ``lexname``, ``lemma``).
+    - ``data``: documents (anything :func:`plastiscope.load_documents` reads) with label columns.
     - ``task`` / ``label_column``: the label column(s), e.g. the built-in ``"pos"`` or
       ``"lexname"``, or any column of ``data`` (``label_column`` wins; default ``pos`` if
       present, else ``label``).
     - ``pooling``: ``"mean"`` or ``"last"`` (or both) for sequence-level tasks.
     - ``level="token"`` with a column of word-level labels, or with ``token_labels(ids)``.
-    - other ``options``: see :data:`DEFAULT_OPTIONS` (``folds``, ``Cs``, ``max_per_class``, ...).
+    - other ``options``: see :data:`OPTIONS` (``folds``, ``Cs``, ``max_per_class``, ...).
 
     Rows: ``metric`` in ``accuracy, macro_f1, cross_entropy, selectivity_control_task,
     selectivity_shuffled, mdl_codelength, mdl_compression, fisher_ratio`` per ``layer``,
     with columns ``task``, ``pooling`` and ``init`` (``trained`` / ``random``). Failed
     checkpoints are warned about and listed in ``frame.attrs["failures"]``.
     """
-    if data is None:
-        from plastiscope.corpus import load_corpus
-
-        docs = load_corpus("probe")
-    else:
-        docs = load_documents(data)
+    docs = load_documents(data)
     opts = {
         **options,
         "label_column": label_column if label_column is not None else task,
@@ -260,5 +245,5 @@ def probe_sweep(
         "token_labels": token_labels,
         "random_baseline": random_baseline,
     }
-    _label_columns(docs, _check_options(opts))  # fail early, before any model is loaded
+    _label_columns(docs, validate(NAME, OPTIONS, opts))  # fail early, before any model is loaded
     return run_one(sweep, ANALYSIS, Inputs(data=docs), opts, store, batch_size, progress)

@@ -89,6 +89,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return z[:, 1] - z[:, 0] if len(self.classes_) == 2 else z
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log class probabilities ``[example, class]`` in the order of ``classes_``."""
         z = self._logits(X)
         z = z - z.max(1, keepdims=True)
         return z - np.log(np.exp(z).sum(1, keepdims=True))
@@ -98,5 +99,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return np.exp(self.predict_log_proba(X))
 
     def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each example ``[example]``, as a label of ``classes_``."""
         index = self._logits(X).argmax(1)
         return self.classes_[index]

@@ -31,7 +31,7 @@ import torch
 from plastiscope.activations import Batch
 from plastiscope.data import DataError, Documents, encode
 
-# Built-in tasks on the embedded corpus (plastiscope.corpus.load_corpus("probe")).
+# Built-in tasks on the embedded corpus (plastiscope.demo.corpus.load_corpus("probe")).
 BUILTIN_TASKS = {
     "pos": "part of speech of the WordNet synset whose gloss is the document (noun, verb, adj, adv)",
     "lexname": "lexicographer file of the synset (45 classes such as noun.animal)",
@@ -220,6 +220,7 @@ class FeatureCollector:
         self.filled = torch.zeros(len(self.row), dtype=torch.bool)
 
     def update(self, batch: Batch) -> None:
+        """Fill the features of the requests whose documents are in the batch, at every layer."""
         acts = torch.stack([batch.activations[name] for name in self.names])  # [layer, batch, pos, d]
         if self.features is None:
             self.features = torch.zeros(len(self.layers), len(self.row), acts.shape[-1])

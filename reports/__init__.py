@@ -1,4 +1,4 @@
-"""HTML reports that relate every mechanism to weight decay (issue 6).
+"""HTML reports that relate every mechanism to the swept hyperparameter.
 
 Reports read only the tidy results schema of :mod:`plastiscope.results`, so a new metric,
 analysis or extra column appears without report code changes.

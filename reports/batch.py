@@ -20,7 +20,8 @@ import pandas as pd
 
 from plastiscope.reports.figures import fmt_wd
 from plastiscope.reports.frame import Prepared, ResultsLike, _source_name, _text, prepare, read_inputs
-from plastiscope.reports.page import CSS, esc
+from plastiscope.reports.markup import esc
+from plastiscope.reports.page import CSS
 from plastiscope.reports.report import check_formats, safe_name, write_prepared
 
 

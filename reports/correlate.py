@@ -17,11 +17,11 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import kendalltau, rankdata
+from scipy.stats import kendalltau
 
 from plastiscope.reports.frame import Prepared
 from plastiscope.reports.metrics_doc import describe_metric
-from plastiscope.stats import bootstrap_ci
+from plastiscope.stats import bootstrap_ci, spearman_rows
 
 PLASTICITY_METRIC = "plasticity_gain"
 N_RESAMPLES = 1000
@@ -29,12 +29,7 @@ N_RESAMPLES = 1000
 
 def _spearman_rows(pairs: np.ndarray) -> np.ndarray:
     """Spearman rho of ``pairs [resample, unit, 2]`` -> ``[resample]`` (NaN where a column is constant)."""
-    ranks = rankdata(pairs, axis=1)  # average ranks for ties, as scipy.stats.spearmanr
-    centred = ranks - ranks.mean(axis=1, keepdims=True)
-    cov = (centred[..., 0] * centred[..., 1]).sum(axis=1)
-    var = (centred**2).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return cov / np.sqrt(var[:, 0] * var[:, 1])
+    return spearman_rows(pairs[..., 0], pairs[..., 1])
 
 
 def spearman_ci(x: np.ndarray, y: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float, float, int]:

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
-from scipy.stats import rankdata
 
 from plastiscope.reports.frame import Prepared, Series, SeriesRows, group_mean
-from plastiscope.stats import mean_ci
+from plastiscope.reports.markup import esc
+from plastiscope.stats import mean_ci, spearman_rows
 
 HEIGHT = 380
 GROUP_COLORS = qualitative.D3 + qualitative.Set2
@@ -61,6 +61,7 @@ class FigureSpec:
 
     @property
     def figure(self) -> go.Figure:
+        """The ``plotly.graph_objects.Figure`` of :attr:`spec`, built once."""
         if self._figure is None:
             self._figure = go.Figure(self.spec)
         return self._figure
@@ -84,11 +85,6 @@ def panels_layout(n: int, titles: list[str] | None, spacing: float = 0.05) -> di
 def axis_ref(i: int, kind: str = "x") -> str:
     """Trace axis reference of panel ``i`` (0-based): ``x``, ``x2``, ..."""
     return kind if i == 0 else f"{kind}{i + 1}"
-
-
-def esc(text: object) -> str:
-    """Escape user text for plotly's pseudo-HTML (titles, ticks, hover): shown literally."""
-    return html.escape(str(text), quote=False)
 
 
 def fmt_wd(wd: float, digits: int = 3) -> str:
@@ -125,6 +121,7 @@ class WDAxis:
     ticktext: list[str]
 
     def x(self, wd) -> np.ndarray:
+        """The x positions of weight decays ``wd``: log10, 0 left of the break (the values themselves on a linear axis)."""
         wd = np.asarray(wd, dtype=float)
         if self.linear:
             return wd
@@ -147,6 +144,7 @@ class WDAxis:
 
 
 def make_wd_axis(weight_decays) -> WDAxis:
+    """The weight-decay axis of a sweep: log with 0 (module docstring), linear when no weight decay is positive."""
     wds = np.unique(np.asarray(weight_decays, dtype=float))
     wds = wds[np.isfinite(wds)]
     positive = wds[wds > 0]
@@ -334,18 +332,10 @@ def layer_heatmap(prep: Prepared, s: Series) -> FigureSpec | None:
 def _spearman_columns(x: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Spearman rho of ``x [unit]`` with each column of ``values [unit, column]`` (ties averaged, NaN pairs dropped)."""
     rho = np.full(values.shape[1], np.nan)
-    complete = np.isfinite(values).all(axis=0)
-    if complete.any() and len(x) >= 3:
-        ranks = rankdata(values[:, complete], axis=0)
-        ranks -= ranks.mean(axis=0)
-        xr = rankdata(x) - (len(x) + 1) / 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rho[complete] = (ranks * xr[:, None]).sum(0) / np.sqrt((ranks**2).sum(0) * (xr**2).sum())
-    for j in np.flatnonzero(~complete):
+    for j in range(values.shape[1]):
         keep = np.isfinite(values[:, j])
-        if keep.sum() >= 3 and np.ptp(x[keep]) > 0 and np.ptp(values[keep, j]) > 0:
-            a, b = rankdata(x[keep]), rankdata(values[keep, j])
-            rho[j] = np.corrcoef(a, b)[0, 1]
+        if keep.sum() >= 3:
+            rho[j] = spearman_rows(x[keep], values[keep, j])
     return rho
 
 

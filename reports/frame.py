@@ -30,15 +30,15 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, load_results, tidy
 
-ResultsLike = Union[pd.DataFrame, str, Path]
-ResultsInput = Union[ResultsLike, Sequence[ResultsLike], Mapping[str, ResultsLike]]
+ResultsLike = pd.DataFrame | str | Path
+ResultsInput = ResultsLike | Sequence[ResultsLike] | Mapping[str, ResultsLike]
 
 KNOWN_EXTRAS = ("task", "pooling", "init", "score", "position_bucket", "split", "control", "dataset", "direction")
 LOSS_COLUMNS = {"train_loss": "final_train_loss", "val_loss": "final_val_loss"}
@@ -84,6 +84,7 @@ class SeriesRows:
     baseline_label: np.ndarray
 
     def select(self, mask: np.ndarray) -> SeriesRows:
+        """The rows where ``mask [row]`` is True."""
         return SeriesRows(**{k: v[mask] for k, v in self.__dict__.items()})
 
     def __len__(self) -> int:
@@ -129,6 +130,7 @@ class Prepared:
     _by_series: dict[str, SeriesRows] | None = field(default=None, repr=False)
 
     def series_by_key(self, key: str) -> Series:
+        """The series whose key is ``key``."""
         return next(s for s in self.series if s.key == key)
 
     def series_rows(self, key: str) -> SeriesRows:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MetricDoc:
+    """What a metric means, which direction counts as better (``"higher"``, ``"lower"`` or None), and its source."""
+
     description: str
     better: str | None = None  # "higher", "lower" or None
     citation: str = ""
@@ -38,23 +40,44 @@ _LANDSCAPE = "Li et al. 2018 (Visualizing the Loss Landscape)"
 
 METRICS: dict[str, MetricDoc] = {
     # probes: linear separability of representations
-    "accuracy": MetricDoc("Held-out accuracy of a linear probe (logistic regression) on the pooled residual stream of a layer.", "higher", _PROBE),
+    "accuracy": MetricDoc(
+        "Held-out accuracy of a linear probe (logistic regression) on the pooled residual stream of a layer.",
+        "higher", _PROBE),
     "macro_f1": MetricDoc("Held-out macro-averaged F1 of the linear probe (each class weighted equally).", "higher", _PROBE),
     "cross_entropy": MetricDoc("Held-out cross-entropy (nats) of the linear probe's predicted class distribution.", "lower", _PROBE),
-    "selectivity_control_task": MetricDoc("Probe accuracy on the real task minus accuracy on a control task that assigns each word type a random label; high selectivity means the representation, not the probe, carries the labels.", "higher", _CONTROL),
+    "selectivity_control_task": MetricDoc(
+        "Probe accuracy on the real task minus accuracy on a control task that assigns each word type a random label; "
+        "high selectivity means the representation, not the probe, carries the labels.",
+        "higher", _CONTROL),
     "selectivity_shuffled": MetricDoc("Probe accuracy on the real labels minus accuracy on shuffled labels.", "higher", _CONTROL),
-    "mdl_codelength": MetricDoc("Online (prequential) codelength in bits of transmitting the labels with probes trained on growing prefixes of the data; shorter = more easily extractable.", "lower", _MDL),
-    "mdl_compression": MetricDoc("Uniform codelength divided by online codelength; higher = labels more compressible from the representation.", "higher", _MDL),
-    "fisher_ratio": MetricDoc("Fisher discriminant ratio: between-class scatter over within-class scatter of the pooled representation (trace ratio); higher = classes more linearly separable.", "higher", "Fisher 1936"),
+    "mdl_codelength": MetricDoc(
+        "Online (prequential) codelength in bits of transmitting the labels with probes trained on growing prefixes of the data; "
+        "shorter = more easily extractable.",
+        "lower", _MDL),
+    "mdl_compression": MetricDoc(
+        "Uniform codelength divided by online codelength; higher = labels more compressible from the representation.",
+        "higher", _MDL),
+    "fisher_ratio": MetricDoc(
+        "Fisher discriminant ratio: between-class scatter over within-class scatter of the pooled representation (trace ratio); "
+        "higher = classes more linearly separable.",
+        "higher", "Fisher 1936"),
     # attention patterns
-    "entropy": MetricDoc("Mean attention entropy -sum_j A_ij log A_ij over query rows (nats).", None, "DESIGN glossary: attention entropy"),
-    "entropy_normalized": MetricDoc("Attention entropy of each query row divided by log(number of visible keys), averaged; 0 = one-hot, 1 = uniform.", None, "DESIGN glossary: attention entropy"),
-    "effective_rank": MetricDoc("Effective rank exp(H(p)) with p_i = s_i / sum(s) over the singular values s of the attention matrix.", None, "Roy & Vetterli 2007"),
+    "entropy": MetricDoc(
+        "Mean attention entropy -sum_j A_ij log A_ij over query rows (nats).",
+        None, "Shannon 1948 (entropy of each query row)"),
+    "entropy_normalized": MetricDoc(
+        "Attention entropy of each query row divided by log(number of visible keys), averaged; 0 = one-hot, 1 = uniform.",
+        None, "Shannon 1948 (entropy of each query row)"),
+    "effective_rank": MetricDoc(
+        "Effective rank exp(H(p)) with p_i = s_i / sum(s) over the singular values s of the attention matrix.",
+        None, "Roy & Vetterli 2007"),
     "stable_rank": MetricDoc("Stable rank ||A||_F^2 / ||A||_2^2 of the attention matrix.", None, "Rudelson & Vershynin 2007"),
     "numerical_rank": MetricDoc("Number of singular values above a relative tolerance of the largest one.", None, ""),
     "frobenius_norm": MetricDoc("Frobenius norm ||A||_F of the attention matrix.", None, ""),
     "spectral_norm": MetricDoc("Largest singular value ||A||_2 of the attention matrix.", None, ""),
-    "sink_share": MetricDoc("Share of attention mass placed on the first (BOS) token: the attention-sink share.", None, "Xiao et al. 2023 (attention sinks)"),
+    "sink_share": MetricDoc(
+        "Share of attention mass placed on the first (BOS) token: the attention-sink share.",
+        None, "Xiao et al. 2023 (attention sinks)"),
     "mean_distance": MetricDoc("Mean query-key distance in tokens, weighted by attention.", None, ""),
     "one_hot_share": MetricDoc("Share of query rows whose largest attention weight exceeds a threshold (near one-hot rows).", None, ""),
     # attention weights
@@ -70,7 +93,9 @@ METRICS: dict[str, MetricDoc] = {
     # plasticity
     "downstream_loss_before": MetricDoc("Downstream-task loss before fine-tuning.", "lower", _PLASTICITY),
     "downstream_loss_after": MetricDoc("Downstream-task loss after fine-tuning: what plasticity buys.", "lower", _PLASTICITY),
-    "plasticity_gain": MetricDoc("Reduction of downstream loss through fine-tuning (before minus after); higher = more plastic.", "higher", _PLASTICITY),
+    "plasticity_gain": MetricDoc(
+        "Reduction of downstream loss through fine-tuning (before minus after); higher = more plastic.",
+        "higher", _PLASTICITY),
     # loss landscape
     "hessian_top_eigenvalue": MetricDoc("Largest Hessian eigenvalue of the loss (power iteration): sharpness.", None, _HESSIAN),
     "hessian_trace": MetricDoc("Hutchinson estimate of the Hessian trace of the loss.", None, _HESSIAN),
@@ -95,7 +120,8 @@ PATTERNS: list[tuple[re.Pattern[str], object]] = [
         f"OV circuit W_V W_O of each head: {_MATRIX_STATS.get(m.group(1), m.group(1).replace('_', ' '))}.",
         None, _CIRCUITS)),
     (re.compile(r"^mia_auc_(.+)$"), lambda m: MetricDoc(
-        f"Membership-inference ROC AUC separating training from validation documents by the {m.group(1)} score; 0.5 = no leakage, higher = more memorization.",
+        f"Membership-inference ROC AUC separating training from validation documents by the {m.group(1)} score; "
+        "0.5 = no leakage, higher = more memorization.",
         "lower", _MIA)),
     (re.compile(r"^exact_match_(.+)$"), lambda m: MetricDoc(
         f"Exact memorization ({m.group(1)}): share of training continuations reproduced token for token by greedy decoding.",

@@ -1,7 +1,7 @@
 """Assemble one self-contained HTML page: inline plotly.js, figure specs as JSON, small vanilla JS.
 
 Safety: every user-supplied string (checkpoint names, hyperparameters, metric names, run
-metadata, paths) goes through :func:`esc` (``html.escape``) before it reaches HTML, and every
+metadata, paths) goes through :func:`~plastiscope.reports.markup.esc` before it reaches HTML, and every
 JSON placed in a ``<script>`` goes through :func:`json_script`, which writes ``<``, ``>`` and
 ``&`` as ``\\u003c``, ``\\u003e``, ``\\u0026`` so no string can close the script element or open
 a comment. Figures are drawn by ``Plotly.newPlot`` from those JSON blocks, lazily as they
@@ -11,7 +11,6 @@ fetched: no CDN, no web fonts, no MathJax.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import platform
@@ -28,17 +27,13 @@ import plotly.utils
 from plastiscope.reports.correlate import disagreements
 from plastiscope.reports.figures import FigureSpec, fmt_wd
 from plastiscope.reports.frame import Prepared
+from plastiscope.reports.markup import esc
 from plastiscope.reports.metrics_doc import describe_metric
 
 KEY_METRICS = ("accuracy", "selectivity_control_task", "mdl_compression", "entropy_normalized", "effective_rank",
                "sink_share", "qk_frobenius_norm", "loss_gap", "mia_auc_", "plasticity_gain")
 MAX_KEY_METRICS = 8
 MAX_CALLOUT = 12
-
-
-def esc(value: Any) -> str:
-    """HTML-escape any value shown as text (quotes too: safe inside attributes)."""
-    return html.escape(str(value), quote=True)
 
 
 def json_script(element_id: str, obj: Any) -> str:
@@ -127,6 +122,7 @@ def key_metric_columns(prep: Prepared) -> list[str]:
 
 
 def overview_section(prep: Prepared) -> str:
+    """The overview section: what the sweep holds, and one row per checkpoint with its losses and key metrics."""
     ck = prep.checkpoints
     wds = sorted(w for w in ck["weight_decay"].unique() if math.isfinite(w))
     analyses = list(dict.fromkeys(s.analysis for s in prep.series))
@@ -221,6 +217,7 @@ def plasticity_predictors(corr: pd.DataFrame, top: int = 10) -> pd.DataFrame:
 
 
 def predictors_html(corr: pd.DataFrame, top: int = 10) -> str:
+    """The callout of the ``top`` series that best predict plasticity (one per group), or nothing without plasticity."""
     if "group" in corr and corr["group"].nunique() > 1:  # one ranking per group of a comparison report
         return "".join(predictors_html(sub.assign(group=None), top).replace("predicts plasticity?</strong>",
                        f"predicts plasticity? ({esc(group)})</strong>", 1) for group, sub in corr.groupby("group"))
@@ -234,13 +231,15 @@ def predictors_html(corr: pd.DataFrame, top: int = 10) -> str:
     )
     val = ranked[ranked["metric"] == "val_loss"]
     where = (f"Validation loss ranks <strong>{int(val['rank'].iloc[0])} of {len(ranked)}</strong> "
-             f"(ρ = {fmt(val['rho_plasticity'].iloc[0])}).") if len(val) else "No validation-loss series to rank (run the overfit analysis)."
+             f"(ρ = {fmt(val['rho_plasticity'].iloc[0])}).") if len(val) else (
+                 "No validation-loss series to rank (run the overfit analysis).")
     return (f"<div class='ps-callout' id='plasticity-predictors'><strong>Which metric predicts plasticity?</strong> "
             f"Series ranked by |Spearman ρ| with plasticity_gain across checkpoints (95 % bootstrap interval). {where}"
             f"<ol>{items}</ol></div>")
 
 
 def correlation_section(prep: Prepared, corr: pd.DataFrame, plot_html: str) -> str:
+    """The correlations section: the ranking callouts, the summary plots ``plot_html`` and the correlation table."""
     plasticity = "rho_plasticity" in corr and corr["rho_plasticity"].notna().any()
     columns = ([("group", "group")] if prep.group_by else []) + [
         ("series", "analysis.metric [variant]"), ("better", "direction counted as better"),
@@ -267,6 +266,7 @@ def correlation_section(prep: Prepared, corr: pd.DataFrame, plot_html: str) -> s
 
 
 def methods_section(prep: Prepared, extra_versions: Mapping[str, str]) -> str:
+    """The methods section: how the figures are made, the metrics' definitions, the run information and the results read."""
     present: dict[str, list[str]] = {}
     for s in prep.series:
         present.setdefault(s.metric, [])
@@ -298,7 +298,9 @@ validation loss. For metrics with a better direction, the ranking is <i>opposite
 two best-first orders is negative, and <i>best differs</i> when the top checkpoints differ. In a comparison, all of
 this is computed within each group.</li>
 <li><b>Validation loss</b> is the metric <code>val_loss</code> (analysis <code>overfit</code> first) where measured,
-else the column <code>final_val_loss</code> written by the trainer (used here: """ + esc(prep.loss_sources.get("val_loss") or "none") + """).</li>
+else the column <code>final_val_loss</code> written by the trainer (used here: """ + esc(
+        prep.loss_sources.get("val_loss") or "none"
+    ) + """).</li>
 <li><b>Head heatmaps</b> show each head at the lowest and highest weight decay and the Spearman ρ of its value with
 weight decay across checkpoints.</li>
 </ul>"""
@@ -324,7 +326,8 @@ weight decay across checkpoints.</li>
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--bg:#fff;--accent:#2456a6}
 *{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:var(--fg);background:var(--bg);margin:0;line-height:1.45}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;\
+color:var(--fg);background:var(--bg);margin:0;line-height:1.45}
 header{padding:18px 28px;border-bottom:1px solid var(--line);background:#f6f8fb}
 header h1{margin:0 0 4px;font-size:1.45rem}
 nav{font-size:.92rem}nav a{margin-right:14px;color:var(--accent);text-decoration:none}
@@ -464,7 +467,8 @@ def render_page(prep: Prepared, specs: list[FigureSpec], corr: pd.DataFrame, tit
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'; \
+style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
 <link rel="icon" href="data:,">
 <title>{esc(title)}</title>
 <style>{CSS}</style>
@@ -480,6 +484,7 @@ def render_page(prep: Prepared, specs: list[FigureSpec], corr: pd.DataFrame, tit
 
 
 def generator_versions() -> dict[str, str]:
+    """Versions of the packages that built the report, and when it was generated (UTC)."""
     import scipy
 
     import plastiscope

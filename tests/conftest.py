@@ -21,7 +21,7 @@ TINY = dict(
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory):
     """manifest.csv of 3 tiny Llama checkpoints trained at weight decays 0, 0.1 and 1.0."""
-    from plastiscope.train import TrainConfig, train_sweep
+    from plastiscope.demo.sweep import TrainConfig, train_sweep
 
     return train_sweep(tmp_path_factory.mktemp("sweep"), TrainConfig(weight_decays=(0.0, 0.1, 1.0), **TINY), progress=False)
 
@@ -37,6 +37,6 @@ def tiny_sweep(tiny_manifest):
 @pytest.fixture(scope="session")
 def probe_docs():
     """200 documents of the embedded corpus's probe split (columns pos, lexname, lemma)."""
-    from plastiscope.corpus import load_corpus
+    from plastiscope.demo.corpus import load_corpus
 
     return load_corpus("probe", 200)

@@ -11,7 +11,6 @@ import torch
 
 from plastiscope import Checkpoint, load_documents
 from plastiscope.activations import Batch
-from plastiscope.analysis import Inputs, run_analyses
 from plastiscope.attention import (
     ANALYSIS,
     PATTERN_METRICS,
@@ -22,12 +21,13 @@ from plastiscope.attention import (
     pattern_statistics,
     spectral_summary,
     summarize,
-    weight_stats,
     weight_statistics,
+    weight_stats,
 )
 from plastiscope.attention.weights import layer_weights
 from plastiscope.data import encode
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS
+from plastiscope.runner import Inputs, run_analyses
 
 TOL = 1e-2
 
@@ -220,8 +220,8 @@ def test_streaming_equals_all_at_once():
 # ---------------------------------------------------------------------- models
 @pytest.fixture(scope="module")
 def tokenizer():
-    from plastiscope.corpus import load_corpus
-    from plastiscope.tokenizer import train_tokenizer
+    from plastiscope.demo.corpus import load_corpus
+    from plastiscope.demo.tokenizer import train_tokenizer
 
     return train_tokenizer(load_corpus("train", 2000).texts, 512)
 
@@ -246,7 +246,7 @@ def gqa_checkpoint(tokenizer):
 
 @pytest.fixture(scope="module")
 def docs():
-    from plastiscope.corpus import load_corpus
+    from plastiscope.demo.corpus import load_corpus
 
     texts = load_corpus("probe", 11).texts
     return texts + ["a"]  # a very short document too

@@ -19,8 +19,8 @@ from transformers import (
 
 from plastiscope import Checkpoint, CheckpointError, Sweep
 from plastiscope.activations import stream
-from plastiscope.corpus import load_corpus
-from plastiscope.tokenizer import train_tokenizer
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.tokenizer import train_tokenizer
 
 ARCHITECTURES = {
     "gpt2": lambda v: GPT2LMHeadModel(GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=4, n_positions=48)),

@@ -10,8 +10,8 @@ import pytest
 from conftest import TINY
 from test_reports_browser import CHROMIUM, assert_clean, check_report_in_browser
 
-from plastiscope.pipeline import demo
-from plastiscope.train import TrainConfig
+from plastiscope.demo import run_demo as demo
+from plastiscope.demo.sweep import TrainConfig
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from plastiscope.analysis import Analysis, Inputs, run_analyses
+from plastiscope.options import OneOf, Option, OptionTable, Text
 from plastiscope.results import ResultsStore, make_frame
+from plastiscope.runner import Analysis, Inputs, run_analyses
 
 ray = pytest.importorskip("ray")
 
@@ -17,7 +18,8 @@ ray = pytest.importorskip("ray")
 class NormTask:
     """Mean resid_post norm per layer; with ``die`` set, the worker process dies instead (a killed task)."""
 
-    def __init__(self, checkpoint, inputs, marker_dir="", die="never"):
+    def __init__(self, checkpoint, inputs, options, memo):
+        marker_dir, die = options["marker_dir"], options["die"]
         marker = Path(marker_dir or ".") / f"{checkpoint.name}.started"
         if die == "always" and checkpoint.weight_decay == 0.1 or die == "once" and not marker.exists():
             marker.touch()
@@ -38,6 +40,11 @@ class NormTask:
         ])
 
 
+def norm_analysis(marker_dir: str = ".", die: str = "never") -> Analysis:
+    options = OptionTable({"marker_dir": Option(marker_dir, Text()), "die": Option(die, OneOf("never", "once", "always"))})
+    return Analysis("norm", ("data",), NormTask, options)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     tests = str(Path(__file__).parent)
@@ -55,7 +62,7 @@ def test_ray_gives_the_same_table_as_local(cluster, tiny_sweep, probe_docs, tmp_
     from plastiscope.distributed import run_analyses_ray
 
     inputs = Inputs(data=probe_docs.subset(range(12)))
-    analyses = [Analysis("norm", ("data",), NormTask), "attention_weights"]
+    analyses = [norm_analysis(), "attention_weights"]
     local, _ = run_analyses(tiny_sweep, analyses, inputs, progress=False)
     store = ResultsStore(tmp_path / "res")
     remote, failures = run_analyses_ray(tiny_sweep, analyses, inputs, store=store, progress=False)
@@ -70,7 +77,7 @@ def test_killed_task_is_retried_once(cluster, tiny_sweep, probe_docs, tmp_path):
     from plastiscope.distributed import run_analyses_ray
 
     inputs = Inputs(data=probe_docs.subset(range(4)))
-    spec = Analysis("norm", ("data",), NormTask, {"marker_dir": str(tmp_path), "die": "once"})
+    spec = norm_analysis(str(tmp_path), "once")
     results, failures = run_analyses_ray(tiny_sweep[:1], [spec], inputs, progress=False)
     assert failures.empty and (tmp_path / f"{tiny_sweep[0].name}.started").exists()
     assert len(results) == 2
@@ -80,7 +87,7 @@ def test_task_dying_twice_is_reported_and_the_rest_kept(cluster, tiny_sweep, pro
     from plastiscope.distributed import run_analyses_ray
 
     inputs = Inputs(data=probe_docs.subset(range(4)))
-    spec = Analysis("norm", ("data",), NormTask, {"marker_dir": str(tmp_path), "die": "always"})
+    spec = norm_analysis(str(tmp_path), "always")
     results, failures = run_analyses_ray(tiny_sweep, [spec], inputs, progress=False)
     assert failures["checkpoint"].tolist() == ["wd-0.1"] and failures["error"].str.contains("Worker|died|crash", case=False).all()
     assert sorted(results["checkpoint"].unique()) == ["wd-0", "wd-1"]

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from plastiscope.analysis import Inputs, run_analyses
-from plastiscope.corpus import load_corpus
+from plastiscope.demo.corpus import load_corpus
 from plastiscope.landscape import (
     basin_radius,
     batch_loss_fn,
@@ -24,6 +23,7 @@ from plastiscope.landscape import (
     loss_curve,
     top_eigenvalue,
 )
+from plastiscope.runner import Inputs, run_analyses
 
 
 def _quadratic(seed: int = 0, spectrum=(5.0, 3.0, 2.0, 1.0, 0.5, -0.5, 0.1)) -> tuple[np.ndarray, list[torch.Tensor], callable]:
@@ -75,15 +75,15 @@ def test_top_eigenvalue_is_the_largest_even_when_a_negative_one_dominates():
 
 
 def test_eigenvalue_rows_report_a_negative_dominant_eigenvalue_and_refuse_an_unconverged_top():
-    (top,) = eigenvalue_records((12.0, 9, 0.006), None, tol=1e-3)
-    assert top["metric"] == "hessian_top_eigenvalue" and top["n"] == 9
-    assert (top["value"], top["ci_low"], top["ci_high"]) == pytest.approx((12.0, 11.994, 12.006))
+    (top,) = eigenvalue_records((12.0, 9, 0.006), None, tol=1e-3, n_docs=16)
+    assert top["metric"] == "hessian_top_eigenvalue" and top["iterations"] == 9 and top["n"] == 16
+    assert top["value"] == 12.0 and "ci_low" not in top  # a convergence range is no interval
     assert top["relative_change"] == pytest.approx(0.0005)
-    top, low = eigenvalue_records((3.0, 30, 0.001), (-50.0, 8, 0.01), tol=1e-3)  # shifted run converged
-    assert top["value"] == 3.0 and top["n"] == 30
-    assert low["metric"] == "hessian_min_eigenvalue" and low["value"] == -50.0 and low["n"] == 8
-    top, low = eigenvalue_records((1e-4, 28, 5e-6), (-449.0, 8, 0.1), tol=1e-3)  # not converged: no number
-    assert math.isnan(top["value"]) and math.isnan(top["ci_low"]) and top["n"] == 28 and low["value"] == -449.0
+    top, low = eigenvalue_records((3.0, 30, 0.001), (-50.0, 8, 0.01), tol=1e-3, n_docs=16)  # shifted run converged
+    assert top["value"] == 3.0 and top["iterations"] == 30
+    assert low["metric"] == "hessian_min_eigenvalue" and low["value"] == -50.0 and low["iterations"] == 8
+    top, low = eigenvalue_records((1e-4, 28, 5e-6), (-449.0, 8, 0.1), tol=1e-3, n_docs=16)  # not converged: no number
+    assert math.isnan(top["value"]) and top["iterations"] == 28 and low["value"] == -449.0
 
 
 class _MLP(torch.nn.Module):
@@ -202,7 +202,7 @@ def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
     for name, group in results.groupby("checkpoint"):
         metrics = group.set_index("metric")
         eig = metrics.loc["hessian_top_eigenvalue"]
-        assert 2 <= eig.n <= 2 * 6 and eig.ci_low <= eig.value <= eig.ci_high and eig.value > 0
+        assert 2 <= eig.iterations <= 2 * 6 and eig.n == 8 and np.isnan(eig.ci_low) and eig.value > 0
         trace = metrics.loc["hessian_trace"]
         assert trace.n == 4 and np.isfinite(trace.value)
         curves = group[group.metric == "basin_curve_loss"]
@@ -211,22 +211,22 @@ def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
         assert radius.n == 2 and 0 < radius.value <= 2.0
         # the curve at radius 0 is the batch loss, recomputed here from the logits
         checkpoint = tiny_sweep[name]
-        tokens, labels = fixed_batch(checkpoint, train, 8)
+        tokens, mask = fixed_batch(checkpoint, train, 8)
         with torch.no_grad():
-            logits = checkpoint.hf_model(tokens, attention_mask=(labels != -100).long()).logits
-        mask = labels[:, 1:] != -100
+            logits = checkpoint.hf_model(tokens, attention_mask=mask.long()).logits
         losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
-        expected = float(losses[mask].mean())
+        expected = float(losses[mask[:, 1:]].mean())
         assert curves[curves.radius == 0].value.to_numpy() == pytest.approx([expected] * 2, rel=1e-5)
         with torch.no_grad():
-            assert float(batch_loss_fn(checkpoint.hf_model, tokens, labels)()) == pytest.approx(expected, rel=1e-5)
+            assert float(batch_loss_fn(checkpoint.hf_model, tokens, mask)()) == pytest.approx(expected, rel=1e-5)
         checkpoint.unload()
 
 
 def test_landscape_rejects_bad_options(tiny_sweep):
-    from plastiscope.landscape import start
+    from plastiscope.runner import prepare
 
+    inputs = Inputs(train_data=load_corpus("train", 10))
     with pytest.raises(ValueError, match="radii"):
-        start(tiny_sweep[0], Inputs(train_data=load_corpus("train", 10)), radii=[0.5, 1.0])
+        prepare(["landscape"], inputs, {"landscape": {"radii": [0.5, 1.0]}})
     with pytest.raises(ValueError, match="unknown option"):
-        start(tiny_sweep[0], Inputs(train_data=load_corpus("train", 10)), n_probes=3)
+        prepare(["landscape"], inputs, {"landscape": {"n_probes": 3}})

@@ -14,9 +14,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from plastiscope import Checkpoint
 from plastiscope.activations import Batch
-from plastiscope.analysis import Inputs, run_analyses
-from plastiscope.corpus import load_corpus
 from plastiscope.data import Documents, encode
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.tokenizer import train_tokenizer
 from plastiscope.overfit import (
     DocumentLosses,
     auc,
@@ -29,8 +29,9 @@ from plastiscope.overfit import (
     zlib_entropy,
 )
 from plastiscope.overfit.losses import bucket_labels, default_bucket_edges
-from plastiscope.overfit.membership import auc_batched, tpr_at_fpr_batched, two_sample_ci
-from plastiscope.tokenizer import train_tokenizer
+from plastiscope.overfit.membership import auc_batched, tpr_at_fpr_batched
+from plastiscope.runner import Inputs, run_analyses
+from plastiscope.stats import bootstrap_ci
 
 N_CTX = 64
 FAST = {"n_resamples": 200}
@@ -159,7 +160,7 @@ def test_auc_and_tpr_match_sklearn():
         assert tpr_at_fpr(members, nonmembers, fpr) == pytest.approx(roc_tpr[roc_fpr <= fpr + 1e-12].max())
     # hand case: 2 of 4 members strictly below every non-member
     assert tpr_at_fpr_batched(np.array([[0.0, 1.0, 5.0, 6.0]]), np.array([[2.0, 3.0, 4.0]]))[0] == 0.5
-    value, low, high = two_sample_ci(members, nonmembers, auc_batched, n_resamples=300)
+    value, low, high = bootstrap_ci((members, nonmembers), auc_batched, n_resamples=300)
     assert low < value < high and value == pytest.approx(want)
 
 

@@ -11,10 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from plastiscope import Sweep
-from plastiscope.analysis import Analysis, Inputs, run_analyses
 from plastiscope.cli import app
+from plastiscope.options import Integer, Option, OptionTable
 from plastiscope.pipeline import analyze
 from plastiscope.results import load_results, make_frame
+from plastiscope.runner import Analysis, Inputs, run_analyses
 
 CALLS = []
 
@@ -22,10 +23,10 @@ CALLS = []
 class NormTask:
     """Mean L2 norm of resid_post per layer: a small analysis made for these tests."""
 
-    def __init__(self, checkpoint, inputs, layers=2):
+    def __init__(self, checkpoint, inputs, options, memo):
         CALLS.append(checkpoint.name)
         self.checkpoint = checkpoint
-        self.names = [f"blocks.{l}.hook_resid_post" for l in range(layers)]
+        self.names = [f"blocks.{l}.hook_resid_post" for l in range(options.get("layers", 2))]
         self.needs_logits = False
         self.norms = {n: [] for n in self.names}
         self.passes = {"data": [self]}
@@ -41,7 +42,7 @@ class NormTask:
         ])
 
 
-NORM = Analysis("norm", ("data",), NormTask, {"layers": 2})
+NORM = Analysis("norm", ("data",), NormTask, OptionTable({"layers": Option(2, Integer(1))}))
 
 
 def test_results_schema_and_values(tiny_sweep, probe_docs):
@@ -49,7 +50,7 @@ def test_results_schema_and_values(tiny_sweep, probe_docs):
     results, failures = run_analyses(tiny_sweep, [NORM], Inputs(data=docs), progress=False)
     assert failures.empty
     assert list(results.columns[:2]) == ["checkpoint", "weight_decay"]
-    assert list(results.columns[-8:]) == ["analysis", "metric", "layer", "head", "value", "ci_low", "ci_high", "n"]
+    assert list(results.columns[-9:]) == ["analysis", "metric", "variant", "layer", "head", "value", "ci_low", "ci_high", "n"]
     assert {"learning_rate", "schedule", "seed", "final_val_loss"} <= set(results.columns)
     assert str(results["layer"].dtype) == "Int64" and results["head"].isna().all()
     assert sorted(results["weight_decay"].unique()) == [0.0, 0.1, 1.0]
@@ -100,7 +101,7 @@ def test_crash_midway_loses_only_the_checkpoint_in_flight(tiny_sweep, probe_docs
             return super().finish()
 
     with pytest.raises(KeyboardInterrupt):
-        analyze(tiny_sweep, tmp_path / "res", [Analysis("norm", ("data",), Crash, {"layers": 2})], Inputs(data=docs), progress=False)
+        analyze(tiny_sweep, tmp_path / "res", [Analysis("norm", ("data",), Crash, NORM.options)], Inputs(data=docs), progress=False)
     CALLS.clear()
     results, _ = analyze(tiny_sweep, tmp_path / "res", [NORM], Inputs(data=docs), progress=False)
     assert CALLS == [tiny_sweep[2].name] and len(results) == 6
@@ -122,7 +123,7 @@ def test_failing_analysis_keeps_the_others(tiny_sweep, probe_docs):
         def finish(self):
             raise RuntimeError("boom")
 
-    results, failures = run_analyses(tiny_sweep, [NORM, Analysis("bad", ("data",), Fails)], Inputs(data=probe_docs.subset(range(4))), progress=False)
+    results, failures = run_analyses(tiny_sweep, [NORM, Analysis("bad", ("data",), Fails, OptionTable({}))], Inputs(data=probe_docs.subset(range(4))), progress=False)
     assert set(results["analysis"]) == {"norm"} and len(results) == 6
     assert set(failures["analysis"]) == {"bad"} and failures["error"].str.contains("RuntimeError: boom").all()
 
@@ -146,7 +147,7 @@ def test_sweep_from_results_dir_name(tiny_manifest):
 
 def test_cli_analyze_end_to_end_with_options(tiny_manifest, tmp_path):
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("\n".join('{"text": "a small gloss number %d about things", "label": "%s"}' % (i, "ab"[i % 2]) for i in range(40)))
+    docs.write_text("\n".join(json.dumps({"text": f"a small gloss number {i} about things", "label": "ab"[i % 2]}) for i in range(40)))
     val = tmp_path / "val.txt"
     val.write_text("\n".join(f"a small gloss number {i} about stuff" for i in range(40)))
     out = tmp_path / "res"
@@ -167,7 +168,7 @@ def test_cli_analyze_end_to_end_with_options(tiny_manifest, tmp_path):
 
 def test_notebook_functions_results_concatenate(tiny_sweep, probe_docs):
     """Frames from run_one carry their failures in attrs, and still concatenate (pandas compares attrs)."""
-    from plastiscope.analysis import run_one
+    from plastiscope.runner import run_one
 
     a = run_one(tiny_sweep, NORM, Inputs(data=probe_docs.subset(range(4))), {}, progress=False)
     b = run_one(tiny_sweep[:1], NORM, Inputs(data=probe_docs.subset(range(5))), {}, progress=False)

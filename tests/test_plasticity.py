@@ -1,4 +1,4 @@
-"""Plasticity: fine-tuning copies, the loss convention, label scoring, task specs, and the analysis end to end."""
+"""Plasticity: fine-tuning copies, the loss convention, label scoring, downstream data, and the analysis end to end."""
 
 from __future__ import annotations
 
@@ -6,26 +6,17 @@ import json
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from plastiscope.analysis import Inputs, run_analyses
-from plastiscope.corpus import load_corpus
-from plastiscope.data import DataError, Documents, encode
-from plastiscope.plasticity import (
-    ANALYSIS,
-    DownstreamTask,
-    document_losses,
-    finetune,
-    label_accuracy,
-    labelled_ids,
-    resolve_task,
-    split_indices,
-    task_ids,
-    task_spec,
-    trainable_copy,
-)
+from plastiscope.checkpoint import trainable_copy
+from plastiscope.data import Documents, encode, load_documents
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.losses import document_losses, mean_per_document
+from plastiscope.plasticity import DownstreamTask, finetune, label_accuracy, labelled_ids, split_indices, task_ids
 from plastiscope.results import ResultsStore
+from plastiscope.runner import Inputs, prepare, run_analyses
 
 TINY_OPTIONS = {"steps": 4, "batch_size": 8, "learning_rates": [1e-4, 3e-3], "eval_docs": 24, "select_docs": 12,
                 "train_docs": 64, "n_resamples": 200}
@@ -42,28 +33,23 @@ def test_split_is_disjoint_seeded_and_checked():
         split_indices(30, 20, 10, 50, seed=0)
 
 
-def test_tasks_resolve_and_user_data_is_keyed_by_content(tmp_path):
-    topic = resolve_task("finetune_topic")
+def test_downstream_data_is_keyed_by_content(tiny_sweep, tmp_path):
+    topic = DownstreamTask.from_documents(load_corpus("finetune"), "topic")
     assert topic.label_name == "topic" and set(topic.labels) == {"plant", "food", "weather"}
-    assert resolve_task("finetune").labels is None
-    with pytest.raises(ValueError, match="task_spec"):
-        resolve_task(str(tmp_path / "data.txt"))  # a bare path would key the cache by its name only
+    assert DownstreamTask.from_documents(load_corpus("finetune")).labels is None
 
     file = tmp_path / "data.jsonl"
-    file.write_text("\n".join(json.dumps({"text": f"doc {i}", "label": "ab"[i % 2]}) for i in range(10)))
-    spec = task_spec(file, label_column="label")
-    json.dumps(spec)  # options are the cache key: JSON only
-    assert spec["sha256"] == resolve_task(spec).documents.sha256() and spec["name"] == "data"
-    assert resolve_task(spec).labels[:3] == ["a", "b", "a"]
-    file.write_text(file.read_text().replace("doc 3", "doc three"))
-    with pytest.raises(DataError, match="changed"):
-        resolve_task(spec)
-
-    docs = Documents([f"text {i}" for i in range(5)], source="mine")
-    spec = task_spec(docs)
-    assert "path" not in spec and resolve_task(spec).documents is docs
-    with pytest.raises(ValueError, match="in-memory"):
-        resolve_task({**spec, "sha256": "0" * 64})
+    file.write_text("\n".join(json.dumps({"text": f"doc {i}", "label": "ab"[i % 2]}) for i in range(120)))
+    task = DownstreamTask.from_documents(load_documents(file, label_column="label"), "label")
+    assert task.name == "data" and task.labels[:3] == ["a", "b", "a"]
+    options = {"plasticity": {**TINY_OPTIONS, "steps": 1, "learning_rates": [1e-3], "label_column": "label"}}
+    store = ResultsStore(tmp_path / "results")
+    first, _ = run_analyses(tiny_sweep[:1], ["plasticity"], Inputs(finetune_data=load_documents(file)), options, store, progress=False)
+    file.write_text(file.read_text().replace("doc 3", "doc three"))  # same name, new content: never a stale result
+    pieces = set((tmp_path / "results" / "cache").glob("plasticity-*.parquet"))
+    run_analyses(tiny_sweep[:1], ["plasticity"], Inputs(finetune_data=load_documents(file)), options, store, progress=False)
+    assert len(set((tmp_path / "results" / "cache").glob("plasticity-*.parquet")) - pieces) == 1
+    assert set(first.task) == {"data"}
 
 
 def test_labelled_sequence_keeps_its_label_when_the_text_is_truncated(tiny_sweep):
@@ -108,7 +94,7 @@ def test_document_losses_match_per_document_hf_loss(tiny_sweep):
     model, tokenizer = checkpoint.hf_model, checkpoint.tokenizer
     texts = load_corpus("finetune", 7).texts
     ids = [encode(tokenizer, t, checkpoint.n_ctx) for t in texts]
-    losses = document_losses(model, ids, tokenizer.pad_token_id, batch_size=3)  # padded batches
+    losses = mean_per_document(*document_losses(model, ids, tokenizer.pad_token_id, batch_size=3))  # padded batches
     with torch.no_grad():
         expected = [float(model(torch.tensor([x]), labels=torch.tensor([x])).loss) for x in ids]  # one at a time
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
@@ -123,20 +109,21 @@ def test_finetune_trains_a_copy_and_never_the_checkpoint(tiny_sweep):
     checkpoint = tiny_sweep[0]
     model, tokenizer = checkpoint.hf_model, checkpoint.tokenizer
     before = _weights(model)
-    ids = task_ids(resolve_task("finetune"), tokenizer, checkpoint.n_ctx, range(32))
+    ids = task_ids(DownstreamTask.from_documents(load_corpus("finetune")), tokenizer, checkpoint.n_ctx, range(32))
     copied = trainable_copy(model)
     assert _weights(copied).keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in _weights(copied).items())
     tokens = torch.tensor([ids[0]])
     with torch.no_grad():
         assert torch.equal(copied(tokens).logits, model(tokens).logits)
-    tuned = finetune(model, ids, tokenizer.pad_token_id, steps=3, batch_size=4, learning_rate=1e-2, seed=0)
+    tuned, diverged = finetune(model, ids, tokenizer.pad_token_id, steps=3, batch_size=4, learning_rate=1e-2, seed=0)
+    assert not diverged
     assert all(torch.equal(v, before[k]) for k, v in _weights(model).items())
     after = _weights(tuned)
     assert any(not torch.equal(after[k], before[k]) for k in before)
-    again = finetune(model, ids, tokenizer.pad_token_id, steps=3, batch_size=4, learning_rate=1e-2, seed=0)
+    again, _ = finetune(model, ids, tokenizer.pad_token_id, steps=3, batch_size=4, learning_rate=1e-2, seed=0)
     assert all(torch.equal(v, after[k]) for k, v in _weights(again).items())  # same batches, same result
-    losses = document_losses(model, ids, tokenizer.pad_token_id)
-    assert document_losses(tuned, ids, tokenizer.pad_token_id).mean() < losses.mean()
+    losses = mean_per_document(*document_losses(model, ids, tokenizer.pad_token_id))
+    assert mean_per_document(*document_losses(tuned, ids, tokenizer.pad_token_id)).mean() < losses.mean()
 
 
 def test_finetuning_gains_little_on_own_training_data_and_more_on_new_data(tiny_sweep):
@@ -144,29 +131,33 @@ def test_finetuning_gains_little_on_own_training_data_and_more_on_new_data(tiny_
 
     The tiny checkpoints saw only 40 steps, so continued training on their own first 400 documents
     still lowers the loss (about 0.56x the new-domain gain here), just clearly less than new data."""
-    own = task_spec(load_corpus("train", 400), name="own")
-    options = {"tasks": [own, "finetune"], "steps": 15, "learning_rates": [1e-3], "eval_docs": 48, "select_docs": 16,
-               "train_docs": 256, "n_resamples": 500}
-    results, failures = run_analyses(tiny_sweep[:1], ["plasticity"], Inputs(), options={"plasticity": options}, progress=False)
-    assert failures.empty, failures.to_dict("records")
+    options = {"steps": 15, "learning_rates": [1e-3], "eval_docs": 48, "select_docs": 16, "train_docs": 256, "n_resamples": 500}
+    frames = []
+    for name, docs in (("own", load_corpus("train", 400)), ("finetune", load_corpus("finetune"))):
+        results, failures = run_analyses(tiny_sweep[:1], ["plasticity"], Inputs(finetune_data=docs),
+                                         options={"plasticity": {**options, "task_name": name}}, progress=False)
+        assert failures.empty, failures.to_dict("records")
+        frames.append(results)
+    results = pd.concat(frames)
     gain = results[results.metric == "plasticity_gain"].set_index("task")
     assert gain.loc["finetune", "ci_low"] > 0
     assert gain.loc["own", "ci_high"] < gain.loc["finetune", "ci_low"]
     assert gain.loc["own", "value"] < 0.75 * gain.loc["finetune", "value"]
 
 
-def test_plasticity_end_to_end_schema_selection_and_cache(tiny_sweep, tmp_path):
-    json.dumps(ANALYSIS.options)
-    options = {**TINY_OPTIONS, "tasks": ["finetune", "finetune_topic"]}
+@pytest.mark.parametrize("label_column", [None, "topic"])
+def test_plasticity_end_to_end_schema_selection_and_cache(tiny_sweep, tmp_path, label_column):
+    options = {**TINY_OPTIONS, "label_column": label_column}
     store = ResultsStore(tmp_path)
-    results, failures = run_analyses(tiny_sweep, ["plasticity"], Inputs(), options={"plasticity": options}, store=store,
+    inputs = Inputs(finetune_data=load_corpus("finetune"))
+    results, failures = run_analyses(tiny_sweep, ["plasticity"], inputs, options={"plasticity": options}, store=store,
                                      progress=False)
     assert failures.empty, failures.to_dict("records")
     assert sorted(results.weight_decay.unique()) == [0.0, 0.1, 1.0]
     for (name, task), group in results.groupby(["checkpoint", "task"]):
         m = group.set_index("metric")
         expected = {"downstream_loss_before", "downstream_loss_after", "plasticity_gain", "downstream_selection_loss"}
-        if task == "finetune_topic":
+        if label_column is not None:
             expected |= {"downstream_accuracy_before", "downstream_accuracy_after"}
         assert set(m.index) == expected
         assert m.loc["plasticity_gain", "value"] == pytest.approx(
@@ -176,17 +167,18 @@ def test_plasticity_end_to_end_schema_selection_and_cache(tiny_sweep, tmp_path):
         selection = m.loc["downstream_selection_loss"]
         assert sorted(selection.finetune_lr) == [1e-4, 3e-3]
         best = selection.finetune_lr.to_numpy()[np.argmin(selection.value.to_numpy())]
-        assert m.loc["downstream_loss_after", "finetune_lr"] == best
-    cached, _ = run_analyses(tiny_sweep, ["plasticity"], Inputs(), options={"plasticity": options}, store=store, progress=False)
+        assert m.loc["downstream_loss_after", "selected_lr"] == best
+    cached, _ = run_analyses(tiny_sweep, ["plasticity"], inputs, options={"plasticity": options}, store=store, progress=False)
     np.testing.assert_array_equal(cached.value.to_numpy(), results.value.to_numpy())
 
 
 def test_plasticity_rejects_bad_options(tiny_sweep):
-    from plastiscope.plasticity import start
-
+    inputs = Inputs(finetune_data=load_corpus("finetune"))
     with pytest.raises(ValueError, match="unknown option"):
-        start(tiny_sweep[0], Inputs(), lr=1e-3)
+        prepare(["plasticity"], inputs, {"plasticity": {"lr": 1e-3}})
     with pytest.raises(ValueError, match="learning_rates"):
-        start(tiny_sweep[0], Inputs(), learning_rates=[])
-    with pytest.raises(ValueError, match="unknown task"):
-        start(tiny_sweep[0], Inputs(), tasks=["sentiment"])
+        prepare(["plasticity"], inputs, {"plasticity": {"learning_rates": []}})
+    with pytest.raises(ValueError, match="needs --finetune-data"):
+        prepare(["plasticity"], Inputs(), {})
+    _, failures = run_analyses(tiny_sweep[0], ["plasticity"], inputs, {"plasticity": {"label_column": "sentiment"}}, progress=False)
+    assert "no column 'sentiment'" in failures.error.item()

@@ -60,7 +60,7 @@ def checkpoint(tokenizer):
 @pytest.fixture(scope="module")
 def docs():
     """A random sample of the probe split (the split is ordered by part of speech)."""
-    from plastiscope.corpus import load_corpus
+    from plastiscope.demo.corpus import load_corpus
 
     full = load_corpus("probe")
     return full.subset(np.random.default_rng(0).choice(len(full), 500, replace=False).tolist())
@@ -283,7 +283,7 @@ def test_select_examples_caps_and_drops():
 
 def test_probes_analysis_end_to_end(tokenizer, checkpoint, docs):
     """run_analyses on a tiny in-memory checkpoint: the results schema, both inits, every metric."""
-    from plastiscope.analysis import Inputs, run_analyses
+    from plastiscope.runner import Inputs, run_analyses
 
     other = tiny_checkpoint(tokenizer, seed=7, name="tiny-b", weight_decay=1.0)
     results, failures = run_analyses(

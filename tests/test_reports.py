@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.stats import kendalltau, spearmanr
+from synthetic import synthetic_results
 
 from plastiscope.reports import correlation_table, figures, spearman_ci, summary, write_report, write_reports
 from plastiscope.reports.figures import make_wd_axis
 from plastiscope.reports.frame import prepare
-from plastiscope.reports.synthetic import synthetic_results
 from plastiscope.results import ResultsStore, tidy
 
 INJECTION = "<script>alert(1)</script>"

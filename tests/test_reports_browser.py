@@ -109,8 +109,9 @@ def assert_clean(check: BrowserCheck, path: Path, expected_plots: int) -> None:
 
 
 def test_report_in_browser(tmp_path):
+    from synthetic import synthetic_results
+
     from plastiscope.reports import write_report
-    from plastiscope.reports.synthetic import synthetic_results
 
     names = ["wd-zero", INJECTION, "wd-mid", "wd-high", "wd-max"]
     frame = synthetic_results(n_checkpoints=5, n_layers=3, n_heads=2, names=names)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from plastiscope.train import TrainConfig, lr_at
+from plastiscope.demo.sweep import TrainConfig, lr_at
 
 
 def test_schedule():
@@ -44,7 +44,7 @@ def test_decay_shrinks_matrices_not_norms(tiny_manifest):
 def test_rerun_reuses_trained_runs(tiny_manifest):
     from conftest import TINY
 
-    from plastiscope.train import train_sweep
+    from plastiscope.demo.sweep import train_sweep
 
     before = {p: p.stat().st_mtime_ns for p in tiny_manifest.parent.glob("*/model.safetensors")}
     train_sweep(tiny_manifest.parent, TrainConfig(weight_decays=(0.0, 0.1, 1.0), **TINY), progress=False)
@@ -53,8 +53,8 @@ def test_rerun_reuses_trained_runs(tiny_manifest):
 
 def test_same_init_for_every_weight_decay():
 
-    from plastiscope.train import train_one
-    from plastiscope.tokenizer import train_tokenizer
+    from plastiscope.demo.sweep import train_one
+    from plastiscope.demo.tokenizer import train_tokenizer
 
     tok = train_tokenizer(["a b c d e f g h"] * 20, 280)
     ids = [[tok.bos_token_id, 5, 6, 7]] * 8

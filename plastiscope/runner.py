@@ -1,14 +1,20 @@
-"""Run analyses over a sweep: one checkpoint in memory at a time, one forward pass per input.
+"""The runner: analyses over a sweep, one checkpoint in memory at a time, one forward pass per input.
 
-An :class:`Analysis` says which inputs it reads (``data``, ``train_data``, ``val_data``, or
-none for weights-only statistics) and starts a :class:`Task` per checkpoint. A task hands
-:class:`~plastiscope.activations.Consumer` s to the shared forward pass over each input and,
-after the passes, ``finish()`` es into rows of the results schema. Analyses that read the
-same input share its pass; none runs the model over that input itself.
+An :class:`Analysis` declares what it reads (``data``, ``train_data``, ``val_data``,
+``finetune_data``, or nothing for weights-only statistics), its options (an
+:class:`~plastiscope.options.OptionTable`) and its variant columns, and starts a :class:`Task`
+per checkpoint. A task hands :class:`~plastiscope.activations.Consumer` s to the shared forward
+pass over each input and, after the passes, ``finish()`` es into rows of the results schema
+(:mod:`plastiscope.results`). Analyses that read the same input share its pass; none runs the
+model over that input itself. Options are validated once, for every analysis, before any model
+is loaded.
 
-Results are cached per (checkpoint content hash, analysis, options, data hashes): a rerun
-recomputes nothing already done. A checkpoint that fails (bad folder, corrupt weights,
+Results are cached per (checkpoint content, analysis, options, data, precision, version): a
+rerun recomputes nothing already done. A checkpoint that fails (bad folder, corrupt weights,
 tokenizer mismatch) is reported and skipped; the others still run.
+
+This module is also the in-process executor (:func:`run_analyses`); :mod:`plastiscope.distributed`
+runs the same tasks on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import logging
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
@@ -27,42 +34,61 @@ from tqdm.auto import tqdm
 from plastiscope.activations import Consumer, run_pass
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents
-from plastiscope.results import ResultsStore, tidy
+from plastiscope.memo import Memo
+from plastiscope.options import OptionTable, validate
+from plastiscope.results import ResultsStore, identity, stamp, tidy
 
 log = logging.getLogger("plastiscope")
 
 FAILURE_COLUMNS = ["checkpoint", "path", "analysis", "error"]
-INPUT_FLAGS = {"data": "--data", "train_data": "--train-data", "val_data": "--val-data"}
+INPUT_FLAGS = {"data": "--data", "train_data": "--train-data", "val_data": "--val-data", "finetune_data": "--finetune-data"}
 
 
 @dataclass
 class Inputs:
-    """The documents analyses read: ``data`` (probes, attention), ``train_data`` / ``val_data`` (overfit, landscape)."""
+    """The documents analyses read.
+
+    ``data``: probes and attention patterns; ``train_data`` / ``val_data``: documents the
+    checkpoints were trained on and held-out ones (overfit, landscape); ``finetune_data``: a
+    downstream task's documents (plasticity, and the landscape's score-based basins).
+    """
 
     data: Documents | None = None
     train_data: Documents | None = None
     val_data: Documents | None = None
+    finetune_data: Documents | None = None
 
     def hashes(self, names: Iterable[str]) -> dict[str, str]:
+        """Content hash of each named input that is present."""
         return {n: getattr(self, n).sha256() for n in names if getattr(self, n) is not None}
 
 
 class Task(Protocol):
-    """One analysis of one checkpoint."""
+    """One analysis of one checkpoint: consumers for the shared passes, then ``finish()``."""
 
     passes: Mapping[str, Sequence[Consumer]]  # input name -> consumers fed by that input's pass
 
-    def finish(self) -> pd.DataFrame: ...
+    def finish(self) -> pd.DataFrame:
+        """The checkpoint's rows of the results schema, once every pass has run."""
 
 
 @dataclass(frozen=True)
 class Analysis:
-    """An analysis: ``start(checkpoint, inputs, **options) -> Task``; ``options`` are its defaults."""
+    """An analysis as the runner sees it.
+
+    - ``name``: its name in results and on the command line;
+    - ``inputs`` / ``optional_inputs``: the :class:`Inputs` it needs / may use;
+    - ``start(checkpoint, inputs, options, memo) -> Task``, with ``options`` already validated;
+    - ``options``: the declared options (:mod:`plastiscope.options`);
+    - ``variants``: the extra columns whose values make a row part of a different series
+      (``task``, ``pooling``, ...): every other extra column is per-row detail.
+    """
 
     name: str
     inputs: tuple[str, ...]
-    start: Callable[..., Task]
-    options: Mapping[str, Any] = field(default_factory=dict)
+    start: Callable[[Checkpoint, Inputs, dict[str, Any], Memo], Task]
+    options: OptionTable
+    variants: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
 
 
@@ -75,19 +101,12 @@ REGISTRY = {
     "plasticity": "plastiscope.plasticity:ANALYSIS",
     "landscape": "plastiscope.landscape:ANALYSIS",
 }
-# CLI names that expand to several analyses.
+# command-line names that expand to several analyses
 ALIASES = {"attention": ("attention", "attention_weights")}
 
 
-def merge_options(name: str, defaults: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``options``; a precise error naming an unknown option and the known ones."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(f"{name}: unknown option(s) {unknown}; options are {sorted(defaults)}")
-    return {**defaults, **options}
-
-
 def get_analysis(name: str) -> Analysis:
+    """The registered analysis ``name``; a clear error lists the known ones."""
     if name not in REGISTRY:
         raise ValueError(f"unknown analysis {name!r}; choose from {', '.join(sorted(REGISTRY))}")
     module, attribute = REGISTRY[name].split(":")
@@ -107,6 +126,7 @@ def available_analyses() -> list[str]:
 
 
 def as_sweep(sweep: Sweep | Checkpoint | Sequence[Checkpoint]) -> Sweep:
+    """A :class:`Sweep` of one checkpoint, a list of them, or the sweep itself."""
     if isinstance(sweep, Sweep):
         return sweep
     if isinstance(sweep, Checkpoint):
@@ -117,14 +137,23 @@ def as_sweep(sweep: Sweep | Checkpoint | Sequence[Checkpoint]) -> Sweep:
 def prepare(
     analyses: Sequence[str | Analysis], inputs: Inputs, options: Mapping[str, Mapping[str, Any]] | None = None
 ) -> tuple[list[Analysis], dict[str, dict[str, Any]]]:
-    """The analyses' specs and their full options; a clear error for a missing input."""
+    """The analyses' specs and their validated options; a clear error for a missing input,
+    an unknown analysis, or an option that names no requested analysis."""
     specs = [a if isinstance(a, Analysis) else get_analysis(a) for a in analyses]
+    options = dict(options or {})
+    names = {s.name for s in specs}
+    stray = sorted(set(options) - names)
+    if stray:
+        known = sorted(set(REGISTRY) | names)
+        unknown = [s for s in stray if s not in known]
+        what = f"unknown analysis {unknown}" if unknown else f"analysis {stray} is not among those run ({sorted(names)})"
+        raise ValueError(f"options given for {what}; option names look like ANALYSIS.KEY with ANALYSIS one of {sorted(names)}")
     for spec in specs:
         missing = [n for n in spec.inputs if getattr(inputs, n) is None]
         if missing:
             flags = " and ".join(INPUT_FLAGS[n] for n in missing)
             raise ValueError(f"analysis {spec.name!r} needs {flags} (documents to read); pass {flags} FILE")
-    return specs, {s.name: {**s.options, **dict((options or {}).get(s.name, {}))} for s in specs}
+    return specs, {s.name: validate(s.name, s.options, options.get(s.name)) for s in specs}
 
 
 def run_analyses(
@@ -144,13 +173,14 @@ def run_analyses(
     """
     sweep = as_sweep(sweep)
     specs, configs = prepare(analyses, inputs, options)
+    memo = Memo(store.cache / "memo" if store is not None else None)
     frames: list[pd.DataFrame] = []
     failures: list[dict[str, Any]] = sweep.load_errors()
     for checkpoint in tqdm(sweep, desc="checkpoints", unit="ckpt", disable=not progress):
         try:
             todo = cached(checkpoint, specs, configs, inputs, store, frames)
             if todo:
-                _run_checkpoint(checkpoint, todo, configs, inputs, store, frames, failures, batch_size, progress)
+                run_checkpoint(checkpoint, todo, configs, inputs, store, memo, frames, failures, batch_size, progress)
         except Exception as err:  # a broken checkpoint must not sink the sweep
             failures.append(failure_row(checkpoint, "*", err))
         finally:
@@ -163,7 +193,7 @@ def run_one(
     analysis: Analysis,
     inputs: Inputs,
     options: Mapping[str, Any],
-    store: ResultsStore | None = None,
+    store: ResultsStore | str | Path | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -172,6 +202,8 @@ def run_one(
     Checkpoints that fail are reported by a warning (and kept as records in ``frame.attrs["failures"]``);
     if every checkpoint fails, the errors are raised.
     """
+    if store is not None and not isinstance(store, ResultsStore):
+        store = ResultsStore(store)
     results, failures = run_analyses(sweep, [analysis], inputs, {analysis.name: options}, store, batch_size, progress)
     if len(failures):
         lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
@@ -188,9 +220,17 @@ def combine(frames: list[pd.DataFrame], failures: list[dict[str, Any]]) -> tuple
     return results, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
 
 
-def cache_key(spec: Analysis, config: Mapping[str, Any], inputs: Inputs) -> dict[str, Any]:
-    """What a cached piece depends on besides the checkpoint's content: options and data hashes."""
-    return {"options": dict(config), "data": inputs.hashes(spec.inputs + spec.optional_inputs)}
+def cache_key(spec: Analysis, config: Mapping[str, Any], inputs: Inputs, checkpoint: Checkpoint) -> dict[str, Any]:
+    """What a cached piece depends on besides the checkpoint's content: options, data, precision, version."""
+    from plastiscope import __version__
+
+    return {
+        "options": dict(config),
+        "data": inputs.hashes(spec.inputs + spec.optional_inputs),
+        "dtype": str(checkpoint.dtype),
+        "device": checkpoint.device_type,
+        "version": __version__,
+    }
 
 
 def cached(
@@ -207,22 +247,31 @@ def cached(
     todo = []
     content = checkpoint.content_hash()
     for spec in specs:
-        piece = store.get(spec.name, content, cache_key(spec, configs[spec.name], inputs))
+        piece = store.get(spec.name, content, cache_key(spec, configs[spec.name], inputs, checkpoint))
         if piece is None:
             todo.append(spec)
         else:
-            # names and hyperparameters may have been relabelled since: take the current ones
-            piece["checkpoint"] = checkpoint.name
-            piece["weight_decay"] = checkpoint.weight_decay
-            frames.append(piece)
+            frames.append(stamp(piece, checkpoint))  # names and hyperparameters as they are now
     return todo
 
 
-def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures, batch_size, progress):
+def run_checkpoint(
+    checkpoint: Checkpoint,
+    specs: Sequence[Analysis],
+    configs: Mapping[str, Mapping[str, Any]],
+    inputs: Inputs,
+    store: ResultsStore | None,
+    memo: Memo,
+    frames: list[pd.DataFrame],
+    failures: list[dict[str, Any]],
+    batch_size: int = 16,
+    progress: bool = True,
+) -> None:
+    """Start every analysis of one checkpoint, run the shared passes, finish, cache and collect."""
     tasks = {}
     for spec in specs:
         try:
-            tasks[spec.name] = (spec, spec.start(checkpoint, inputs, **configs[spec.name]))
+            tasks[spec.name] = (spec, spec.start(checkpoint, inputs, configs[spec.name], memo))
         except Exception as err:
             failures.append(failure_row(checkpoint, spec.name, err))
     for input_name in INPUT_FLAGS:
@@ -236,7 +285,8 @@ def _run_checkpoint(checkpoint, specs, configs, inputs, store, frames, failures,
             failures.append(failure_row(checkpoint, name, err))
             continue
         if store is not None:
-            store.put(name, checkpoint.content_hash(), cache_key(spec, configs[name], inputs), frame)
+            key = cache_key(spec, configs[name], inputs, checkpoint)
+            store.put(name, checkpoint.content_hash(), key, frame, identity_columns=list(identity(checkpoint)))
         frames.append(frame)
 
 

@@ -1,11 +1,9 @@
-"""Pretrain a small weight-decay sweep on the embedded corpus: one readable loop, no framework.
+"""Pretrain a small weight-decay sweep on the embedded corpus with :func:`plastiscope.training.train`.
 
 Every run of a sweep shares the seed, the data order, the tokenizer and every other
 hyperparameter; only the AdamW weight decay differs. Models are Llama-style causal LMs
-(``transformers.LlamaConfig``, random init). Following common practice (nanoGPT, the paper),
-**weight decay applies to matrices only** (every parameter with two or more dimensions:
-attention and MLP weights, embeddings, unembedding), not to norms and biases;
-``decay_all=True`` decays every parameter.
+(``transformers.LlamaConfig``, random init). Weight decay applies to matrices only
+(:func:`plastiscope.training.adamw`); ``decay_all=True`` decays every parameter.
 
 Sequences follow the documents convention of :mod:`plastiscope.data` (one gloss per
 sequence, BOS prepended, truncated to the context, padding excluded from the loss).
@@ -28,10 +26,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from plastiscope.corpus import load_corpus
 from plastiscope.data import Documents, encode
 from plastiscope.data import pad as pad_ids
-from plastiscope.tokenizer import train_tokenizer
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.tokenizer import train_tokenizer
+from plastiscope.losses import document_losses
+from plastiscope.training import adamw, learning_rate, train
 
 
 @dataclass
@@ -59,6 +59,7 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def run_name(self, weight_decay: float) -> str:
+        """The label and folder name of the run with ``weight_decay``, e.g. ``wd-0.1``."""
         return f"wd-{weight_decay:g}"
 
 
@@ -66,40 +67,21 @@ QUICK = dict(steps=150, train_docs=1000, val_docs=200, n_layers=2, d_model=48, d
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
-    """Linear warmup, then constant or cosine decay to 10 % of the peak."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return config.learning_rate
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def batchify(ids: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists: ``tokens [batch, pos]`` and ``labels [batch, pos]`` (-100 on padding)."""
-    tokens, mask = pad_ids(ids, pad)
-    return tokens, tokens.masked_fill(~mask, -100)
+    """The learning rate of ``step`` under ``config`` (:func:`plastiscope.training.learning_rate`)."""
+    return learning_rate(step, config.learning_rate, config.steps, config.warmup_steps, config.schedule)
 
 
 @torch.no_grad()
 def mean_loss(model: LlamaForCausalLM, ids: list[list[int]], pad: int, batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy per token over documents (nats)."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(ids), batch_size):
-        tokens, labels = batchify(ids[start : start + batch_size], pad)
-        n = int((labels[:, 1:] != -100).sum())
-        total += float(model(tokens, attention_mask=(labels != -100).long(), labels=labels).loss) * n
-        count += n
-    model.train()
-    return total / max(count, 1)
+    """Token-weighted mean next-token cross-entropy over documents (nats): what a trainer logs."""
+    sums, counts = document_losses(model, ids, pad, batch_size)
+    return float(sums.sum() / max(counts.sum(), 1))
 
 
 def train_one(
     config: TrainConfig, weight_decay: float, train_ids: list[list[int]], val_ids: list[list[int]], tokenizer, progress: bool = True
 ) -> tuple[LlamaForCausalLM, dict]:
     """Train one model of the sweep; return it and its log (final train/validation loss, time)."""
-    torch.manual_seed(config.seed)
     model_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.d_model, intermediate_size=config.d_mlp,
         num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads,
@@ -107,35 +89,35 @@ def train_one(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(model_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the same initialisation for every weight decay
+        model = LlamaForCausalLM(model_config)
     model.config.architectures = ["LlamaForCausalLM"]
-    decay = [p for p in model.parameters() if config.decay_all or p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if not (config.decay_all or p.dim() >= 2)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.learning_rate, betas=(0.9, 0.95),
-    )
-    data_order = torch.Generator().manual_seed(config.seed)  # same batches for every weight decay
+    optimizer = adamw(model, config.learning_rate, weight_decay, decay_all=config.decay_all)
+    data_order = torch.Generator().manual_seed(config.seed)  # the same batches for every weight decay
     pad = tokenizer.pad_token_id
-    log = {"curve": []}
+    log: dict = {"curve": []}
     start = time.time()
-    model.train()
-    bar = tqdm(range(config.steps), desc=config.run_name(weight_decay), disable=not progress, leave=False)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config)
+    bar = tqdm(total=config.steps, desc=config.run_name(weight_decay), disable=not progress, leave=False)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.randint(len(train_ids), (config.batch_size,), generator=data_order).tolist()
-        tokens, labels = batchify([train_ids[i] for i in rows], pad)
-        loss = model(tokens, attention_mask=(labels != -100).long(), labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        return pad_ids([train_ids[i] for i in rows], pad)
+
+    def on_step(step: int, loss: float) -> None:
+        bar.update(1)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             val = mean_loss(model, val_ids, pad)
-            log["curve"].append({"step": step + 1, "train_batch_loss": loss.item(), "val_loss": val})
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val:.3f}")
-    model.eval()
+            model.train()
+            log["curve"].append({"step": step + 1, "train_batch_loss": loss, "val_loss": val})
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{val:.3f}")
+
+    history = train(model, optimizer, batch, config.steps, lr=lambda step: lr_at(step, config), on_step=on_step)
+    bar.close()
+    if not math.isfinite(history[-1]):
+        raise RuntimeError(
+            f"{config.run_name(weight_decay)}: training diverged at step {len(history)} (loss {history[-1]}); lower the learning rate"
+        )
     log["final_train_loss"] = mean_loss(model, train_ids[: len(val_ids)], pad)
     log["final_val_loss"] = log["curve"][-1]["val_loss"]
     log["seconds"] = time.time() - start

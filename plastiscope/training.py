@@ -1,0 +1,118 @@
+"""The one training loop: AdamW on the next-token loss, nanoGPT-style, used for pretraining and fine-tuning.
+
+- :func:`adamw` configures the optimizer once: **weight decay on matrices only** (every
+  parameter with two or more dimensions: attention and MLP weights, embeddings, unembedding),
+  not on norms and biases, as nanoGPT and Han et al. 2026 (arXiv 2602.11137) do;
+  ``decay_all=True`` decays every parameter.
+- :func:`learning_rate` is the schedule: linear warmup, then ``cosine`` or ``linear`` decay to
+  ``final_fraction`` of the peak, ``wsd`` (warmup-stable-decay: constant, then a linear decay
+  over the last ``decay_fraction`` of the steps to ``final_fraction``), or ``wso``
+  (Warmup-Stable-Only, Yano et al. 2026, arXiv 2603.16127: constant after warmup; ``constant``
+  names the same schedule).
+- :func:`train` runs the loop: a batch, the loss (:func:`plastiscope.losses.sequence_loss`),
+  backward, gradient-norm clipping, a step; it stops at the first non-finite loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from plastiscope.losses import sequence_loss
+
+SCHEDULES = ("cosine", "linear", "wsd", "wso", "constant")
+
+
+def adamw(
+    model: torch.nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    decay_all: bool = False,
+    betas: tuple[float, float] = (0.9, 0.95),
+) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters, decaying matrices only (or all with ``decay_all``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if decay_all or p.dim() >= 2]
+    rest = [p for p in params if not (decay_all or p.dim() >= 2)]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=betas)
+
+
+def learning_rate(
+    step: int,
+    peak: float,
+    steps: int,
+    warmup_steps: int = 0,
+    schedule: str = "cosine",
+    final_fraction: float = 0.1,
+    decay_fraction: float = 0.2,
+) -> float:
+    """Learning rate at ``step`` (0-based) of ``steps``: linear warmup to ``peak``, then ``schedule``.
+
+    ``cosine``/``linear``: decay from ``peak`` to ``final_fraction * peak`` over the steps after
+    warmup. ``wsd``: ``peak`` until the last ``decay_fraction`` of all steps, then a linear decay
+    to ``final_fraction * peak``. ``wso``/``constant``: ``peak`` after warmup.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: choose from {', '.join(SCHEDULES)}")
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if schedule in ("wso", "constant"):
+        return peak
+    if schedule == "wsd":
+        decay_start = max(warmup_steps, steps - int(round(decay_fraction * steps)))
+        progress = (step - decay_start) / max(1, steps - decay_start) if step >= decay_start else 0.0
+        return peak * (1 - (1 - final_fraction) * progress)
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    if schedule == "linear":
+        return peak * (1 - (1 - final_fraction) * progress)
+    return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    steps: int,
+    lr: Callable[[int], float] | None = None,
+    clip: float | None = 1.0,
+    autocast: torch.dtype | None = None,
+    on_step: Callable[[int, float], Any] | None = None,
+) -> list[float]:
+    """Train ``model`` for ``steps`` steps; return the loss of every step taken.
+
+    ``batch(step) -> (tokens, mask)`` gives each step's batch ``[batch, pos]`` (on the model's
+    device); ``lr(step)`` the learning rate (None keeps the optimizer's); ``clip`` the gradient
+    norm bound; ``autocast`` a lower-precision dtype for the forward (master weights stay as they
+    are); ``on_step(step, loss)`` is called after each step. Stops early, with the non-finite
+    loss as the last entry, when the loss diverges. The model is left in eval mode.
+    """
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    history: list[float] = []
+    device_type = next(model.parameters()).device.type
+    for step in range(steps):
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr(step)
+        tokens, mask = batch(step)
+        context = torch.autocast(device_type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+        with context:
+            loss = sequence_loss(model, tokens, mask)
+        history.append(float(loss.detach()))
+        if not math.isfinite(history[-1]):
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, history[-1])
+    optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    return history
