@@ -9,8 +9,9 @@ for labelled tasks, accuracy) before and after; see :mod:`.analysis`.
     >>> frame = plasticity(sweep, "downstream.jsonl", label_column="label")
 """
 
+from plastiscope.downstream import DownstreamTask, label_accuracy, labelled_ids, split_indices, task_ids
+
 from .analysis import ANALYSIS, OPTIONS, PlasticityTask, finetune, plasticity
-from .downstream import DownstreamTask, label_accuracy, labelled_ids, split_indices, task_ids
 
 __all__ = [
     "ANALYSIS",

@@ -20,7 +20,7 @@ Metrics (variant column ``task``, the task's name; ``selected_lr`` is the learni
   interval over documents.
 - ``downstream_accuracy_before`` / ``downstream_accuracy_after`` (labelled tasks only): the
   share of evaluation documents whose label ranks first among the task's candidate labels
-  (:mod:`.downstream`); bootstrap 95 % interval over documents.
+  (:mod:`plastiscope.downstream`); bootstrap 95 % interval over documents.
 - ``downstream_selection_loss`` (one row per learning rate, variant column ``finetune_lr``):
   mean per-document loss on the selection part after fine-tuning at that learning rate, the
   number the learning rate was chosen by (NaN when training diverged).
@@ -50,6 +50,7 @@ import torch
 
 from plastiscope.checkpoint import Checkpoint, Sweep, trainable_copy
 from plastiscope.data import Documents, load_documents, pad
+from plastiscope.downstream import DownstreamTask, label_accuracy, split_indices, task_ids
 from plastiscope.losses import document_losses, mean_per_document
 from plastiscope.memo import Memo
 from plastiscope.options import Integer, ListOf, Nullable, Option, OptionTable, Real, Text
@@ -57,8 +58,6 @@ from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import mean_ci
 from plastiscope.training import adamw, train
-
-from .downstream import DownstreamTask, label_accuracy, split_indices, task_ids
 
 log = logging.getLogger("plastiscope")
 

@@ -13,8 +13,9 @@ import torch
 from plastiscope.checkpoint import trainable_copy
 from plastiscope.data import Documents, encode, load_documents
 from plastiscope.demo.corpus import load_corpus
+from plastiscope.downstream import DownstreamTask, label_accuracy, labelled_ids, split_indices, task_ids
 from plastiscope.losses import document_losses, mean_per_document
-from plastiscope.plasticity import DownstreamTask, finetune, label_accuracy, labelled_ids, split_indices, task_ids
+from plastiscope.plasticity import finetune
 from plastiscope.results import ResultsStore
 from plastiscope.runner import Inputs, prepare, run_analyses
 

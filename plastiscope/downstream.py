@@ -1,6 +1,7 @@
-"""A downstream task's documents as token sequences, and rank-classification accuracy on them.
+"""Downstream tasks: documents as token sequences, and rank-classification accuracy on a labelled task.
 
-A task is a set of documents (``finetune_data``), plain (language modelling) or labelled. A
+A task is a set of documents (the ``finetune_data`` input), plain (language modelling) or
+labelled; the plasticity analysis fine-tunes on it, the landscape analysis scores it. A
 labelled document with text ``t`` and label ``y`` becomes the token sequence
 ``encode(t) + tokens(" <name>:") + tokens(" <y>")`` (``<name>`` is the label column's name):
 the text part is truncated so the label always fits the context, and fine-tuning and the
