@@ -192,6 +192,12 @@ class OverfitTask:
         # folder is freed before the checkpoint's passes (one model in memory at a time)
         self.reference_train = self.reference_val = None
         reference = reference_checkpoint(checkpoint, config["reference"])
+        if reference is not None and checkpoint.path is not None and reference.path.resolve() == Path(checkpoint.path).resolve():
+            message = (f"{checkpoint.name}: the reference model is this checkpoint itself (every reference score would be 1); "
+                       f"no mia_auc_reference for it")
+            warnings.warn(message, stacklevel=2)
+            log.warning(message)
+            reference = None
         if reference is not None:
             if reference.tokenizer.get_vocab() != checkpoint.tokenizer.get_vocab():
                 warnings.warn(

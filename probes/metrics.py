@@ -143,7 +143,7 @@ def fisher_criterion(Z: torch.Tensor, y: torch.Tensor | np.ndarray, shrinkage: f
     given (0: no shrinkage; then ``J`` equals the summed eigenvalues of scikit-learn's
     ``LinearDiscriminantAnalysis(solver="eigen")``). Returns ``(J [layer], delta [layer])``.
 
-    A sample estimate is biased upwards: with labels unrelated to the features it is about
+    A sample estimate is biased upwards: with labels unrelated to the features it is of order
     ``(K - 1) d / n`` rather than 0 (sampling noise in the class means), so compare values at the
     same ``n`` and ``d`` (across checkpoints of one sweep, or against the random-init baseline).
     Cost per layer: ``O(n d^2 + d^3)`` float64 on the CPU, one layer in memory at a time (about

@@ -354,6 +354,9 @@ def test_reference_score_is_carlini_ratio_to_a_trained_reference(tiny_sweep):
     assert docs["reference_loss"].std() > 0.1  # a trained reference: its loss varies from document to document
     assert spearmanr(docs["reference_score"], docs["loss"]).statistic < 0.9  # not the plain loss in disguise
     frame = memorization_gap(target, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
+    with pytest.warns(UserWarning, match="this checkpoint itself"):
+        itself = memorization_gap(reference, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
+    assert not (itself["metric"] == "mia_auc_reference").any() and (itself["metric"] == "mia_auc_loss").any()
     by_loss, by_reference = metric(frame, "mia_auc_loss").value, metric(frame, "mia_auc_reference").value
     used = docs[docs["matched"]]
     m, v = used[used["split"] == "train"], used[used["split"] == "val"]

@@ -239,7 +239,7 @@ def test_plasticity_on_cuda(tiny_sweep, dtype):
     cuda = _plasticity_in("cuda", dtype, tiny_sweep[1].path).set_index("metric")
     cpu = _plasticity_in("cpu", dtype, tiny_sweep[1].path).set_index("metric")
     for metric in ("downstream_loss_before", "downstream_loss_after", "finetune_displacement"):
-        assert cuda.loc[metric, "value"] == pytest.approx(cpu.loc[metric, "value"], rel=0.02 if dtype == "bfloat16" else 1e-3)
+        assert cuda.loc[metric, "value"] == pytest.approx(cpu.loc[metric, "value"], rel=0.03 if dtype == "bfloat16" else 0.01)
 
 
 def test_plasticity_rejects_bad_options(tiny_sweep):
