@@ -45,8 +45,10 @@ from plastiscope.activations import run_pass, stream
 from plastiscope.data import encode
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.demo.tokenizer import train_tokenizer
+from plastiscope.memo import Memo
+from plastiscope.options import validate
 from plastiscope.overfit import exact_memorization
-from plastiscope.overfit.analysis import loss_gap_records, position_records, start
+from plastiscope.overfit.analysis import OPTIONS, loss_gap_records, position_records, start
 from plastiscope.overfit.losses import bucket_labels
 from plastiscope.runner import Inputs
 
@@ -118,7 +120,7 @@ def main() -> None:
         f"{args.threads} thread(s)"
     )
 
-    options = {"reference": None, "memorization_max_docs": 0}
+    options = validate("overfit", OPTIONS, {"reference": None, "memorization_max_docs": 0})
     inputs = Inputs(train_data=train, val_data=val)
     base_times, pass_times, gap_times, finish_times = [], [], [], []
     for _ in range(args.repeats):
@@ -128,7 +130,7 @@ def main() -> None:
         base_times.append(clock.read())
 
         clock = Clock()
-        task = start(checkpoint, inputs, **options)
+        task = start(checkpoint, inputs, options, Memo())
         for name, consumers in task.passes.items():
             run_pass(checkpoint, getattr(inputs, name), consumers, batch_size=args.batch_size, progress=False)
         pass_times.append(clock.read())
@@ -136,12 +138,15 @@ def main() -> None:
         used = docs[docs["matched"]]
         train_rows, val_rows = used[used["split"] == "train"], used[used["split"] == "val"]
         boot = {"n_resamples": 1000, "seed": 0}
-        gap_records = loss_gap_records(train_rows["loss"].to_numpy(), val_rows["loss"].to_numpy(), boot)
+        gap_records = loss_gap_records(
+            train_rows["loss_sum"].to_numpy(), train_rows["n_targets"].to_numpy(),
+            val_rows["loss_sum"].to_numpy(), val_rows["n_targets"].to_numpy(), boot,
+        )
+        t_docs, v_docs = train_rows["doc"].to_numpy(), val_rows["doc"].to_numpy()
         gap_records += position_records(
-            task.train_losses.bucket_mean[train_rows["doc"].to_numpy()],
-            task.val_losses.bucket_mean[val_rows["doc"].to_numpy()],
-            bucket_labels(task.bucket_edges),
-            boot,
+            task.train_losses.bucket_sum[t_docs], task.train_losses.bucket_count[t_docs],
+            task.val_losses.bucket_sum[v_docs], task.val_losses.bucket_count[v_docs],
+            bucket_labels(task.bucket_edges), boot,
         )
         gap_times.append(clock.read())
         clock = Clock()

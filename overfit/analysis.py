@@ -3,43 +3,57 @@
 Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137): weight decay reduces overfitting on
 the pretraining data. Per checkpoint, from one shared forward pass over the training
 sample (``train_data``, documents the checkpoint was trained on) and one over held-out
-documents of the same distribution (``val_data``):
+documents of the same distribution (``val_data``), on length-matched samples (:mod:`.matching`).
+``n`` is the number of documents behind a number (train + validation for two-sample metrics);
+intervals are 95 % percentile bootstraps over documents (train and validation resampled each
+on its own).
 
-- **Loss gap** [``train_loss``, ``val_loss``, ``loss_gap`` = val - train, ``loss_ratio`` =
-  val / train]: means over documents of the per-document mean next-token cross-entropy
-  (nats, :mod:`.losses`), on length-matched samples (:mod:`.matching`); bootstrap 95 %
-  intervals over documents. By token position: ``train_loss_by_position``,
-  ``val_loss_by_position``, ``loss_gap_by_position`` with the extra column
-  ``position_bucket`` (``"1-8"``, ``"9-16"``, ``"17-32"``, ...: positions after BOS), each
-  document contributing its mean loss over its tokens in the bucket.
+- **Loss gap** (nats per token; :mod:`.losses` for the convention):
+
+  - ``train_loss`` / ``val_loss`` (lower = better fit): the **token-weighted** mean next-token
+    cross-entropy, ``sum of every target token's loss / number of target tokens`` over the
+    documents: the number a trainer logs, equal to ``transformers``' ``labels=`` loss over the
+    corpus. Interval: the ratio estimator ``sum / sum`` recomputed on documents resampled with
+    their token counts (Efron & Tibshirani 1993, ch. 10).
+  - ``loss_gap`` = ``val_loss - train_loss`` (lower = less overfitting; 0: none) and
+    ``loss_ratio`` = ``val_loss / train_loss`` (lower; 1: none), the generalisation gap.
+  - ``train_loss_per_document`` / ``val_loss_per_document`` (lower): the mean over documents of
+    each document's mean token loss (every document weighs the same, whatever its length).
+  - By token position: ``train_loss_by_position``, ``val_loss_by_position``,
+    ``loss_gap_by_position`` (lower), token-weighted within each bucket, with the variant column
+    ``position_bucket`` (``"1-8"``, ``"9-16"``, ``"17-32"``, ...: positions after BOS).
+
 - **Membership inference** (:mod:`.membership`) [``mia_auc_loss``, ``mia_auc_zlib``,
-  ``mia_auc_reference``, ``mia_tpr_at_1fpr``]: ROC AUC of telling train from validation
-  documents by each score, and TPR at 1 % FPR; these rows carry the extra column
-  ``score`` (``loss``, ``zlib``, ``reference``): ``mia_tpr_at_1fpr`` has one row per score.
+  ``mia_auc_reference``, ``mia_tpr_at_1fpr``] (lower = less memorised; AUC 0.5: members look
+  like non-members): ROC AUC of telling train from validation documents by each score, and the
+  TPR at 1 % FPR; these rows carry the variant column ``score`` (``loss``, ``zlib``,
+  ``reference``).
 - **Exact memorization** (:mod:`.memorization`) [``exact_match_train``,
-  ``exact_match_val``, ``matched_prefix_train``, ``matched_prefix_val``], with the counts
-  ``skipped_short_train`` / ``skipped_short_val`` (documents shorter than ``k + m``).
+  ``exact_match_val``, ``matched_prefix_train``, ``matched_prefix_val``] (lower on the training
+  side = less memorised), with the counts ``skipped_short_train`` / ``skipped_short_val``
+  (documents shorter than ``k + m``); the ``k`` and ``m`` used are the detail columns
+  ``prefix_tokens`` and ``continuation_tokens``.
 - **Overlap** [``overlap_count``]: validation documents whose whitespace-normalised text
   hash also occurs in the training sample; they are dropped from the validation side
   (with a warning).
-
-``n`` is the number of documents behind a number (train + validation for two-sample
-metrics).
 
 Options (:data:`OPTIONS`; JSON values, part of the cache key):
 
 - ``length_matching``: ``"subsample"`` (default; equal length distributions by coarsened
   exact matching, see :mod:`.matching`) or ``"none"``; ``length_bins``: its bin count.
 - ``position_bucket_edges``: upper edges of the position buckets (default doubling from 8).
-- ``reference``: the reference model of ``mia_auc_reference``: ``"random_init"`` (default:
-  the same architecture with seed-0 random weights, :meth:`Checkpoint.random_init`), the
-  path of a model folder (e.g. the sweep's smallest model), or ``None`` to skip. It runs in
-  :func:`start`, before the checkpoint is loaded, and its losses are cached across a sweep.
+- ``reference``: the folder of a reference model for ``mia_auc_reference`` (Carlini et al. 2021:
+  a model trained on similar data but not on these documents, e.g. a smaller model of the same
+  family), or ``None`` (default: no reference score). A random-init model is refused: its loss
+  is about ``ln(vocabulary)`` on every document, so its score would be the plain loss in
+  disguise. The reference runs in :func:`start`, before the checkpoint is loaded, on the
+  checkpoint's device and in its dtype, and its losses are cached across a sweep.
 - ``prefix_tokens`` (``k``, default 32) and ``continuation_tokens`` (``m``, default 16) of
-  the memorization test; BOS is prepended to the prefix and not counted in ``k``. Demo
-  models on short documents need smaller values (e.g. 8 and 8), else most documents are
-  skipped as short. ``memorization_max_docs`` caps the documents tested per side (seeded
-  sample; 0 skips the test).
+  the memorization test; BOS is prepended to the prefix and not counted in ``k``. When
+  ``BOS + k + m`` exceeds the model's context, both are scaled down to fit (with a warning);
+  a context too short for ``k = m = 1`` skips only the memorization rows. Demo models on short
+  documents need smaller values (e.g. 8 and 8), else most documents are skipped as short.
+  ``memorization_max_docs`` caps the documents tested per side (seeded sample; 0 skips the test).
 - ``n_resamples``, ``seed``: the bootstrap; ``batch_size``: of the memorization test and the
   reference pass (the shared pass uses the runner's).
 """
@@ -48,6 +62,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,7 +75,7 @@ from plastiscope.activations import run_pass
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
-from plastiscope.options import AnyOf, Integer, ListOf, Nullable, OneOf, Option, OptionTable, Text, validate
+from plastiscope.options import Integer, ListOf, Nullable, OneOf, Option, OptionTable, Text, validate
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci, mean_ci
@@ -79,8 +94,14 @@ VARIANTS = ("score", "position_bucket")
 
 def _check(config: dict[str, Any]) -> dict[str, Any]:
     reference = config["reference"]
-    if reference not in (None, "random_init") and not Path(reference).is_dir():
-        raise ValueError(f"reference must be null, 'random_init' or a model folder; {reference!r} is not a folder")
+    if reference == "random_init":
+        raise ValueError(
+            "reference='random_init' is refused: a random-init model's loss is about ln(vocabulary) on every document, "
+            "so its reference score would be the plain loss in disguise; give the folder of a model trained on similar "
+            "data (e.g. a smaller model of the same family), or null for no reference score"
+        )
+    if reference is not None and not Path(reference).is_dir():
+        raise ValueError(f"reference must be null or a model folder; {reference!r} is not a folder")
     return config
 
 
@@ -89,8 +110,8 @@ OPTIONS = OptionTable({
     "length_bins": Option(8, Integer(1), "length bins of the matching"),
     "position_bucket_edges": Option(None, Nullable(ListOf(Integer(1), increasing=True)),
                                     "upper edges of the position buckets; null: doubling from 8 to the context"),
-    "reference": Option("random_init", Nullable(AnyOf(OneOf("random_init"), Text())),
-                        "reference model of mia_auc_reference: null, 'random_init' or a model folder"),
+    "reference": Option(None, Nullable(Text()),
+                        "folder of a reference model trained on similar data (mia_auc_reference); null: no reference score"),
     "prefix_tokens": Option(32, Integer(1), "k of the exact-memorization test (BOS not counted)"),
     "continuation_tokens": Option(16, Integer(1), "m of the exact-memorization test"),
     "memorization_max_docs": Option(256, Integer(0), "documents tested per side; 0 skips the test"),
@@ -107,19 +128,19 @@ def text_hash(text: str) -> str:
 
 # ---------------------------------------------------------------------- reference model
 def reference_checkpoint(checkpoint: Checkpoint, reference: str | None) -> Checkpoint | None:
-    """The reference model the user chose: None, ``"random_init"`` (same architecture, seed 0), or a folder."""
+    """The reference model in folder ``reference`` (None: no reference), set to run where ``checkpoint`` runs,
+    in its dtype."""
     if reference is None:
         return None
-    if reference == "random_init":
-        return checkpoint.random_init(seed=0)
     # the weight decay of a reference model plays no part; 0 only satisfies the constructor
-    return Checkpoint.from_pretrained(Path(reference), weight_decay=0.0, name=f"reference:{Path(reference).name}")
+    model = Checkpoint.from_pretrained(Path(reference), weight_decay=0.0, name=f"reference:{Path(reference).name}")
+    return model.to(device=checkpoint.device, dtype=checkpoint.dtype, device_map=checkpoint.device_map)
 
 
 def reference_losses(reference: Checkpoint, data: Documents, memo: Memo, batch_size: int = 16) -> np.ndarray:
     """``[doc]`` mean per-token loss of ``data`` under the reference model (its own tokenizer and context).
 
-    Memoised by (reference weights, data, precision), so one reference serves a whole sweep.
+    Memoised by (reference weights, data, precision, device), so one reference serves a whole sweep.
     """
 
     def compute() -> np.ndarray:
@@ -127,8 +148,23 @@ def reference_losses(reference: Checkpoint, data: Documents, memo: Memo, batch_s
         run_pass(reference, data, [losses], batch_size=batch_size, progress=False)
         return losses.mean_loss
 
-    key = {"reference": reference.content_hash(), "data": data.sha256(), "dtype": str(reference.dtype)}
+    key = {"reference": reference.content_hash(), "data": data.sha256(), "dtype": str(reference.dtype),
+           "device": reference.device_type}
     return memo.get("overfit-reference-losses", key, compute)
+
+
+def memorization_lengths(prefix_tokens: int, continuation_tokens: int, n_ctx: int, n_bos: int) -> tuple[int, int] | None:
+    """``(k, m)`` of the memorization test that fit the context: as asked when ``n_bos + k + m <= n_ctx``,
+    else both scaled down in proportion (``k`` rounded down, at least 1 each); None when not even
+    ``k = m = 1`` fits."""
+    k, m = int(prefix_tokens), int(continuation_tokens)
+    room = n_ctx - n_bos
+    if k + m <= room:
+        return k, m
+    if room < 2:
+        return None
+    k = max(1, k * room // (k + m))
+    return k, room - k
 
 
 # ---------------------------------------------------------------------- the task
@@ -156,6 +192,12 @@ class OverfitTask:
         # folder is freed before the checkpoint's passes (one model in memory at a time)
         self.reference_train = self.reference_val = None
         reference = reference_checkpoint(checkpoint, config["reference"])
+        if reference is not None and checkpoint.path is not None and reference.path.resolve() == Path(checkpoint.path).resolve():
+            message = (f"{checkpoint.name}: the reference model is this checkpoint itself (every reference score would be 1); "
+                       f"no mia_auc_reference for it")
+            warnings.warn(message, stacklevel=2)
+            log.warning(message)
+            reference = None
         if reference is not None:
             if reference.tokenizer.get_vocab() != checkpoint.tokenizer.get_vocab():
                 warnings.warn(
@@ -168,6 +210,16 @@ class OverfitTask:
                 self.reference_val = reference_losses(reference, val, memo, config["batch_size"])
             finally:
                 reference.unload()
+            uniform = math.log(len(reference.tokenizer))
+            mean = float(np.nanmean(np.r_[self.reference_train, self.reference_val]))
+            if mean > 0.95 * uniform:
+                message = (
+                    f"{checkpoint.name}: the reference model {config['reference']} has a mean loss of {mean:.2f} nats, "
+                    f"close to ln(vocabulary) = {uniform:.2f}, the loss of a model that has learnt nothing: its reference "
+                    f"score is then about the plain loss; give a reference trained on similar data"
+                )
+                warnings.warn(message, stacklevel=2)
+                log.warning(message)
         edges = config["position_bucket_edges"]
         self.bucket_edges = list(edges) if edges is not None else default_bucket_edges(checkpoint.n_ctx)
         self.train_losses = DocumentLosses(len(train), self.bucket_edges)
@@ -191,8 +243,9 @@ class OverfitTask:
 
     def documents(self) -> pd.DataFrame:
         """One row per document (after the passes): ``split`` (train/val), ``doc`` (row in its Documents),
-        ``n_targets``, ``loss``, ``zlib_bytes``, ``zlib_score``, ``reference_loss``, ``reference_score``,
-        ``overlap`` (validation row dropped as a training duplicate), ``matched`` (in the length-matched sample).
+        ``n_targets``, ``loss_sum`` (summed token losses), ``loss`` (``loss_sum / n_targets``), ``zlib_bytes``,
+        ``zlib_score``, ``reference_loss``, ``reference_score`` (``loss / reference_loss``), ``overlap``
+        (validation row dropped as a training duplicate), ``matched`` (in the length-matched sample).
         """
         frames = []
         for split, data, losses, ref in (
@@ -211,11 +264,12 @@ class OverfitTask:
                         "split": split,
                         "doc": np.arange(len(data)),
                         "n_targets": losses.n_targets,
+                        "loss_sum": losses.loss_sum,
                         "loss": loss,
                         "zlib_bytes": zbytes,
                         "zlib_score": loss / zbytes,
                         "reference_loss": ref_loss,
-                        "reference_score": loss - ref_loss,
+                        "reference_score": loss / ref_loss,
                         "overlap": self.val_overlap if split == "val" else False,
                     }
                 )
@@ -252,13 +306,15 @@ class OverfitTask:
                 f"after length matching ({(docs['split'] == 'train').sum()} train, {(docs['split'] == 'val').sum()} val "
                 f"documents given); pass more documents or set length_matching='none'"
             )
-        records += loss_gap_records(train["loss"].to_numpy(), val["loss"].to_numpy(), boot)
-        records += position_records(
-            self.train_losses.bucket_mean[train["doc"].to_numpy()],
-            self.val_losses.bucket_mean[val["doc"].to_numpy()],
-            bucket_labels(self.bucket_edges),
-            boot,
+        records += loss_gap_records(
+            train["loss_sum"].to_numpy(), train["n_targets"].to_numpy(), val["loss_sum"].to_numpy(), val["n_targets"].to_numpy(), boot
         )
+        t_docs, v_docs = train["doc"].to_numpy(), val["doc"].to_numpy()
+        records += position_records(
+            self.train_losses.bucket_sum[t_docs], self.train_losses.bucket_count[t_docs],
+            self.val_losses.bucket_sum[v_docs], self.val_losses.bucket_count[v_docs],
+            bucket_labels(self.bucket_edges), boot,
+        )  # fmt: skip
         records += membership_records(train, val, boot)
         if cfg["memorization_max_docs"] > 0:
             records += self._memorization(boot)
@@ -266,62 +322,98 @@ class OverfitTask:
 
     def _memorization(self, boot: dict[str, int]) -> list[dict[str, Any]]:
         cfg, checkpoint = self.config, self.checkpoint
+        n_bos = 1 if checkpoint.tokenizer.bos_token_id is not None else 0
+        asked = (cfg["prefix_tokens"], cfg["continuation_tokens"])
+        lengths = memorization_lengths(*asked, checkpoint.n_ctx, n_bos)
+        if lengths != asked:
+            message = (
+                f"{checkpoint.name}: prefix_tokens + continuation_tokens = {sum(asked)} (+ BOS) exceed the context of "
+                f"{checkpoint.n_ctx} tokens; "
+                + (f"the memorization test uses k={lengths[0]}, m={lengths[1]} instead (set -o overfit.prefix_tokens=... "
+                   f"-o overfit.continuation_tokens=... to choose)" if lengths else "no memorization rows for this checkpoint")
+            )
+            warnings.warn(message, stacklevel=2)
+            log.warning(message)
+        if lengths is None:
+            return []
+        k, m = lengths
         records = []
         for split, data in (("train", self.train), ("val", self.val.subset(np.flatnonzero(~self.val_overlap)))):
             result = exact_memorization(
-                checkpoint.hf_model, checkpoint.tokenizer, data.texts, checkpoint.n_ctx,
-                prefix_tokens=cfg["prefix_tokens"], continuation_tokens=cfg["continuation_tokens"],
+                checkpoint.hf_model, checkpoint.tokenizer, data.texts, checkpoint.n_ctx, prefix_tokens=k, continuation_tokens=m,
                 max_docs=cfg["memorization_max_docs"], batch_size=cfg["batch_size"], seed=cfg["seed"],
             )  # fmt: skip
             records.append({"metric": f"skipped_short_{split}", "value": float(result.skipped_short), "n": len(data)})
             for metric, values in ((f"exact_match_{split}", result.exact), (f"matched_prefix_{split}", result.matched)):
                 mean, low, high, n = mean_ci(values.astype(np.float64), **boot)
                 records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n})
-        return records
+        return [r | {"prefix_tokens": k, "continuation_tokens": m} for r in records]
 
 
-def loss_gap_records(train_loss: np.ndarray, val_loss: np.ndarray, boot: dict[str, int]) -> list[dict[str, Any]]:
-    """``train_loss``, ``val_loss`` (means over documents), ``loss_gap`` (val - train), ``loss_ratio`` (val / train).
+def _token_mean(pairs: np.ndarray) -> np.ndarray:
+    """Token-weighted mean loss of ``pairs [..., doc, 2]`` (summed loss, target count per document) -> ``[...]``."""
+    return pairs[..., 0].sum(-1) / pairs[..., 1].sum(-1)
 
-    ``train_loss`` ``[train doc]``, ``val_loss`` ``[val doc]``: per-document mean losses.
-    """
+
+def _pairs(loss_sum: np.ndarray, n_targets: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(loss_sum, dtype=np.float64), np.asarray(n_targets, dtype=np.float64)], axis=1)
+
+
+def _two_sample_records(
+    train: np.ndarray, val: np.ndarray, boot: dict[str, int], names: tuple[str, str, str], extra: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Token-weighted train and validation loss and their difference from ``[doc, 2]`` pairs (ratio bootstrap)."""
     records = []
-    for metric, values in (("train_loss", train_loss), ("val_loss", val_loss)):
-        mean, low, high, n = mean_ci(values, **boot)
+    for metric, pairs in ((names[0], train), (names[1], val)):
+        value, low, high = bootstrap_ci(pairs, _token_mean, **boot)
+        records.append({"metric": metric, "value": float(value), "ci_low": float(low), "ci_high": float(high), "n": len(pairs)} | extra)
+    value, low, high = bootstrap_ci((train, val), lambda t, v: _token_mean(v) - _token_mean(t), **boot)
+    records.append(
+        {"metric": names[2], "value": float(value), "ci_low": float(low), "ci_high": float(high), "n": len(train) + len(val)} | extra
+    )
+    return records
+
+
+def loss_gap_records(
+    train_sum: np.ndarray, train_targets: np.ndarray, val_sum: np.ndarray, val_targets: np.ndarray, boot: dict[str, int]
+) -> list[dict[str, Any]]:
+    """``train_loss``, ``val_loss``, ``loss_gap``, ``loss_ratio`` (token-weighted) and the per-document means.
+
+    ``train_sum`` / ``train_targets`` ``[train doc]``: each document's summed token loss and its number
+    of target tokens (:class:`~plastiscope.overfit.losses.DocumentLosses`), likewise ``val_*``; documents
+    without a target token are left out. Token-weighted means are ratio estimators ``sum / sum``
+    whose intervals resample documents (with their token counts).
+    """
+    train, val = _pairs(train_sum, train_targets), _pairs(val_sum, val_targets)
+    train, val = train[train[:, 1] > 0], val[val[:, 1] > 0]
+    records = _two_sample_records(train, val, boot, ("train_loss", "val_loss", "loss_gap"), {})
+    value, low, high = bootstrap_ci((train, val), lambda t, v: _token_mean(v) / _token_mean(t), **boot)
+    records.append({"metric": "loss_ratio", "value": float(value), "ci_low": float(low), "ci_high": float(high),
+                    "n": len(train) + len(val)})  # fmt: skip
+    for metric, pairs in (("train_loss_per_document", train), ("val_loss_per_document", val)):
+        mean, low, high, n = mean_ci(pairs[:, 0] / pairs[:, 1], **boot)
         records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n})
-    for metric, statistic in (
-        ("loss_gap", lambda x, y: y.mean(-1) - x.mean(-1)),
-        ("loss_ratio", lambda x, y: y.mean(-1) / x.mean(-1)),
-    ):
-        value, low, high = bootstrap_ci((train_loss, val_loss), statistic, **boot)
-        records.append(
-            {"metric": metric, "value": value, "ci_low": low, "ci_high": high, "n": len(train_loss) + len(val_loss)}
-        )
     return records
 
 
 def position_records(
-    train_buckets: np.ndarray, val_buckets: np.ndarray, labels: Sequence[str], boot: dict[str, int]
+    train_sum: np.ndarray, train_count: np.ndarray, val_sum: np.ndarray, val_count: np.ndarray,
+    labels: Sequence[str], boot: dict[str, int],
 ) -> list[dict[str, Any]]:
-    """``{train,val}_loss_by_position`` and ``loss_gap_by_position`` per position bucket (extra column ``position_bucket``).
+    """``{train,val}_loss_by_position`` and ``loss_gap_by_position`` per position bucket (variant column ``position_bucket``).
 
-    ``train_buckets`` ``[train doc, bucket]``, ``val_buckets`` ``[val doc, bucket]``: each document's mean
-    loss over its tokens in a bucket (NaN: none there). A bucket needs documents on both sides.
-    """
+    ``train_sum`` / ``train_count`` ``[train doc, bucket]``: each document's summed token loss and token
+    count in each bucket, likewise ``val_*``. Token-weighted within a bucket, over the documents with a
+    token there; a bucket needs documents on both sides.
+    """  # fmt: skip
     records = []
     for j, label in enumerate(labels):
-        x, y = train_buckets[:, j], val_buckets[:, j]
-        x, y = x[~np.isnan(x)], y[~np.isnan(y)]
-        if len(x) == 0 or len(y) == 0:
+        train, val = _pairs(train_sum[:, j], train_count[:, j]), _pairs(val_sum[:, j], val_count[:, j])
+        train, val = train[train[:, 1] > 0], val[val[:, 1] > 0]
+        if len(train) == 0 or len(val) == 0:
             continue
-        for metric, values in (("train_loss_by_position", x), ("val_loss_by_position", y)):
-            mean, low, high, n = mean_ci(values, **boot)
-            records.append({"metric": metric, "value": mean, "ci_low": low, "ci_high": high, "n": n, "position_bucket": label})
-        value, low, high = bootstrap_ci((x, y), lambda p, q: q.mean(-1) - p.mean(-1), **boot)
-        records.append(
-            {"metric": "loss_gap_by_position", "value": value, "ci_low": low, "ci_high": high,
-             "n": len(x) + len(y), "position_bucket": label}
-        )  # fmt: skip
+        names = ("train_loss_by_position", "val_loss_by_position", "loss_gap_by_position")
+        records += _two_sample_records(train, val, boot, names, {"position_bucket": label})
     return records
 
 

@@ -9,8 +9,12 @@ Scores (lower = "more likely a member", as the model fits its training data bett
   for memorised text. ``zlib_entropy`` is the length in **bytes** of
   ``zlib.compress(text.encode("utf-8"))`` at zlib's default level, as in the authors'
   code; bits would be 8 x bytes, which changes no AUC.
-- ``reference``: ``loss - reference_loss`` (Carlini et al. 2021, the small/medium
-  comparison): the loss calibrated by a reference model that did not see the training set.
+- ``reference``: ``loss / reference_loss`` (Carlini et al. 2021, the "Small" and "Medium"
+  metrics: the ratio of the log-perplexities of the target model and of a reference model
+  trained on similar data, log-perplexity being the mean per-token loss). A text the target
+  finds much easier than the reference does scores low. The reference must have learnt the
+  language: a random-init model's loss is about ``ln(vocabulary)`` on every text, which makes
+  the score the plain loss up to a constant factor (same AUC).
 
 Attack quality is the ROC AUC of ``-score`` for members (label 1) against non-members
 (label 0) and the TPR at 1 % FPR (Carlini et al. 2022, "Membership Inference Attacks From

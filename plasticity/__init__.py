@@ -2,8 +2,9 @@
 
 Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137): larger weight decay can give a worse base
 model that is better after fine-tuning. :data:`ANALYSIS` (analysis ``"plasticity"``) fine-tunes
-every checkpoint on ``finetune_data`` with one fixed recipe and reports the downstream loss (and,
-for labelled tasks, accuracy) before and after; see :mod:`.analysis`.
+every checkpoint on ``finetune_data`` with one fixed recipe; its primary outcome is the downstream
+loss (and, for labelled tasks, accuracy) **after** fine-tuning, with the values before, the gain
+and the distance fine-tuning moved the weights as secondary rows; see :mod:`.analysis`.
 
     >>> from plastiscope.plasticity import plasticity
     >>> frame = plasticity(sweep, "downstream.jsonl", label_column="label")
@@ -11,7 +12,7 @@ for labelled tasks, accuracy) before and after; see :mod:`.analysis`.
 
 from plastiscope.downstream import DownstreamTask, label_accuracy, labelled_ids, split_indices, task_ids
 
-from .analysis import ANALYSIS, OPTIONS, PlasticityTask, finetune, plasticity
+from .analysis import ANALYSIS, OPTIONS, PlasticityTask, finetune, parameter_distance, plasticity
 
 __all__ = [
     "ANALYSIS",
@@ -21,6 +22,7 @@ __all__ = [
     "finetune",
     "label_accuracy",
     "labelled_ids",
+    "parameter_distance",
     "plasticity",
     "split_indices",
     "task_ids",

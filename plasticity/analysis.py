@@ -1,31 +1,38 @@
 """The ``plasticity`` analysis: how well a checkpoint does on a downstream task after fine-tuning.
 
 Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137): a checkpoint pretrained with more weight
-decay can be worse by validation loss yet better after fine-tuning. Plasticity is measured
-directly: every checkpoint is fine-tuned on the downstream task (``finetune_data``) with the
-**same budget** (``steps`` AdamW steps of ``batch_size`` documents, the same batches in the same
-order for every checkpoint, a small learning-rate grid ``learning_rates``), and the learning rate
-kept per checkpoint is the one with the lowest loss on a held-out **selection** part of the
-task's documents, never on the **evaluation** part the numbers below are computed on.
-Fine-tuning never touches the checkpoint: each learning rate trains a copy
-(:func:`plastiscope.checkpoint.trainable_copy`), freed afterwards.
+decay can be worse by validation loss yet **better after fine-tuning**; their claim is about
+downstream performance after fine-tuning, so that is this analysis's primary outcome. Every
+checkpoint is fine-tuned on the downstream task (``finetune_data``) with the **same budget**
+(``steps`` AdamW steps of ``batch_size`` documents, the same batches in the same order for every
+checkpoint, a small learning-rate grid ``learning_rates``), and the learning rate kept per
+checkpoint is the one with the lowest loss on a held-out **selection** part of the task's
+documents, never on the **evaluation** part the numbers below are computed on. Fine-tuning never
+touches the checkpoint: each learning rate trains a copy (:func:`plastiscope.checkpoint.trainable_copy`),
+freed afterwards.
 
-Metrics (variant column ``task``, the task's name; ``selected_lr`` is the learning rate kept):
+Metrics, in the order of the rows (variant column ``task``, the task's name; ``selected_lr``,
+a detail column, is the learning rate kept; ``n``: evaluation documents; intervals: 95 %
+percentile bootstrap over evaluation documents):
 
-- ``downstream_loss_before`` / ``downstream_loss_after`` (nats): mean over evaluation
-  documents of the per-document mean next-token cross-entropy (:mod:`plastiscope.losses`),
-  before and after fine-tuning; bootstrap 95 % interval over documents.
-- ``plasticity_gain`` (nats) = ``downstream_loss_before - downstream_loss_after``: mean over
-  evaluation documents of the per-document loss difference, with a (paired) bootstrap 95 %
-  interval over documents.
-- ``downstream_accuracy_before`` / ``downstream_accuracy_after`` (labelled tasks only): the
-  share of evaluation documents whose label ranks first among the task's candidate labels
-  (:mod:`plastiscope.downstream`); bootstrap 95 % interval over documents.
+- **Primary outcome.** ``downstream_loss_after`` (nats; lower = better after fine-tuning): mean
+  over evaluation documents of each document's mean next-token cross-entropy
+  (:mod:`plastiscope.losses`) under the fine-tuned copy. ``downstream_accuracy_after`` (labelled
+  tasks only; higher = better): the share of evaluation documents whose label ranks first among
+  the task's candidate labels (:mod:`plastiscope.downstream`).
+- ``downstream_loss_before`` / ``downstream_accuracy_before``: the same, before fine-tuning.
+- ``plasticity_gain`` (nats; secondary) = ``downstream_loss_before - downstream_loss_after``,
+  the mean of the per-document differences, with a paired bootstrap interval. Not the outcome:
+  a checkpoint that starts far worse can gain more and still end worse.
+- ``finetune_displacement`` (secondary; no interval, the run is deterministic): the Euclidean
+  distance ``||theta_ft - theta_0||_2`` over all parameters between the checkpoint and its
+  selected fine-tuned copy (float64 accumulation); how far fine-tuning moved, to set beside the
+  basin radii of the loss landscape (Chen et al. 2025, arXiv 2505.17646). ``n``: fine-tuning
+  documents.
 - ``downstream_selection_loss`` (one row per learning rate, variant column ``finetune_lr``):
   mean per-document loss on the selection part after fine-tuning at that learning rate, the
-  number the learning rate was chosen by (NaN when training diverged).
+  number the learning rate was chosen by (NaN when training diverged); ``n``: selection documents.
 
-``n`` is the number of evaluation documents (selection documents for the selection loss).
 The task's documents are shuffled with ``seed`` and split into ``eval_docs`` evaluation,
 ``select_docs`` selection and up to ``train_docs`` fine-tuning documents (disjoint).
 
@@ -33,15 +40,17 @@ The task's documents are shuffled with ``seed`` and split into ``eval_docs`` eva
 masked out of the loss, AdamW with betas (0.9, 0.95), weight decay ``finetune_weight_decay``
 (default 0, so fine-tuning adds no regularisation of its own) on matrices only, gradient norm
 clipped at 1, a constant learning rate. The copy keeps float32 master weights on the
-checkpoint's device; a checkpoint run in bfloat16 or float16 fine-tunes under autocast to it.
+checkpoint's device; a checkpoint run in bfloat16 or float16 fine-tunes, and its fine-tuned copy
+is evaluated, under autocast to that dtype, so before and after are measured in one precision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,7 +60,7 @@ import torch
 from plastiscope.checkpoint import Checkpoint, Sweep, trainable_copy
 from plastiscope.data import Documents, load_documents, pad
 from plastiscope.downstream import DownstreamTask, label_accuracy, split_indices, task_ids
-from plastiscope.losses import document_losses, mean_per_document
+from plastiscope.losses import document_losses, mean_per_document, model_device
 from plastiscope.memo import Memo
 from plastiscope.options import Integer, ListOf, Nullable, Option, OptionTable, Real, Text
 from plastiscope.results import ResultsStore, make_frame
@@ -103,6 +112,32 @@ def finetune(
     return tuned, bool(history) and not math.isfinite(history[-1])
 
 
+def parameter_distance(model: Any, tuned: Any, chunk: int = 1 << 24) -> float:
+    """``||theta_tuned - theta_model||_2`` over every parameter of ``tuned``, matched to ``model``'s by name
+    (TransformerLens's ``._original_component`` wrappers stripped), accumulated in float64 a slice of
+    ``chunk`` elements at a time (no float64 copy of a whole large tensor)."""
+    original = {name.replace("._original_component", ""): p for name, p in model.named_parameters(remove_duplicate=False)}
+    total = torch.zeros((), dtype=torch.float64, device=model_device(tuned))
+    for name, p in tuned.named_parameters():
+        if name not in original:
+            raise KeyError(f"parameter {name!r} of the fine-tuned copy has no counterpart in the checkpoint")
+        a, b = p.detach().reshape(-1), original[name].detach().reshape(-1)
+        for start in range(0, a.numel(), chunk):
+            diff = a[start : start + chunk].double() - b[start : start + chunk].to(a.device).double()
+            total += (diff * diff).sum()
+    return float(total.sqrt())
+
+
+@contextlib.contextmanager
+def precision(model: Any, autocast: torch.dtype | None) -> Iterator[None]:
+    """Run ``model``'s forward passes under autocast to ``autocast`` (None: as it is)."""
+    if autocast is None:
+        yield
+        return
+    with torch.autocast(model_device(model).type, dtype=autocast):
+        yield
+
+
 class PlasticityTask:
     """Fine-tune one checkpoint in :meth:`finish` (no shared forward pass)."""
 
@@ -110,11 +145,12 @@ class PlasticityTask:
         self.checkpoint, self.task, self.config = checkpoint, task, config
         self.passes: dict[str, list] = {}
 
-    def _losses(self, model: Any, ids: list[list[int]], pad_id: int) -> np.ndarray:
-        return mean_per_document(*document_losses(model, ids, pad_id, self.config["eval_batch_size"]))
+    def _losses(self, model: Any, ids: list[list[int]], pad_id: int, autocast: torch.dtype | None = None) -> np.ndarray:
+        with precision(model, autocast):
+            return mean_per_document(*document_losses(model, ids, pad_id, self.config["eval_batch_size"]))
 
     def finish(self) -> pd.DataFrame:
-        """Fine-tune at every learning rate, keep the best by selection loss; the task's rows."""
+        """Fine-tune at every learning rate, keep the best by selection loss; the task's rows, outcome first."""
         cfg, ckpt, task = self.config, self.checkpoint, self.task
         model, tokenizer, n_ctx = ckpt.hf_model, ckpt.tokenizer, ckpt.n_ctx
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -125,35 +161,40 @@ class PlasticityTask:
         bs, boot = cfg["eval_batch_size"], {"n_resamples": cfg["n_resamples"], "seed": cfg["seed"]}
         before = self._losses(model, eval_ids, pad_id)
         acc_before = label_accuracy(model, task, tokenizer, n_ctx, eval_rows, pad_id, bs) if task.labels else None
-        records: list[dict[str, Any]] = []
-        best, best_lr, best_loss = None, math.nan, math.inf
+        selection_records: list[dict[str, Any]] = []
+        best, best_lr, best_loss, displacement = None, math.nan, math.inf, math.nan
         for lr in cfg["learning_rates"]:
             tuned, diverged = finetune(model, train_ids, pad_id, cfg["steps"], cfg["batch_size"], lr,
                                        cfg["finetune_weight_decay"], cfg["seed"], autocast)
-            selection = math.nan if diverged else float(np.mean(self._losses(tuned, select_ids, pad_id)))
-            records.append({"metric": "downstream_selection_loss", "value": selection, "n": len(select_ids), "finetune_lr": lr})
+            selection = math.nan if diverged else float(np.mean(self._losses(tuned, select_ids, pad_id, autocast)))
+            selection_records.append(
+                {"metric": "downstream_selection_loss", "value": selection, "n": len(select_ids), "finetune_lr": lr})
             log.info("%s / %s: lr %g -> selection loss %.4f", ckpt.name, task.name, lr, selection)
             if math.isfinite(selection) and selection < best_loss:
                 best, best_lr, best_loss = tuned, lr, selection
+                displacement = parameter_distance(model, tuned)
             tuned = None  # at most two copies alive: the best so far and the one in training
             gc.collect()
-        records.append(_mean_record("downstream_loss_before", before, boot))
-        if acc_before is not None:
-            records.append(_mean_record("downstream_accuracy_before", acc_before, boot))
         if best is None:
             log.warning("%s / %s: fine-tuning diverged at every learning rate", ckpt.name, task.name)
             after = np.full_like(before, np.nan)
             acc_after = np.full_like(acc_before, np.nan) if acc_before is not None else None
         else:
-            after = self._losses(best, eval_ids, pad_id)
-            acc_after = label_accuracy(best, task, tokenizer, n_ctx, eval_rows, pad_id, bs) if task.labels else None
+            after = self._losses(best, eval_ids, pad_id, autocast)
+            with precision(best, autocast):
+                acc_after = label_accuracy(best, task, tokenizer, n_ctx, eval_rows, pad_id, bs) if task.labels else None
             best = None
             gc.collect()
         selected = {"selected_lr": best_lr}
-        records.append(_mean_record("downstream_loss_after", after, boot) | selected)
-        records.append(_mean_record("plasticity_gain", before - after, boot) | selected)
+        records = [_mean_record("downstream_loss_after", after, boot) | selected]
         if acc_after is not None:
             records.append(_mean_record("downstream_accuracy_after", acc_after, boot) | selected)
+        records.append(_mean_record("downstream_loss_before", before, boot))
+        if acc_before is not None:
+            records.append(_mean_record("downstream_accuracy_before", acc_before, boot))
+        records.append(_mean_record("plasticity_gain", before - after, boot) | selected)
+        records.append({"metric": "finetune_displacement", "value": displacement, "n": len(train_ids)} | selected)
+        records += selection_records
         return make_frame(ckpt, NAME, [r | {"task": task.name} for r in records], VARIANTS)
 
 
@@ -182,11 +223,13 @@ def plasticity(
     progress: bool = True,
     **options: Any,
 ) -> pd.DataFrame:
-    """Fine-tune every checkpoint on ``finetune_data`` and measure it before and after (tidy results frame).
+    """Fine-tune every checkpoint on ``finetune_data`` and measure it after and before (tidy results frame).
 
-    ``finetune_data``: the downstream task's documents (anything :func:`plastiscope.load_documents`
-    reads); ``label_column`` makes it a labelled task (accuracy is reported). ``options``: see
-    :data:`OPTIONS`.
+    The outcome to rank checkpoints by is ``downstream_loss_after`` (lower is better) and, for a
+    labelled task, ``downstream_accuracy_after`` (higher is better); the module docstring lists
+    every row. ``finetune_data``: the downstream task's documents (anything
+    :func:`plastiscope.load_documents` reads); ``label_column`` makes it a labelled task (accuracy
+    is reported). ``options``: see :data:`OPTIONS`.
     """
     docs = load_documents(finetune_data, label_column=label_column)
     return run_one(sweep, ANALYSIS, Inputs(finetune_data=docs), {"label_column": label_column, **options}, store,

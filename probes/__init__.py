@@ -9,8 +9,9 @@ decay gives more linearly separable representations. Public API:
 - :func:`evaluate_layers` -- cross-validated metrics of stacked features ``[layer, example, feature]``.
 - :func:`probe_sweep` and :data:`ANALYSIS` (analysis name ``"probes"``) -- every checkpoint,
   layer, task and pooling; metrics ``accuracy``, ``macro_f1``, ``cross_entropy``,
-  ``selectivity_control_task``, ``selectivity_shuffled``, ``mdl_codelength``,
-  ``mdl_compression``, ``fisher_ratio``, for ``init="trained"`` and ``init="random"``.
+  ``selectivity_control_task`` (token-level tasks), ``selectivity_shuffled``, ``mdl_codelength``,
+  ``mdl_compression``, ``fisher_criterion``, for ``init="trained"`` and ``init="random"``
+  (meanings in :mod:`plastiscope.probes.analysis`).
 """
 
 from plastiscope.probes.analysis import ANALYSIS, OPTIONS, probe_sweep, start
@@ -20,10 +21,11 @@ from plastiscope.probes.metrics import (
     MDL_FRACTIONS,
     classification_scores,
     control_labels,
-    fisher_ratio,
+    fisher_criterion,
     mdl_block_ends,
     online_codelength,
     shuffled_labels,
+    types_repeat,
 )
 from plastiscope.probes.tasks import BUILTIN_TASKS, FeatureCollector, select_examples, sequence_examples, token_examples
 from plastiscope.probes.trainer import LogisticFit, Preconditioner, fit_logistic, preconditioner, standardization
@@ -40,7 +42,7 @@ __all__ = [
     "classification_scores",
     "control_labels",
     "evaluate_layers",
-    "fisher_ratio",
+    "fisher_criterion",
     "fit_logistic",
     "mdl_block_ends",
     "mdl_records",
@@ -53,4 +55,5 @@ __all__ = [
     "standardization",
     "start",
     "token_examples",
+    "types_repeat",
 ]

@@ -7,6 +7,26 @@ for the trained weights (``init="trained"``) and for a random-init model of the 
 architecture (``init="random"``, :meth:`~plastiscope.Checkpoint.random_init`), so a report
 can show what training added.
 
+Metrics (per layer; variant columns ``task`` and ``pooling``; ``n``: examples probed; 95 %
+intervals: percentile bootstrap over the outer cross-validation folds, for MDL over the
+transmitted examples):
+
+- ``accuracy`` (higher = more separable): held-out accuracy of an L2 logistic-regression probe
+  (Alain & Bengio 2016) whose ``C`` is chosen by inner cross-validation, on the data's own class
+  distribution (the example cap ``max_examples`` samples stratified by class).
+- ``macro_f1`` (higher): held-out unweighted mean of the per-class F1 scores.
+- ``cross_entropy`` (lower): held-out negative log-likelihood of the true class, nats per example.
+- ``selectivity_control_task`` (higher; token-level tasks only): accuracy minus the accuracy on
+  Hewitt & Liang's (2019) control task, a fixed random label per word type; not reported where
+  word types do not repeat (sequence-level tasks: one lemma per document).
+- ``selectivity_shuffled`` (higher): accuracy minus the accuracy of the same protocol on
+  permuted labels (Ojala & Garriga 2010), the part of the accuracy above what label frequencies
+  alone give.
+- ``mdl_codelength`` (bits; lower) and ``mdl_compression`` (uniform codelength / online
+  codelength; higher): the online code of Voita & Titov (2020).
+- ``fisher_criterion`` (higher): Fisher's ``tr(S_W^-1 S_B)`` on the standardised features with a
+  Ledoit-Wolf-shrunk ``S_W`` (detail column ``shrinkage``: its intensity), per test fold.
+
 Features come from the shared forward pass (a :class:`~plastiscope.probes.tasks.FeatureCollector`);
 the random-init baseline needs its own pass over the data (a different model), run in
 ``finish()`` and memoised (:class:`~plastiscope.memo.Memo`): all checkpoints of a sweep share
@@ -51,8 +71,8 @@ VARIANTS = ("task", "pooling")
 
 
 def _check(o: dict[str, Any]) -> dict[str, Any]:
-    if o["max_per_class"] is not None and o["max_per_class"] < o["min_per_class"]:
-        raise ValueError(f"max_per_class ({o['max_per_class']}) must be >= min_per_class ({o['min_per_class']})")
+    if o["max_examples"] is not None and o["max_examples"] < 2 * o["min_per_class"]:
+        raise ValueError(f"max_examples ({o['max_examples']}) must be >= 2 x min_per_class ({o['min_per_class']}): two classes")
     if o["min_per_class"] < o["folds"]:
         raise ValueError(f"min_per_class ({o['min_per_class']}) must be >= folds ({o['folds']}): every class in every fold")
     if o["token_labels"] is not None and o["level"] != "token":
@@ -66,18 +86,19 @@ OPTIONS = OptionTable({
     "level": Option("sequence", OneOf("sequence", "token"), "a label per document (sequence) or per token"),
     "pooling": Option(["mean"], ListOf(OneOf(*POOLINGS), scalar=True), "pooling of sequence-level features"),
     "layers": Option(None, Nullable(ListOf(Integer())), "layer indices (negative counts from the end); null: all"),
-    "max_per_class": Option(1000, Nullable(Integer(1)), "cap on examples per class (memory and time bound); null: no cap"),
-    "min_per_class": Option(10, Integer(2), "classes with fewer examples are dropped"),
+    "max_examples": Option(10000, Nullable(Integer(1)),
+                           "cap on examples per task, a sample stratified by class (class proportions kept); null: no cap"),
+    "min_per_class": Option(10, Integer(2), "classes with fewer examples are dropped (with a warning that counts them)"),
     "folds": Option(5, Integer(2), "outer cross-validation folds (intervals are over these)"),
     "inner_folds": Option(3, Integer(2), "inner folds choosing C"),
     "Cs": Option(list(DEFAULT_CS), ListOf(Real(0, None, closed="neither")), "grid of inverse L2 strengths"),
     "class_weight": Option(None, Nullable(OneOf("balanced")), "null or 'balanced'"),
     "max_iter": Option(100, Integer(1), "L-BFGS iterations"),
     "tol": Option(1e-4, Real(0, None, closed="neither"), "L-BFGS tolerance on max |gradient|"),
-    "control_task": Option(True, Boolean(), "report selectivity_control_task"),
-    "shuffled": Option(True, Boolean(), "report selectivity_shuffled"),
+    "control_task": Option(True, Boolean(), "report selectivity_control_task (token-level tasks: word types must repeat)"),
+    "shuffled": Option(True, Boolean(), "report selectivity_shuffled (label-permutation baseline)"),
     "mdl": Option(True, Boolean(), "report mdl_codelength and mdl_compression"),
-    "fisher": Option(True, Boolean(), "report fisher_ratio"),
+    "fisher": Option(True, Boolean(), "report fisher_criterion"),
     "random_baseline": Option(True, Boolean(), "the same metrics for a random-init model (init='random')"),
     "seed": Option(0, Integer(0), "seed of subsampling, folds and controls"),
     "token_labels": Option(None, Nullable(Function()), "Python API only: callable(token ids) -> label per position"),
@@ -131,11 +152,9 @@ class ProbesTask:
                 raw = token_examples(data, tokenizer, checkpoint.n_ctx, column, options["token_labels"])
             name = column if column is not None else getattr(options["token_labels"], "__name__", "token_labels")
             examples = select_examples(
-                name, options["level"], *raw, max_per_class=options["max_per_class"],
+                name, options["level"], *raw, max_examples=options["max_examples"],
                 min_per_class=int(options["min_per_class"]), seed=int(options["seed"]),
             )
-            if examples.dropped:
-                log.warning("probes: task %r drops classes with < %s examples: %s", name, options["min_per_class"], examples.dropped)
             poolings = options["pooling"] if options["level"] == "sequence" else ["token"]
             for pooling in poolings:
                 self.tasks.append((examples, pooling))
@@ -159,7 +178,8 @@ class ProbesTask:
                 groups=examples.doc if examples.level == "token" else None,
                 n_classes=len(examples.classes), folds=int(o["folds"]), inner_folds=int(o["inner_folds"]),
                 Cs=[float(c) for c in o["Cs"]], class_weight=o["class_weight"], max_iter=int(o["max_iter"]),
-                tol=float(o["tol"]), control_task=bool(o["control_task"]), shuffled=bool(o["shuffled"]),
+                tol=float(o["tol"]), control_task=bool(o["control_task"]) and examples.level == "token",
+                shuffled=bool(o["shuffled"]),
                 mdl=bool(o["mdl"]), fisher=bool(o["fisher"]), seed=int(o["seed"]),
             )
             for row in rows:
@@ -228,11 +248,12 @@ def probe_sweep(
       present, else ``label``).
     - ``pooling``: ``"mean"`` or ``"last"`` (or both) for sequence-level tasks.
     - ``level="token"`` with a column of word-level labels, or with ``token_labels(ids)``.
-    - other ``options``: see :data:`OPTIONS` (``folds``, ``Cs``, ``max_per_class``, ...).
+    - other ``options``: see :data:`OPTIONS` (``folds``, ``Cs``, ``max_examples``, ...).
 
-    Rows: ``metric`` in ``accuracy, macro_f1, cross_entropy, selectivity_control_task,
-    selectivity_shuffled, mdl_codelength, mdl_compression, fisher_ratio`` per ``layer``,
-    with columns ``task``, ``pooling`` and ``init`` (``trained`` / ``random``). Failed
+    Rows: ``metric`` in ``accuracy, macro_f1, cross_entropy, selectivity_shuffled,
+    mdl_codelength, mdl_compression, fisher_criterion`` per ``layer`` (and
+    ``selectivity_control_task`` for token-level tasks), with columns ``task``, ``pooling`` and
+    ``init`` (``trained`` / ``random``); the module docstring says what each means. Failed
     checkpoints are warned about and listed in ``frame.attrs["failures"]``.
     """
     docs = load_documents(data)

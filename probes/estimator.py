@@ -7,11 +7,22 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_array
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from plastiscope.probes.evaluate import class_weights
 from plastiscope.probes.trainer import fit_logistic, standardization
+
+
+def _sample_weight(sample_weight: Any, n: int) -> np.ndarray:
+    """``[example]`` float64 weights: a number (the same for all) or one finite value per example."""
+    if isinstance(sample_weight, (int, float, np.number)):
+        return np.full(n, float(sample_weight))
+    weights = check_array(sample_weight, ensure_2d=False, dtype=np.float64, input_name="sample_weight")
+    if weights.shape != (n,):
+        raise ValueError(f"sample_weight.shape == {weights.shape}, expected {(n,)}")
+    return weights
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -56,7 +67,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.classes_, y_index = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(f"need at least 2 classes to fit a probe; got 1 class ({self.classes_[0]!r})")
-        weights = np.ones(len(y)) if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        weights = np.ones(len(y)) if sample_weight is None else _sample_weight(sample_weight, len(y))
         if isinstance(self.class_weight, dict):
             weights = weights * np.array([self.class_weight.get(c, 1.0) for c in self.classes_])[y_index]
         else:

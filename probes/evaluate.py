@@ -1,8 +1,8 @@
 """Cross-validated probe metrics for every layer at once, from stacked features.
 
 :func:`evaluate_layers` takes features ``X [layer, example, feature]`` and labels and returns
-metric records per layer (accuracy, macro-F1, cross-entropy, selectivities, MDL, Fisher
-ratio), each with a 95 % interval. Protocol:
+metric records per layer (accuracy, macro-F1, cross-entropy, selectivities, MDL, Fisher's
+criterion), each with a 95 % interval. Protocol:
 
 1. Outer stratified K-fold (grouped by document for token-level tasks). Features are
    standardised with the statistics of all examples: label-free, so no label information
@@ -10,11 +10,13 @@ ratio), each with a 95 % interval. Protocol:
 2. Inside each outer training part, ``C`` is picked per layer by inner stratified
    cross-validation over ``Cs`` (held-out accuracy, ties broken by cross-entropy): the inner
    folds x Cs x outer folds x layers are one batched fit (:func:`~plastiscope.probes.trainer.fit_logistic`).
+   This is scikit-learn's ``cross_val_score(GridSearchCV(StandardScaler + LogisticRegression))``
+   protocol, on the examples as given: accuracy is that of the data's own class distribution.
 3. The probe is refit on the outer training part at that ``C`` -- with the task's labels and,
-   in the same batched fit, the control task's and the shuffled labels (same ``C``, as in
-   Hewitt & Liang 2019) -- and scored on the outer test part.
+   in the same batched fit, the control task's (Hewitt & Liang 2019: same ``C``) and the
+   permuted labels (Ojala & Garriga 2010) -- and scored on the outer test part.
 4. Values are means over outer folds, intervals percentile-bootstrap over folds
-   (:func:`plastiscope.stats.bootstrap_ci`); the Fisher ratio is computed on each test part.
+   (:func:`plastiscope.stats.bootstrap_ci`); Fisher's criterion is computed on each test part.
 5. MDL: one online code (Voita & Titov 2020) over a seeded random order of all examples,
    blocks at :data:`~plastiscope.probes.metrics.MDL_FRACTIONS`, every block's probe fitted in
    one batched call at the ``C`` chosen most often across outer folds; interval by bootstrap
@@ -38,10 +40,11 @@ from plastiscope.probes.metrics import (
     MDL_FRACTIONS,
     classification_scores,
     control_labels,
-    fisher_ratio,
+    fisher_criterion,
     mdl_block_ends,
     online_codelength,
     shuffled_labels,
+    types_repeat,
 )
 from plastiscope.probes.trainer import Preconditioner, fit_logistic, preconditioner, standardization, threads_for
 from plastiscope.stats import bootstrap_ci
@@ -120,11 +123,16 @@ def evaluate_layers(
 
     - ``X``: features ``[layer, example, feature]`` (layer index = position in ``X``).
     - ``y``: ``[example]`` class indices ``0..K-1``.
-    - ``types``: ``[example]`` word types for the control task (default: every example its own type).
+    - ``types``: ``[example]`` word types of the control task. It is reported only when types
+      are given and repeat (:func:`~plastiscope.probes.metrics.types_repeat`: at least half the
+      examples share their type with another); otherwise it is left out with a warning.
     - ``groups``: ``[example]`` document ids; examples of one document share a fold.
 
-    Metric names: ``accuracy``, ``macro_f1``, ``cross_entropy`` (nats), ``selectivity_control_task``,
-    ``selectivity_shuffled``, ``mdl_codelength`` (bits), ``mdl_compression``, ``fisher_ratio``.
+    Metric names (all held-out, means over outer folds): ``accuracy``, ``macro_f1``,
+    ``cross_entropy`` (nats per example), ``selectivity_control_task`` (accuracy minus the
+    control task's accuracy), ``selectivity_shuffled`` (accuracy minus the accuracy on permuted
+    labels), ``mdl_codelength`` (bits), ``mdl_compression``, ``fisher_criterion`` (detail
+    column ``shrinkage``: the mean Ledoit-Wolf intensity over folds).
     Three batched fits: every outer fold's inner cross-validation (outer folds x inner folds x
     Cs problems), the refits at the chosen C (outer folds x label sets), the MDL blocks.
     Features are standardised with the statistics of all examples (label-free, so no label
@@ -140,6 +148,13 @@ def evaluate_layers(
     if (counts[counts > 0] < folds).any() or (counts > 0).sum() < 2:
         raise ValueError(f"need at least 2 classes with >= {folds} examples each (outer folds); class counts {counts.tolist()}")
     Cs = [float(c) for c in Cs]
+    if control_task and (types is None or not types_repeat(types)):
+        warnings.warn(
+            "probes: no selectivity_control_task: the control task (Hewitt & Liang 2019) needs word types that repeat "
+            "(token-level tasks); " + ("none were given" if types is None else "most examples here have a type of their own"),
+            stacklevel=2,
+        )
+        control_task = False
     with threads_for(L * n * X.shape[2] * K * folds * inner_folds * len(Cs)):
         return _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_iter, tol,
                          control_task, shuffled, mdl, fisher, seed)
@@ -179,7 +194,7 @@ def _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_
     # 2. refit on each outer training part at the chosen C: the task's labels and the controls
     label_sets = {"task": y}
     if control_task:
-        label_sets["control_task"] = control_labels(types if types is not None else list(range(n)), y, seed)
+        label_sets["control_task"] = control_labels(types, y, seed)
     if shuffled:
         label_sets["shuffled"] = shuffled_labels(y, seed)
     Y, weights, C = [], [], []
@@ -195,6 +210,7 @@ def _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_
         torch.as_tensor(np.stack(weights), dtype=torch.float32), **common,
     )
     scores: dict[str, np.ndarray] = {}  # metric -> [fold, layer]
+    shrinkage = np.zeros((len(outer), L))
     for f, (_, test) in enumerate(outer):
         Xt = X[:, test]
         base = f * len(label_sets)
@@ -212,12 +228,14 @@ def _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_
                 ]
         if fisher:
             Zt = (Xt - mean[:, None, :]) / scale[:, None, :]
-            scores.setdefault("fisher_ratio", np.zeros((len(outer), L)))[f] = fisher_ratio(Zt, y[test]).double().numpy()
+            scores.setdefault("fisher_criterion", np.zeros((len(outer), L)))[f], shrinkage[f] = fisher_criterion(Zt, y[test])
     records = []
     for metric, values in scores.items():
         for l in range(L):
             estimate, low, high = _ci(values[:, l])
             records.append({"layer": l, "metric": metric, "value": estimate, "ci_low": low, "ci_high": high, "n": n})
+            if metric == "fisher_criterion":
+                records[-1]["shrinkage"] = float(shrinkage[:, l].mean())
 
     # 3. MDL at the C chosen most often across outer folds
     if mdl:

@@ -12,21 +12,26 @@ Two levels:
   ``None`` to skip a position).
 
 Examples are chosen before the forward pass (labels are known from the data and the tokenizer):
-classes with fewer than ``min_per_class`` examples are dropped and each class is capped at
-``max_per_class`` examples (seeded random choice), so the features kept in memory are bounded
-by ``classes x max_per_class x layers x d_model`` whatever the dataset size.
+at most ``max_examples`` of them, a seeded sample stratified by class, so the class proportions
+of the data are kept (accuracy stays the accuracy on the user's distribution) and the features
+kept in memory are bounded by ``max_examples x layers x d_model`` float32 whatever the dataset
+size (10,000 examples of a 16-layer, ``d_model`` 2048 model: 1.3 GB). Classes with fewer than
+``min_per_class`` examples left cannot be spread over the cross-validation folds; they are
+dropped with a warning that counts them.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 
 from plastiscope.activations import Batch
 from plastiscope.data import DataError, Documents, encode
@@ -157,35 +162,44 @@ def select_examples(
     positions: list[int],
     labels: list[Any],
     types: list[Hashable],
-    max_per_class: int | None = None,
+    max_examples: int | None = None,
     min_per_class: int = 10,
     seed: int = 0,
 ) -> Examples:
-    """Drop classes with fewer than ``min_per_class`` examples; keep at most ``max_per_class`` per class."""
-    keys = [str(v) for v in labels]  # labels from CSV, JSON and Python compare as text
-    count: dict[str, int] = {}
-    for k in keys:
-        count[k] = count.get(k, 0) + 1
-    kept_classes = sorted(c for c in count if count[c] >= min_per_class)
-    dropped = sorted(c for c in count if count[c] < min_per_class)
+    """At most ``max_examples`` examples, a seeded sample stratified by class; then classes with
+    fewer than ``min_per_class`` examples are dropped (with a warning that counts them).
+
+    The stratified sample (scikit-learn's ``train_test_split(stratify=...)``) keeps every class's
+    share of the examples up to rounding, so metrics describe the data's own class distribution.
+    Classes too small to be stratified (a single example) are dropped before sampling.
+    """
+    if min_per_class < 2:
+        raise ValueError(f"min_per_class must be >= 2 (a class needs an example in training and in testing), got {min_per_class}")
+    keys = np.array([str(v) for v in labels], dtype=object)  # labels from CSV, JSON and Python compare as text
+    total = dict(zip(*np.unique(keys, return_counts=True))) if len(keys) else {}
+    chosen = np.flatnonzero([total[k] >= min_per_class for k in keys]) if len(keys) else np.zeros(0, dtype=np.int64)
+    if max_examples is not None and len(chosen) > max_examples and len(set(keys[chosen])) > 1:
+        chosen, _ = train_test_split(chosen, train_size=max_examples, stratify=keys[chosen], random_state=seed)
+    chosen = np.sort(chosen)
+    count = dict(zip(*np.unique(keys[chosen], return_counts=True))) if len(chosen) else {}
+    kept_classes = sorted(str(c) for c in count if count[c] >= min_per_class)
+    dropped = sorted(set(total) - set(kept_classes))
     if len(kept_classes) < 2:
         raise DataError(
             f"task {task!r}: fewer than 2 classes with >= {min_per_class} examples "
-            f"(class counts {dict(sorted(count.items()))}); add data or lower min_per_class"
+            f"(class counts {dict(sorted((str(k), int(v)) for k, v in total.items()))}); add data or lower min_per_class"
         )
-    rng = np.random.default_rng(seed)
+    if dropped:
+        n_dropped = int(sum(total[c] for c in dropped))
+        capped = f" in the stratified sample of {max_examples}" if max_examples is not None and len(keys) > max_examples else ""
+        names = ", ".join(dropped[:10]) + (", ..." if len(dropped) > 10 else "")
+        warnings.warn(
+            f"probes: task {task!r} leaves out {len(dropped)} of {len(total)} classes ({n_dropped} of {len(keys)} examples): "
+            f"fewer than {min_per_class} examples{capped}, too few for stratified cross-validation ({names})",
+            stacklevel=2,
+        )
     index = {c: i for i, c in enumerate(kept_classes)}
-    chosen: list[int] = []
-    by_class: dict[str, list[int]] = {}
-    for j, k in enumerate(keys):
-        if k in index:
-            by_class.setdefault(k, []).append(j)
-    for c in kept_classes:
-        members = by_class[c]
-        if max_per_class is not None and len(members) > max_per_class:
-            members = sorted(rng.choice(members, size=max_per_class, replace=False).tolist())
-        chosen += members
-    chosen.sort()
+    chosen = chosen[np.isin(keys[chosen], kept_classes)]
     return Examples(
         task=task,
         level=level,

@@ -121,6 +121,36 @@ def test_losses_match_transformers_loop(memorised, memorised_set, val_docs):
     assert docs[docs["split"] == "val"]["n_targets"].tolist() == lengths
 
 
+def hf_corpus_loss(model, tokenizer, texts) -> tuple[float, np.ndarray]:
+    """transformers' own ``labels=`` loss of each document, combined over the corpus by target tokens, and per document."""
+    losses, targets = [], []
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([encode(tokenizer, text, N_CTX)])
+            losses.append(model(input_ids=ids, labels=ids).loss.item())
+            targets.append(ids.shape[1] - 1)
+    losses, targets = np.array(losses), np.array(targets)
+    return float((losses * targets).sum() / targets.sum()), losses
+
+
+def test_train_and_val_loss_are_token_weighted_like_transformers(memorised, memorised_set, val_docs):
+    """train_loss / val_loss: transformers' labels= loss summed over the corpus (token-weighted), within 1e-4;
+    the per-document means get their own names."""
+    frame = memorization_gap(memorised, memorised_set, val_docs, progress=False, length_matching="none",
+                             memorization_max_docs=0, **FAST)
+    for split, data in (("train", memorised_set), ("val", val_docs)):
+        corpus, per_document = hf_corpus_loss(memorised.hf_model, memorised.tokenizer, data.texts)
+        row = metric(frame, f"{split}_loss")
+        assert row.value == pytest.approx(corpus, abs=1e-4) and row.n == len(data.texts)
+        assert row.ci_low < row.value < row.ci_high
+        assert metric(frame, f"{split}_loss_per_document").value == pytest.approx(per_document.mean(), abs=1e-4)
+    # the validation glosses differ in length and the short ones are harder: the two means differ
+    assert abs(metric(frame, "val_loss").value - metric(frame, "val_loss_per_document").value) > 0.01
+    gap = metric(frame, "loss_gap")
+    assert gap.value == pytest.approx(metric(frame, "val_loss").value - metric(frame, "train_loss").value, abs=1e-12)
+    assert metric(frame, "loss_ratio").value == pytest.approx(metric(frame, "val_loss").value / metric(frame, "train_loss").value)
+
+
 def test_position_buckets_match_hand_computation():
     torch.manual_seed(0)
     logits = torch.randn(3, 12, 7)
@@ -191,8 +221,9 @@ def test_memorised_model_is_caught(memorised, memorised_set, val_docs):
     assert gap.value > 3.0 and gap.ci_low > 2.0
     assert metric(frame, "val_loss").value - metric(frame, "train_loss").value == pytest.approx(gap.value)
     assert metric(frame, "loss_ratio").value > 5.0
-    for score in ("loss", "zlib", "reference"):
+    for score in ("loss", "zlib"):
         assert metric(frame, f"mia_auc_{score}").value > 0.97
+    assert not (frame["metric"] == "mia_auc_reference").any()  # no reference unless a folder is given
     assert metric(frame, "mia_tpr_at_1fpr", score="loss").value > 0.8
     assert metric(frame, "exact_match_train").value >= 0.9
     assert metric(frame, "exact_match_val").value <= 0.05
@@ -282,14 +313,15 @@ def test_length_matching_equalises_length_distributions():
     assert abs(train[t].mean() - val[v].mean()) < 3 < abs(train.mean() - val.mean())
 
 
-def test_reference_folder_and_registry(tmp_path, memorised, untrained, memorised_set, val_docs):
+def test_untrained_reference_folder_is_warned_about_and_registry(tmp_path, memorised, untrained, memorised_set, val_docs):
     # the same weights as ``untrained``, saved before a bridge wraps them (a bridged model does not save)
     tiny_llama(untrained.tokenizer, seed=1).save_pretrained(tmp_path / "ref")
     untrained.tokenizer.save_pretrained(tmp_path / "ref")
-    docs = document_scores(memorised, memorised_set, val_docs, reference=str(tmp_path / "ref"))
+    with pytest.warns(UserWarning, match="close to ln"):
+        docs = document_scores(memorised, memorised_set, val_docs, reference=str(tmp_path / "ref"))
     plain = document_scores(untrained, memorised_set, val_docs, reference=None)
     np.testing.assert_allclose(docs["reference_loss"], plain["loss"], atol=1e-5)
-    np.testing.assert_allclose(docs["reference_score"], docs["loss"] - plain["loss"], atol=1e-5)
+    np.testing.assert_allclose(docs["reference_score"], docs["loss"] / plain["loss"], rtol=1e-5)
     # through the registry, as the CLI runs it
     inputs = Inputs(train_data=memorised_set, val_data=val_docs)
     options = {"overfit": {"reference": None, "memorization_max_docs": 0, **FAST}}
@@ -300,6 +332,58 @@ def test_reference_folder_and_registry(tmp_path, memorised, untrained, memorised
         run_analyses(memorised, ["overfit"], Inputs(train_data=memorised_set), progress=False)
 
 
+def test_reference_score_is_carlini_ratio_to_a_trained_reference(tiny_sweep):
+    """A trained reference folder (another checkpoint of the sweep): reference_loss is that model's own
+    transformers loss, reference_score = loss / reference_loss, and it ranks documents unlike the loss."""
+    from scipy.stats import spearmanr
+    from transformers import AutoModelForCausalLM
+
+    target, reference = tiny_sweep[0], tiny_sweep[2]
+    train, val = load_corpus("train", 120), load_corpus("validation", 120)
+    docs = document_scores(target, train, val, reference=str(reference.path))
+    ref_model = AutoModelForCausalLM.from_pretrained(reference.path).eval()
+    for split, data in (("train", train), ("val", val)):
+        rows = docs[docs["split"] == split].sort_values("doc")
+        want = []
+        with torch.no_grad():
+            for text in data.texts:
+                ids = torch.tensor([encode(reference.tokenizer, text, reference.n_ctx)])
+                want.append(ref_model(input_ids=ids, labels=ids).loss.item())
+        np.testing.assert_allclose(rows["reference_loss"], want, atol=1e-4)
+    np.testing.assert_allclose(docs["reference_score"], docs["loss"] / docs["reference_loss"], rtol=1e-12)
+    assert docs["reference_loss"].std() > 0.1  # a trained reference: its loss varies from document to document
+    assert spearmanr(docs["reference_score"], docs["loss"]).statistic < 0.9  # not the plain loss in disguise
+    frame = memorization_gap(target, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
+    with pytest.warns(UserWarning, match="this checkpoint itself"):
+        itself = memorization_gap(reference, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
+    assert not (itself["metric"] == "mia_auc_reference").any() and (itself["metric"] == "mia_auc_loss").any()
+    by_loss, by_reference = metric(frame, "mia_auc_loss").value, metric(frame, "mia_auc_reference").value
+    used = docs[docs["matched"]]
+    m, v = used[used["split"] == "train"], used[used["split"] == "val"]
+    assert by_reference == pytest.approx(roc_auc_score(np.r_[np.ones(len(m)), np.zeros(len(v))],
+                                                       -np.r_[m["reference_score"], v["reference_score"]]))
+    assert by_reference != pytest.approx(by_loss, abs=1e-3)
+
+
+def test_short_context_keeps_the_loss_gap_and_sizes_memorization(tiny_sweep):
+    """A 48-token context with the default k=32, m=16 (+ BOS = 49): memorization is scaled to fit, with a warning."""
+    from plastiscope.overfit.analysis import memorization_lengths
+
+    checkpoint = tiny_sweep[1]
+    assert checkpoint.n_ctx == 48
+    long_train = [t for t in load_corpus("train", 400).texts if len(encode(checkpoint.tokenizer, t, 10**6)) >= 48]
+    with pytest.warns(UserWarning, match="k=31, m=16 instead"):
+        frame = memorization_gap(checkpoint, Documents(long_train[:40]), load_corpus("validation", 80), progress=False, **FAST)
+    gap = metric(frame, "loss_gap")
+    assert np.isfinite(gap.value) and gap.ci_low <= gap.value <= gap.ci_high
+    exact = metric(frame, "exact_match_train")
+    assert exact.prefix_tokens == 31 and exact.continuation_tokens == 16 and exact.n > 0
+    assert memorization_lengths(32, 16, 64, 1) == (32, 16)
+    assert memorization_lengths(32, 16, 48, 1) == (31, 16)
+    assert memorization_lengths(8, 8, 5, 1) == (2, 2)
+    assert memorization_lengths(8, 8, 2, 1) is None  # no room: only the memorization rows are skipped
+
+
 def test_options_are_validated(memorised, memorised_set, val_docs):
     with pytest.raises(ValueError, match="unknown option"):
         memorization_gap(memorised, memorised_set, val_docs, prefix_length=4)
@@ -307,6 +391,8 @@ def test_options_are_validated(memorised, memorised_set, val_docs):
         memorization_gap(memorised, memorised_set, val_docs, length_matching="stratify-ish")
     with pytest.raises(ValueError, match="not a folder"):
         memorization_gap(memorised, memorised_set, val_docs, reference="/no/such/model")
+    with pytest.raises(ValueError, match="plain loss in disguise"):
+        memorization_gap(memorised, memorised_set, val_docs, reference="random_init")
 
 
 def test_tiny_sweep_end_to_end(tiny_sweep):
@@ -316,7 +402,7 @@ def test_tiny_sweep_end_to_end(tiny_sweep):
         prefix_tokens=4, continuation_tokens=4, memorization_max_docs=16, **FAST,
     )  # fmt: skip
     assert sorted(frame["weight_decay"].unique()) == [0.0, 0.1, 1.0]
-    wanted = {"train_loss", "val_loss", "loss_gap", "loss_ratio", "mia_auc_loss", "mia_auc_zlib", "mia_tpr_at_1fpr",
+    wanted = {"train_loss", "val_loss", "loss_gap", "loss_ratio", "train_loss_per_document", "val_loss_per_document", "mia_auc_loss", "mia_auc_zlib", "mia_tpr_at_1fpr",
               "exact_match_train", "exact_match_val", "matched_prefix_train", "matched_prefix_val", "overlap_count"}  # fmt: skip
     for _, rows in frame.groupby("checkpoint"):
         assert wanted <= set(rows["metric"])

@@ -15,7 +15,7 @@ from plastiscope.data import Documents, encode, load_documents
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.downstream import DownstreamTask, label_accuracy, labelled_ids, split_indices, task_ids
 from plastiscope.losses import document_losses, mean_per_document
-from plastiscope.plasticity import finetune
+from plastiscope.plasticity import finetune, parameter_distance
 from plastiscope.results import ResultsStore
 from plastiscope.runner import Inputs, prepare, run_analyses
 
@@ -155,12 +155,16 @@ def test_plasticity_end_to_end_schema_selection_and_cache(tiny_sweep, tmp_path, 
                                      progress=False)
     assert failures.empty, failures.to_dict("records")
     assert sorted(results.weight_decay.unique()) == [0.0, 0.1, 1.0]
-    for (name, task), group in results.groupby(["checkpoint", "task"]):
+    for (name, task), group in results.groupby(["checkpoint", "task"], sort=False):
         m = group.set_index("metric")
-        expected = {"downstream_loss_before", "downstream_loss_after", "plasticity_gain", "downstream_selection_loss"}
+        expected = {"downstream_loss_before", "downstream_loss_after", "plasticity_gain", "finetune_displacement",
+                    "downstream_selection_loss"}
         if label_column is not None:
             expected |= {"downstream_accuracy_before", "downstream_accuracy_after"}
         assert set(m.index) == expected
+        # the outcome first: performance after fine-tuning, then before, then the secondary rows
+        first = ["downstream_loss_after"] + (["downstream_accuracy_after"] if label_column else []) + ["downstream_loss_before"]
+        assert list(group["metric"])[: len(first)] == first
         assert m.loc["plasticity_gain", "value"] == pytest.approx(
             m.loc["downstream_loss_before", "value"] - m.loc["downstream_loss_after", "value"], abs=1e-9)
         assert m.loc["plasticity_gain", "ci_low"] <= m.loc["plasticity_gain", "value"] <= m.loc["plasticity_gain", "ci_high"]
@@ -169,8 +173,73 @@ def test_plasticity_end_to_end_schema_selection_and_cache(tiny_sweep, tmp_path, 
         assert sorted(selection.finetune_lr) == [1e-4, 3e-3]
         best = selection.finetune_lr.to_numpy()[np.argmin(selection.value.to_numpy())]
         assert m.loc["downstream_loss_after", "selected_lr"] == best
+        assert m.loc["finetune_displacement", "selected_lr"] == best and m.loc["finetune_displacement", "value"] > 0
     cached, _ = run_analyses(tiny_sweep, ["plasticity"], inputs, options={"plasticity": options}, store=store, progress=False)
     np.testing.assert_array_equal(cached.value.to_numpy(), results.value.to_numpy())
+
+
+def test_finetune_displacement_is_the_distance_of_the_selected_run(tiny_sweep):
+    """finetune_displacement against a direct computation: the selected run repeated (same batches), the
+    flattened parameters compared in float64 with numpy."""
+    checkpoint = tiny_sweep[2]
+    options = {**TINY_OPTIONS, "learning_rates": [3e-3, 1e-2]}
+    results, failures = run_analyses(checkpoint, ["plasticity"], Inputs(finetune_data=load_corpus("finetune")),
+                                     options={"plasticity": options}, progress=False)
+    assert failures.empty, failures.to_dict("records")
+    row = results[results.metric == "finetune_displacement"].iloc[0]
+    assert row.n == TINY_OPTIONS["train_docs"]
+    task = DownstreamTask.from_documents(load_corpus("finetune"))
+    _, _, train_rows = split_indices(len(task.documents), 24, 12, 64, seed=0)
+    ids = task_ids(task, checkpoint.tokenizer, checkpoint.n_ctx, train_rows)
+    tuned, _ = finetune(checkpoint.hf_model, ids, checkpoint.tokenizer.pad_token_id, steps=4, batch_size=8,
+                        learning_rate=row.selected_lr, seed=0)
+    before = _weights(checkpoint.hf_model)
+    after = _weights(tuned)
+    assert after.keys() == before.keys()
+    flat = lambda weights: np.concatenate([weights[k].double().numpy().ravel() for k in sorted(weights)])  # noqa: E731
+    want = np.linalg.norm(flat(after) - flat(before))
+    assert row.value == pytest.approx(want, rel=1e-9)
+    assert parameter_distance(checkpoint.hf_model, tuned) == pytest.approx(want, rel=1e-12)
+    assert parameter_distance(checkpoint.hf_model, trainable_copy(checkpoint.hf_model)) == 0.0
+
+
+def _plasticity_in(device: str, dtype: str, path) -> pd.DataFrame:
+    from plastiscope import Checkpoint
+
+    checkpoint = Checkpoint.from_pretrained(path).to(device=device, dtype=dtype)
+    model = checkpoint.hf_model
+    assert next(model.parameters()).device.type == device and next(model.parameters()).dtype == getattr(torch, dtype)
+    copied = trainable_copy(model)  # float32 master weights on the checkpoint's device
+    assert {(p.device.type, p.dtype) for p in copied.parameters()} == {(device, torch.float32)}
+    options = {**TINY_OPTIONS, "steps": 8, "learning_rates": [3e-3], "label_column": "topic"}
+    results, failures = run_analyses(checkpoint, ["plasticity"], Inputs(finetune_data=load_corpus("finetune")),
+                                      options={"plasticity": options}, progress=False)
+    assert failures.empty, failures.to_dict("records")
+    m = results.set_index("metric")
+    assert np.isfinite(m.loc[["downstream_loss_after", "downstream_loss_before", "finetune_displacement"], "value"]).all()
+    assert m.loc["downstream_loss_after", "value"] < m.loc["downstream_loss_before", "value"]
+    return results
+
+
+def test_plasticity_on_a_bfloat16_checkpoint(tiny_sweep):
+    """A bfloat16 checkpoint fine-tunes float32 master weights under bfloat16 autocast, and before and after are
+    measured in bfloat16: after and before agree with the float32 run to bfloat16 precision."""
+    bf16 = _plasticity_in("cpu", "bfloat16", tiny_sweep[1].path).set_index("metric")
+    fp32 = _plasticity_in("cpu", "float32", tiny_sweep[1].path).set_index("metric")
+    for metric in ("downstream_loss_before", "downstream_loss_after"):
+        assert bf16.loc[metric, "value"] == pytest.approx(fp32.loc[metric, "value"], rel=0.02)
+        assert bf16.loc[metric, "value"] != fp32.loc[metric, "value"]  # bfloat16 really was used
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_plasticity_on_cuda(tiny_sweep, dtype):
+    """The fine-tuned copy lives on the checkpoint's CUDA device; the outcome matches the CPU run."""
+    cuda = _plasticity_in("cuda", dtype, tiny_sweep[1].path).set_index("metric")
+    cpu = _plasticity_in("cpu", dtype, tiny_sweep[1].path).set_index("metric")
+    for metric in ("downstream_loss_before", "downstream_loss_after", "finetune_displacement"):
+        assert cuda.loc[metric, "value"] == pytest.approx(cpu.loc[metric, "value"], rel=0.03 if dtype == "bfloat16" else 0.01)
 
 
 def test_plasticity_rejects_bad_options(tiny_sweep):

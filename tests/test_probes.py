@@ -12,12 +12,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from plastiscope.probes import (
     LinearProbe,
     control_labels,
     evaluate_layers,
-    fisher_ratio,
+    fisher_criterion,
     fit_logistic,
     mdl_block_ends,
     mdl_records,
@@ -25,11 +26,11 @@ from plastiscope.probes import (
     standardization,
 )
 
-METRICS = {
-    "accuracy", "macro_f1", "cross_entropy", "selectivity_control_task", "selectivity_shuffled",
-    "mdl_codelength", "mdl_compression", "fisher_ratio",
+SEQUENCE_METRICS = {
+    "accuracy", "macro_f1", "cross_entropy", "selectivity_shuffled", "mdl_codelength", "mdl_compression", "fisher_criterion",
 }
-FAST = dict(folds=3, inner_folds=2, Cs=[0.1, 1.0], max_per_class=60, min_per_class=6)
+METRICS = SEQUENCE_METRICS | {"selectivity_control_task"}  # token level: word types repeat
+FAST = dict(folds=3, inner_folds=2, Cs=[0.1, 1.0], max_examples=240, min_per_class=6)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -181,7 +182,8 @@ def test_separable_toy_set_and_pure_noise():
     separable = rng.standard_normal((n, d)) * 0.1
     separable[np.arange(n), y] += 3.0  # class k lives on axis k
     X = torch.tensor(np.stack([noise, separable]), dtype=torch.float32)
-    records = evaluate_layers(X, y, folds=5, inner_folds=3, Cs=[0.01, 0.1, 1.0], mdl=True)
+    types = rng.integers(0, 300, n).tolist()  # word types that repeat (about twice each), unrelated to the classes
+    records = evaluate_layers(X, y, types=types, folds=5, inner_folds=3, Cs=[0.01, 0.1, 1.0], mdl=True)
     value = {(r["layer"], r["metric"]): r["value"] for r in records}
     assert {m for _, m in value} == METRICS
     assert value[(1, "accuracy")] >= 0.99
@@ -192,10 +194,15 @@ def test_separable_toy_set_and_pure_noise():
     assert value[(1, "selectivity_control_task")] > 0.6
     assert value[(0, "cross_entropy")] > math.log(K) - 0.05  # no better than uniform
     assert value[(1, "mdl_compression")] > 5 > 1.1 > value[(0, "mdl_compression")]
-    assert value[(1, "fisher_ratio")] > 10 * value[(0, "fisher_ratio")]
+    assert value[(1, "fisher_criterion")] > 10 * value[(0, "fisher_criterion")]
     for r in records:
         if r["metric"] in ("accuracy", "mdl_codelength"):
             assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    # without word types, or with one type per example (a lemma per document), no control task
+    for no_types in (None, list(range(n))):
+        with pytest.warns(UserWarning, match="no selectivity_control_task"):
+            records = evaluate_layers(X, y, types=no_types, folds=3, inner_folds=2, Cs=[1.0], mdl=False, fisher=False)
+        assert "selectivity_control_task" not in {r["metric"] for r in records}
 
 
 def test_control_task_labels():
@@ -237,17 +244,49 @@ def test_mdl_codelength_matches_hand_computed_case():
     assert value["mdl_compression"] == pytest.approx(len(y) / expected, rel=1e-4)
 
 
-def test_fisher_ratio_matches_numpy():
-    rng = np.random.default_rng(4)
-    Z = rng.standard_normal((2, 300, 6)) + rng.integers(0, 2, (2, 1, 6))
-    y = rng.integers(0, 3, 300)
-    Z[1] += y[:, None] * 0.5
-    ours = fisher_ratio(torch.tensor(Z), y).numpy()
-    for l in range(2):
-        mu = Z[l].mean(0)
-        S_B = sum((y == c).sum() * np.outer(Z[l][y == c].mean(0) - mu, Z[l][y == c].mean(0) - mu) for c in range(3))
-        S_W = sum((Z[l][y == c] - Z[l][y == c].mean(0)).T @ (Z[l][y == c] - Z[l][y == c].mean(0)) for c in range(3))
-        assert ours[l] == pytest.approx(np.trace(S_B) / np.trace(S_W), rel=1e-5)
+def _ledoit_wolf_numpy(R: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit & Wolf (2004, Lemma 3.2 / Theorem 3.3) for centred rows ``R [n, d]``: the shrunk covariance and intensity."""
+    n, d = R.shape
+    S = R.T @ R / n
+    mu = np.trace(S) / d
+    d2 = ((S - mu * np.eye(d)) ** 2).sum()
+    b2 = sum(((np.outer(r, r) - S) ** 2).sum() for r in R) / n**2
+    delta = min(b2, d2) / d2
+    return (1 - delta) * S + delta * mu * np.eye(d), delta
+
+
+def test_fisher_criterion_matches_numpy_and_sklearn_lda(pos_features):
+    """tr(S_W^-1 S_B) on real activations: against a numpy computation with the Ledoit-Wolf formula
+    written out, and, unshrunk, against the summed eigenvalues of scikit-learn's LDA."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    X, y = pos_features
+    Z = (X - X.mean(1, keepdim=True)) / X.std(1, keepdim=True)
+    ours, delta = fisher_criterion(Z[:, :150], y[:150])  # 150 examples of 32 features: shrinkage matters
+    for layer in range(Z.shape[0]):
+        z, labels = Z[layer, :150].double().numpy(), y[:150]
+        classes = np.unique(labels)
+        means = np.stack([z[labels == c].mean(0) for c in classes])
+        S_W, want_delta = _ledoit_wolf_numpy(z - means[np.searchsorted(classes, labels)])
+        S_B = sum((labels == c).mean() * np.outer(m - z.mean(0), m - z.mean(0)) for c, m in zip(classes, means))
+        assert delta[layer] == pytest.approx(want_delta, rel=1e-6) and 0 < delta[layer] < 1
+        assert ours[layer] == pytest.approx(np.trace(np.linalg.solve(S_W, S_B)), rel=1e-6)
+    # no shrinkage, all 500 examples: LDA's discriminant coordinates have unit within-class variance,
+    # and their between-class variances are the eigenvalues of S_W^-1 S_B
+    unshrunk, _ = fisher_criterion(Z, y, shrinkage=0.0)
+    for layer in range(Z.shape[0]):
+        z = Z[layer].double().numpy()
+        T = LinearDiscriminantAnalysis(solver="eigen").fit(z, y).transform(z)  # [n, classes - 1]
+        shares = np.bincount(y) / len(y)
+        class_means = np.stack([T[y == c].mean(0) for c in range(len(shares))])
+        within = sum(shares[c] * T[y == c].var(0) for c in range(len(shares)))
+        np.testing.assert_allclose(within, 1.0, rtol=1e-6)
+        between = (shares[:, None] * (class_means - T.mean(0)) ** 2).sum(0)
+        assert unshrunk[layer] == pytest.approx(between.sum(), rel=1e-6)
+    assert (fisher_criterion(Z[:, :150], y[:150], shrinkage=0.0)[0] > ours).all()  # shrinkage pulls the criterion down
+    # no separation: identical class means give 0
+    flat = torch.tensor(np.tile(np.random.default_rng(5).standard_normal((50, 4)), (2, 1)))[None]
+    assert fisher_criterion(flat, np.repeat([0, 1], 50))[0][0] == pytest.approx(0, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- tasks and analysis
@@ -271,14 +310,26 @@ def test_word_labels_align_to_last_token(tokenizer):
     assert labels == [i % 2 for i in ids] and types == ids
 
 
-def test_select_examples_caps_and_drops():
+def test_select_examples_keeps_class_proportions_and_counts_dropped_classes():
     from plastiscope.probes import select_examples
 
-    labels = ["a"] * 50 + ["b"] * 20 + ["c"] * 3
-    ex = select_examples("t", "sequence", list(range(73)), [-1] * 73, labels, labels, max_per_class=10, min_per_class=5)
-    assert ex.classes == ["a", "b"] and ex.dropped == ["c"]
-    assert np.bincount(ex.y).tolist() == [10, 10]
+    rng = np.random.default_rng(3)
+    labels = rng.permutation(["a"] * 700 + ["b"] * 220 + ["c"] * 60 + ["d"] * 16 + ["e"] * 4).tolist()
+    n = len(labels)
+    with pytest.warns(UserWarning, match=r"leaves out 2 of 5 classes \(20 of 1000 examples\)") as caught:
+        ex = select_examples("t", "sequence", list(range(n)), [-1] * n, labels, labels, max_examples=500, min_per_class=10)
+    assert "d, e" in str(caught[0].message)
+    assert ex.classes == ["a", "b", "c"] and ex.dropped == ["d", "e"]
+    counts = np.bincount(ex.y)
+    natural = np.array([700, 220, 60]) / 980  # shares among the classes kept
+    assert 490 <= len(ex) <= 493  # the cap of 500 less d's ~8 sampled examples (16 of the 996 kept before sampling)
+    np.testing.assert_allclose(counts / counts.sum(), natural, atol=1.5 / 500)
     assert all(labels[d] == ex.classes[c] for d, c in zip(ex.doc, ex.y))
+    assert len(set(ex.doc)) == len(ex) and list(ex.doc) == sorted(ex.doc)
+    again = select_examples("t", "sequence", list(range(n)), [-1] * n, labels, labels, max_examples=500, min_per_class=3)
+    assert again.classes == ["a", "b", "c", "d"] and np.bincount(again.y).tolist() == [350, 110, 30, 8]  # e (4) left out
+    everything = select_examples("t", "sequence", list(range(n)), [-1] * n, labels, labels, max_examples=None, min_per_class=2)
+    assert np.bincount(everything.y).tolist() == [700, 220, 60, 16, 4] and not everything.dropped
 
 
 def test_probes_analysis_end_to_end(tokenizer, checkpoint, docs):
@@ -294,7 +345,7 @@ def test_probes_analysis_end_to_end(tokenizer, checkpoint, docs):
     for column in ("checkpoint", "weight_decay", "analysis", "metric", "layer", "head", "value", "ci_low", "ci_high", "n",
                    "task", "pooling", "init"):
         assert column in results.columns
-    assert set(results["metric"]) == METRICS
+    assert set(results["metric"]) == SEQUENCE_METRICS  # no control task at the sequence level
     assert set(results["init"]) == {"trained", "random"}
     assert set(results["pooling"]) == {"mean", "last"} and set(results["task"]) == {"pos"}
     assert set(results["layer"]) == {0, 1} and results["head"].isna().all()
@@ -327,6 +378,8 @@ def test_probe_sweep_token_level_and_errors(checkpoint, docs):
     assert set(frame["pooling"]) == {"token"} and set(frame["layer"]) == {1} and set(frame["init"]) == {"trained"}
     # the residual stream at a position carries the token's embedding: its identity is decodable
     assert frame[frame["metric"] == "accuracy"]["value"].item() > 0.9
+    # token types repeat: the control task is reported (the type is the token, so its label is learnable too)
+    assert set(frame["metric"]) == METRICS - {"mdl_codelength", "mdl_compression"}
     # word-level labels in a column (one per whitespace-separated word), grouped folds by document
     function_words = {"the", "a", "an", "of", "or", "and", "to", "in"}
     tags = [["FUNC" if w.lower() in function_words else "CONTENT" for w in text.split()] for text in data.texts]
@@ -354,6 +407,48 @@ def test_probe_sweep_on_tiny_trained_sweep(tiny_sweep, probe_docs):
     acc = frame[(frame["metric"] == "accuracy") & (frame["init"] == "trained")]
     assert len(acc) == 3 * tiny_sweep[0].n_layers
     assert acc["value"].between(0.25, 1).all()
+
+
+@pytest.mark.parametrize("column", ["pos", "lexname"])
+def test_probe_accuracy_at_defaults_matches_sklearn_on_the_natural_distribution(tiny_sweep, column):
+    """Default options, an imbalanced label of the embedded corpus, real activations of a trained checkpoint:
+    accuracy per layer within 0.01 of scikit-learn's nested cross-validation (StandardScaler +
+    LogisticRegression, C by GridSearchCV over the same grid) on every document of the kept classes."""
+    from sklearn.model_selection import GridSearchCV
+
+    from plastiscope.activations import stream
+    from plastiscope.demo.corpus import load_corpus
+    from plastiscope.probes import probe_sweep
+    from plastiscope.probes.evaluate import DEFAULT_CS
+
+    data = load_corpus("probe", 800)
+    checkpoint = tiny_sweep[1]
+    frame = probe_sweep(checkpoint, data, task=column, random_baseline=False, mdl=False, progress=False)
+    ours = frame[frame["metric"] == "accuracy"].set_index("layer")
+    # the natural distribution: every document of every class with >= 10 examples (the default min_per_class)
+    labels = np.array(data.column(column))
+    names, counts = np.unique(labels, return_counts=True)
+    keep = np.flatnonzero(np.isin(labels, names[counts >= 10]))
+    classes, y = np.unique(labels[keep], return_inverse=True)
+    assert (ours["n"] == len(keep)).all() and np.bincount(y).max() >= 5 * np.bincount(y).min()  # imbalanced, none left out
+    names_ = [f"blocks.{l}.hook_resid_post" for l in range(checkpoint.n_layers)]
+    X = np.zeros((len(names_), len(data), 32))
+    for batch in stream(checkpoint, data, names_, batch_size=32, progress=False):
+        mask = batch.mask.clone()
+        mask[:, 0] = False  # mean over the tokens after BOS
+        for l, name in enumerate(names_):
+            X[l, batch.doc_index] = ((batch.activations[name] * mask[..., None]).sum(1) / mask.sum(1)[:, None]).numpy()
+    for layer in range(len(names_)):
+        Z = X[layer, keep]
+        accuracy = []
+        for f, (train, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(Z, y)):
+            search = GridSearchCV(
+                make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), {"logisticregression__C": list(DEFAULT_CS)},
+                cv=StratifiedKFold(3, shuffle=True, random_state=1 + f),
+            )
+            with threadpool_limits(1):  # BLAS threads on small problems: many times slower on a loaded machine
+                accuracy.append(search.fit(Z[train], y[train]).score(Z[test], y[test]))
+        assert abs(ours.loc[layer, "value"] - np.mean(accuracy)) <= 0.01, (layer, ours.loc[layer, "value"], np.mean(accuracy))
 
 
 def test_feature_collector_pools_real_tokens(checkpoint, docs):
