@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plastiscope.reports.correlate import OUTCOME_ACCURACY, OUTCOME_METRIC, VAL_LOSS, VAL_LOSS_KEY, fmt_p
+from plastiscope.reports.correlate import OUTCOME_ACCURACY, OUTCOME_METRIC, VAL_LOSS, VAL_LOSS_KEY, fmt_p, val_loss_key
 from plastiscope.reports.frame import NOT_CONFIGURATION, Prepared, ResultsInput, prepare, text
 from plastiscope.reports.markup import esc
 from plastiscope.reports.metrics_doc import describe_metric
@@ -82,7 +82,8 @@ def _means(prep: Prepared, keys: list[str], mask: np.ndarray) -> pd.DataFrame:
     """One row per key (text) and one column per series (plus validation loss): means over replicates."""
     ck = prep.checkpoints[mask]
     scores = prep.scores[mask].copy()
-    scores[VAL_LOSS_KEY] = ck["val_loss"].to_numpy(dtype=float)
+    if val_loss_key(prep) == VAL_LOSS_KEY:  # no val_loss series: the trainer's final validation loss
+        scores[VAL_LOSS_KEY] = ck["val_loss"].to_numpy(dtype=float)
     labels = [_label(tuple(row)) for row in ck[keys].itertuples(index=False)]
     return scores.set_axis(labels, axis=0).groupby(level=0, sort=False).mean()
 

@@ -458,3 +458,21 @@ def test_batch_index_links_each_report(tmp_path):
     assert hrefs == ["comparison/report.html", "lr_schedule%3Dcos/report.html", "lr_schedule%3Dlin/report.html"]
     for href in hrefs:
         assert (index.parent / href.replace("%3D", "=")).exists()
+
+
+def test_report_command_takes_any_axis(tmp_path):
+    from typer.testing import CliRunner
+
+    from plastiscope.cli import app
+
+    frame = synthetic_results(n_checkpoints=4, n_layers=2, n_heads=2, seeds=1)
+    frame["final_lr_fraction"] = frame["weight_decay"].map(dict(zip(sorted(frame["weight_decay"].unique()), [0.0, 0.1, 0.5, 1.0])))
+    folder = _results_dir(tmp_path, "res", frame)
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(folder), "--out", str(tmp_path / "r.html"), "--x", "final_lr_fraction"])
+    assert result.exit_code == 0, result.output
+    text = _text(tmp_path / "r.html")
+    assert "Every series against final_lr_fraction" in text and "no direction is expected" in text
+    bad = runner.invoke(app, ["report", str(folder), "--out", str(tmp_path / "b.html"), "--x", "nope"])
+    assert bad.exit_code == 2 and "x='nope' is not a column of the results" in bad.output
+    assert "final_lr_fraction" in bad.output  # the error lists the columns that can be the axis
