@@ -143,15 +143,17 @@ def association_table(prep: Prepared, n_resamples: int = N_RESAMPLES, n_permutat
 def ranked_predictors(table: pd.DataFrame) -> pd.DataFrame:
     """Rows of :func:`association_table` with an outcome association, best predictors first (|rho|, then q).
 
-    Adds ``rank`` (within each group) and ``verdict``: ``"predicts"`` where the
+    Adds ``rank`` (within each group; series with the same |rho| share the best rank) and
+    ``verdict``: ``"predicts"`` where the
     Benjamini-Hochberg q-value is below :data:`ALPHA`, else ``"inconclusive"``.
     """
     if table.empty or "rho_outcome" not in table:
         return table.iloc[0:0]
     ranked = table[table["predictor"] & table["rho_outcome"].notna()].copy()
-    ranked["_abs"] = -ranked["rho_outcome"].abs()
-    ranked = ranked.sort_values(["group", "_abs", "q_outcome"], kind="stable").drop(columns="_abs")
-    ranked.insert(0, "rank", ranked.groupby("group").cumcount() + 1)
+    ranked["_abs"] = -ranked["rho_outcome"].abs().round(9)
+    ranked = ranked.sort_values(["group", "_abs", "q_outcome"], kind="stable")
+    ranked.insert(0, "rank", ranked.groupby("group")["_abs"].rank(method="min").astype(int))  # ties share the best rank
+    ranked = ranked.drop(columns="_abs")
     ranked["verdict"] = np.where(ranked["q_outcome"] < ALPHA, "predicts", "inconclusive")
     return ranked.reset_index(drop=True)
 

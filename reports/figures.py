@@ -473,7 +473,7 @@ def layer_heatmap(prep: Prepared, s: Series, axis: Axis) -> FigureSpec | None:
                                       "value": z[:, c]}))
     layout["yaxis"].update(title=dict(text="layer"), **_integer_ticks(layers))
     finite = z[np.isfinite(z)]
-    layout.update(title=dict(text=_title(s, f": layer × {esc(prep.x)} (mean over heads and seeds)"), font=dict(size=14)),
+    layout.update(title=dict(text=_title(s, f": layer × {esc(prep.x)}"), font=dict(size=14)),
                   height=HEIGHT, margin=dict(l=60, r=20, t=70, b=50),
                   coloraxis=dict(colorscale="Viridis", cmin=_round([finite.min()])[0] if finite.size else None,
                                  cmax=_round([finite.max()])[0] if finite.size else None,
@@ -537,7 +537,7 @@ def head_heatmap(prep: Prepared, s: Series, axis: Axis) -> FigureSpec | None:
         layout["xaxis" if i == 0 else f"xaxis{i + 1}"].update(title=dict(text="head"), **_integer_ticks(heads))
         data.append(pd.DataFrame({"panel": html.unescape(title), "layer": layer.astype(int), "head": head.astype(int), "value": values}))
     layout["yaxis"].update(title=dict(text="layer"), **_integer_ticks(np.unique(layer)))
-    layout.update(title=dict(text=_title(s, ": head × layer (mean over seeds)"), font=dict(size=14)), height=HEIGHT + 40,
+    layout.update(title=dict(text=_title(s, ": head × layer"), font=dict(size=14)), height=HEIGHT + 40,
                   margin=dict(l=60, r=20, t=80, b=50),
                   coloraxis2=dict(colorscale=RHO_COLORS, cmin=-1, cmax=1,
                                   colorbar=dict(title=dict(text="ρ", side="right"), x=1.14 if has_values else 1.0)))

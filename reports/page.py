@@ -239,13 +239,16 @@ def predictors_section(prep: Prepared, stats: pd.DataFrame) -> str:
             where = f"{esc(group)}: " if grouped else ""
             if len(val):
                 v = val.iloc[0]
-                sentences.append(f"{where}validation loss ranks <b>{int(v['rank'])} of {len(part)}</b> "
+                tied = int((part["rank"] == v["rank"]).sum()) - 1
+                tie = f", tied with {tied} other series" if tied else ""
+                sentences.append(f"{where}validation loss ranks <b>{int(v['rank'])} of {len(part)}</b>{tie} "
                                  f"(ρ = {esc(_interval(v['rho_outcome'], v['rho_outcome_low'], v['rho_outcome_high']))}, "
                                  f"q = {esc(fmt_p(v['q_outcome']))}).")
             n_pred = int((part["verdict"] == "predicts").sum())
             sentences.append(f"{n_pred} of {len(part)} series predict the outcome at q &lt; {ALPHA}."
                              if n_pred else f"No series predicts the outcome at q &lt; {ALPHA}: inconclusive.")
-        shown = ranked[(ranked["rank"] <= SHORT_LIST) | (ranked["series"] == val_key)]
+        position = ranked.groupby("group").cumcount()
+        shown = ranked[(position < SHORT_LIST) | (ranked["series"] == val_key)]
         short = table(columns, [_predictor_row(r, grouped) for r in shown.to_dict("records")], "predictors-table", sortable=False)
         outcome = (f"<p>Series ranked by |Spearman ρ| of their configuration means with <code>{esc(outcome_key)}</code> "
                    f"(lower is better), measured before fine-tuning. {' '.join(sentences)}</p>")
@@ -363,6 +366,9 @@ the axis within blocks of checkpoints sharing a seed (and any other swept hyperp
 of the null distribution; the test statistic is ρ over checkpoints. A categorical axis gets η², the share of variance
 between its values, with the same permutation test. Predictors of the outcome use the same ρ, interval and permutations
 (within seed blocks).</li>
+<li><b>Few configurations.</b> With few configurations and one seed the bootstrap interval of ρ is optimistic: a
+perfectly ordered sweep resamples to ρ = ±1 every time. The permutation p-value, and the floor a perfect trend would
+reach (stated in the summary), say what the data can decide.</li>
 <li><b>Multiple comparisons.</b> Headline verdicts: Holm's step-down adjustment across every headline line (Holm 1979);
 the full list: Benjamini-Hochberg q-values (Benjamini &amp; Hochberg 1995). A verdict is <i>holds</i> / <i>opposite</i>
 (the expected direction with weight decay, or not) or <i>increases</i> / <i>decreases</i> (another numeric axis) or

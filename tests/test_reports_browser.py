@@ -154,3 +154,36 @@ def test_results_dir_report_in_browser(tmp_path):
     check = check_report_in_browser(path, tmp_path)
     assert_clean(check, path, expected)
     assert check.sort_changed_order or len(check.first_column_before) < 2
+
+
+def test_report_of_every_analysis_on_replicated_checkpoints_in_browser(replicated_results, tmp_path):
+    path, expected = report_for_results(replicated_results, tmp_path)
+    check = check_report_in_browser(path, tmp_path)
+    assert_clean(check, path, expected)
+    assert check.first_fold_top <= 2 * HEIGHT, f"the summary is {check.first_fold_top:.0f} px tall: more than two screens"
+    assert check.sort_changed_order
+    assert "Best after fine-tuning" in check.body_text and "range of 2 seeds" in check.body_text
+
+
+def test_agreement_page_in_browser(tmp_path):
+    from test_agreement import TARGET_LOSS, _proxy, _target
+
+    from plastiscope.reports import sweep_agreement, write_agreement
+
+    path = write_agreement(sweep_agreement(_proxy(TARGET_LOSS), _target(), key="recipe", n_resamples=100), tmp_path / "a.html")
+    from playwright.sync_api import sync_playwright
+
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            page.wait_for_function("window.plastiscopeReport.rendered() === 1", timeout=60_000)
+            rows = page.evaluate("document.querySelectorAll('#agreement-table tbody tr').length")
+        finally:
+            browser.close()
+    assert errors == [] and set(requests) == {path.resolve().as_uri()} and rows == 4
