@@ -329,12 +329,9 @@ def series_figure(prep: Prepared, s: Series, axis: Axis) -> FigureSpec:
     return FigureSpec(f"{s.key}: vs {prep.x}", s.analysis, "line", s.key, {"data": traces, "layout": layout}, frame, band=band)
 
 
-def _per_checkpoint(prep: Prepared, key: str, mask_rows: np.ndarray, by_layer: bool = False):
-    """Mean value of the selected rows per checkpoint (and layer): ``(ck, [layer,] value)`` arrays."""
+def _per_checkpoint(prep: Prepared, key: str, mask_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean value of the series' selected rows per checkpoint: ``(checkpoint index, value)`` arrays."""
     r = prep.series_rows(key).select(mask_rows)
-    if by_layer:
-        (ck, layer), value = group_mean([r.ck, r.layer], r.value)
-        return ck.astype(int), layer, value
     (ck,), value = group_mean([r.ck], r.value)
     return ck.astype(int), value
 

@@ -138,7 +138,7 @@ def panel_series(prep: Prepared, panel: Panel) -> list[str]:
 
 
 def _word(row: dict, expected: str, prep: Prepared, p_holm: float) -> str:
-    if not math.isfinite(p_holm) or p_holm >= ALPHA:
+    if not math.isfinite(p_holm) or p_holm >= ALPHA or not math.isfinite(row.get("x_effect", math.nan)):
         return "inconclusive"
     if prep.categorical:
         return "differs"
@@ -237,7 +237,8 @@ def design_limits(prep: Prepared, verdicts: list[Verdict]) -> list[str]:
     if tested:
         best = min(v.row["p_x_effect_perfect"] for v in tested)
         if best * m >= ALPHA:
-            lines.append(f"These data cannot decide: even a perfect monotone trend would reach p = {fmt_p(best)} "
+            perfect = "a perfect separation of its values" if prep.categorical else "a perfect monotone trend"
+            lines.append(f"These data cannot decide: even {perfect} would reach p = {fmt_p(best)} "
                          f"({fmt_p(min(1.0, best * m))} after Holm across the {m} headline tests), above α = {ALPHA}; "
                          "every verdict is inconclusive until the sweep has more configurations or seeds.")
         elif low < 2:
