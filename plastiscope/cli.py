@@ -1,4 +1,4 @@
-"""The ``plastiscope`` command: train-sweep, analyze, report, demo.
+"""The ``plastiscope`` command: train-sweep, analyze, report, compare, demo.
 
 Exit codes: 0 on success, 2 with a one-line reason on bad input (a missing file, a
 checkpoint that is not a model, a data file without the named column, ...).
@@ -167,6 +167,8 @@ def report(
     out_dir: Path | None = typer.Option(None, "--out-dir", help="One report per results folder (or group) plus index.html."),
     group_by: str | None = typer.Option(None, help="Hyperparameter column to compare groups side by side."),
     format: str = typer.Option("html", help="Comma-separated outputs: html, plus csv (data behind each figure), png, svg (need kaleido)."),
+    x: str = typer.Option("weight_decay", "--x", help="The swept hyperparameter on the horizontal axis (numeric or categorical, "
+                          "e.g. schedule; step for training dynamics)."),
 ) -> None:
     """Write self-contained HTML reports (plotly embedded, opens offline)."""
     from plastiscope import reports
@@ -180,14 +182,44 @@ def report(
         formats = tuple(f for f in format.split(",") if f)
         if out is not None:
             source = results[0] if len(results) == 1 else results
-            path = reports.write_report(source, out, group_by=group_by, formats=tuple(f for f in formats if f != "html"))
+            path = reports.write_report(source, out, group_by=group_by, formats=tuple(f for f in formats if f != "html"), x=x)
         else:
-            path = reports.write_reports(results, out_dir, group_by=group_by, formats=formats)
+            path = reports.write_reports(results, out_dir, group_by=group_by, formats=formats, x=x)
     except Exception as err:
         if _bad_input(err):
             _fail(err)
         raise
     typer.echo(str(path))
+
+
+@app.command()
+def compare(
+    proxy: Path = typer.Argument(..., help="Results folder of the proxy sweep (e.g. small models)."),
+    target: Path = typer.Argument(..., help="Results folder of the target sweep (e.g. the large runs)."),
+    key: str = typer.Option(..., "--key", help="Column(s) that identify a configuration in both sweeps, comma-separated (e.g. recipe)."),
+    by: str | None = typer.Option(None, "--by", help="Evaluate each value of this proxy hyperparameter on its own (e.g. learning_rate)."),
+    top_k: int = typer.Option(1, "--top-k", help="Size of the proxy's pick for the decision regret."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the agreement as a self-contained HTML page."),
+    csv: Path | None = typer.Option(None, "--csv", help="Also write the full table as CSV."),
+) -> None:
+    """How a proxy sweep ranks the matched configurations against a target sweep: Spearman with intervals, top-k regret."""
+    from plastiscope import reports
+    from plastiscope.reports.agreement import format_agreement
+
+    try:
+        missing = [str(r) for r in (proxy, target) if not r.exists()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: no such results folder; run `plastiscope analyze ... --out {missing[0]}` first")
+        table = reports.sweep_agreement(proxy, target, key, by=by, top_k=top_k)
+        if out is not None:
+            typer.echo(f"report: {reports.write_agreement(table, out)}")
+        if csv is not None:
+            table.to_csv(csv, index=False)
+    except Exception as err:
+        if _bad_input(err):
+            _fail(err)
+        raise
+    typer.echo(format_agreement(table))
 
 
 @app.command()

@@ -1,21 +1,30 @@
-"""HTML reports that relate every mechanism to the swept hyperparameter.
+"""HTML reports that say which checkpoint is best after fine-tuning, and which mechanism says so.
 
 Reports read only the tidy results schema of :mod:`plastiscope.results`, so a new metric,
 analysis or extra column appears without report code changes.
 
 - :func:`write_report` — one self-contained HTML file per sweep (or a comparison of several
-  sweeps with ``group_by``); opens offline, no network request.
+  sweeps with ``group_by``); opens offline, no network request. It opens with the best
+  configuration after fine-tuning, the trade-off against validation loss, one panel per
+  mechanism with a verdict, and the best predictors of the outcome; every series below.
+  ``x`` picks the swept hyperparameter (weight decay by default; any numeric or categorical
+  hyperparameter, or ``step`` for training dynamics).
 - :func:`write_reports` — one report per results folder or per group, plus ``index.html``;
   optional PNG/SVG (kaleido) and CSV of each figure.
 - :func:`figures` — the plotly figures for notebooks; :func:`summary` — a styled checkpoint x
   metric table for Jupyter; :func:`export_figures` — figure files and their data.
+- :func:`association_table` — every series against the axis and the outcome, with intervals
+  and multiple-comparison-aware p-values.
+- :func:`sweep_agreement` / :func:`write_agreement` — how a proxy sweep ranks configurations
+  against a target sweep (Spearman with intervals, top-k decision regret).
 - :func:`describe_metric` / ``METRICS`` — the metric definitions shown in the methods section.
 """
 
+from plastiscope.reports.agreement import sweep_agreement, write_agreement
 from plastiscope.reports.batch import write_reports
-from plastiscope.reports.correlate import correlation_table, spearman_ci
+from plastiscope.reports.correlate import association_table
 from plastiscope.reports.metrics_doc import METRICS, MetricDoc, describe_metric
 from plastiscope.reports.report import export_figures, figures, summary, write_report
 
-__all__ = ["write_report", "write_reports", "figures", "summary", "export_figures", "correlation_table", "spearman_ci",
-           "describe_metric", "METRICS", "MetricDoc"]
+__all__ = ["write_report", "write_reports", "figures", "summary", "export_figures", "association_table", "sweep_agreement",
+           "write_agreement", "describe_metric", "METRICS", "MetricDoc"]

@@ -18,21 +18,26 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from plastiscope.reports.figures import fmt_wd
-from plastiscope.reports.frame import Prepared, ResultsLike, _source_name, _text, prepare, read_inputs
+from plastiscope.reports.figures import fmt_value
+from plastiscope.reports.frame import DEFAULT_X, Prepared, ResultsLike, _source_name, prepare, read_inputs, text
 from plastiscope.reports.markup import esc
 from plastiscope.reports.page import CSS
 from plastiscope.reports.report import check_formats, safe_name, write_prepared
 
 
 def _entry(prep: Prepared, name: str, report: Path, out_dir: Path, figures_dir: Path | None) -> dict:
-    wds = sorted(w for w in prep.checkpoints["weight_decay"].unique() if math.isfinite(w))
+    values = prep.checkpoints.loc[prep.has_x, "_x"]
+    if prep.categorical:
+        span = ", ".join(prep.categories)
+    else:
+        xs = sorted(v for v in values.unique() if math.isfinite(v))
+        span = f"{fmt_value(xs[0])} … {fmt_value(xs[-1])}" if xs else ""
     return {
         "name": name,
         "href": report.relative_to(out_dir).as_posix(),
         "figures": figures_dir.relative_to(out_dir).as_posix() + "/" if figures_dir else "",
         "checkpoints": len(prep.checkpoints),
-        "weight_decay": f"{fmt_wd(wds[0])} … {fmt_wd(wds[-1])}" if wds else "",
+        "axis": f"{prep.x}: {span}",
         "analyses": ", ".join(dict.fromkeys(s.analysis for s in prep.series)),
         "groups": ", ".join(prep.groups) if prep.group_by else "",
     }
@@ -52,6 +57,7 @@ def write_reports(
     group_by: str | None = None,
     formats: Iterable[str] = ("html",),
     title: str = "plastiscope reports",
+    x: str = DEFAULT_X,
 ) -> Path:
     """Write one report per results folder, or per value of ``group_by``, and an ``index.html``.
 
@@ -59,7 +65,8 @@ def write_reports(
     (a hyperparameter column), the folders are pooled, one report is written per group plus
     ``comparison/report.html`` with the groups side by side. ``formats``: any of ``html``
     (always written), ``png``, ``svg`` (need kaleido) and ``csv``: figures and their data go to
-    ``<report folder>/figures/``. Returns the path of ``index.html``.
+    ``<report folder>/figures/``. ``x``: the swept hyperparameter on each report's axis.
+    Returns the path of ``index.html``.
     """
     formats = check_formats(formats)
     if isinstance(results_dirs, (str, Path, pd.DataFrame)):
@@ -81,21 +88,21 @@ def write_reports(
             while name in seen:
                 name, k = f"{base}-{k}", k + 1
             seen.add(name)
-            prep = prepare({name: item})
+            prep = prepare({name: item}, x=x)
             entries.append(_write_one(prep, name, out_dir, used, formats, f"plastiscope report: {name}"))
     else:
         frame, run_infos, sources, several = read_inputs(results_dirs)
         if group_by not in frame.columns:
             raise ValueError(f"group_by={group_by!r} is not a column of the results; columns: {list(frame.columns)}")
-        comparison = prepare(frame, group_by=group_by)
+        comparison = prepare(frame, group_by=group_by, x=x)
         comparison.run_infos, comparison.sources = run_infos, sources
         used.add("comparison")
         entries.append(_write_one(comparison, "comparison", out_dir, set(), formats, f"plastiscope comparison by {group_by}")
                        | {"name": f"comparison by {group_by}"})
-        labels = frame[group_by].map(lambda v: _text(v) or "(none)")
+        labels = frame[group_by].map(lambda v: text(v) or "(none)")
         for group in comparison.groups:
             sub = frame[labels == group]
-            prep = prepare(sub)
+            prep = prepare(sub, x=x)
             sweeps = list(sub["sweep"].astype(str).unique()) if "sweep" in sub else list(sources)
             prep.run_infos = {k: v for k, v in run_infos.items() if k in sweeps} or run_infos
             prep.sources = {k: v for k, v in sources.items() if k in sweeps} or sources
@@ -112,7 +119,7 @@ def render_index(entries: list[dict], title: str) -> str:
     for e in entries:
         link = f"<a href='{esc(quote(e['href']))}'>{esc(e['name'])}</a>"
         figures = f"<a href='{esc(quote(e['figures']))}'>figures</a>" if e["figures"] else ""
-        rows.append(f"<tr><td>{link}</td><td class='num'>{e['checkpoints']}</td><td>{esc(e['weight_decay'])}</td>"
+        rows.append(f"<tr><td>{link}</td><td class='num'>{e['checkpoints']}</td><td>{esc(e['axis'])}</td>"
                     f"<td>{esc(e['analyses'])}</td><td>{esc(e['groups'])}</td><td>{figures}</td></tr>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -120,7 +127,7 @@ def render_index(entries: list[dict], title: str) -> str:
 <link rel="icon" href="data:,">
 <style>{CSS}</style></head><body>
 <header><h1>{esc(title)}</h1></header>
-<main><table class="ps-table" id="report-index"><thead><tr><th>report</th><th>checkpoints</th><th>weight decay</th>
+<main><table class="ps-table" id="report-index"><thead><tr><th>report</th><th>checkpoints</th><th>axis</th>
 <th>analyses</th><th>groups</th><th>files</th></tr></thead><tbody>{''.join(rows)}</tbody></table></main>
 </body></html>
 """

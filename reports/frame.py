@@ -1,26 +1,32 @@
-"""Read results into what reports need: checkpoints, series and one score per checkpoint.
+"""Read results into what reports need: checkpoints, configurations, series and one score per checkpoint.
 
 Reports read only the tidy results schema (``plastiscope.results``)::
 
-    checkpoint, weight_decay, <hyperparameters and extras>, analysis, metric,
+    checkpoint, weight_decay, <hyperparameters and details>, analysis, metric, variant,
     layer, head, value, ci_low, ci_high, n
 
-Columns between ``weight_decay`` and ``analysis`` are of two kinds, told apart by the data:
+The vocabulary of a report:
 
-- a *hyperparameter* has one value per checkpoint (``lr``, ``schedule``, ``final_val_loss``);
-- an *extra* varies within a checkpoint (``task``, ``pooling``, ``score``, ``position_bucket``)
-  or is one of :data:`KNOWN_EXTRAS`. Each combination of extras is a *variant*: its own series,
-  e.g. ``probes.accuracy [task=pos, pooling=mean]``. Any unknown extra column becomes a
-  variant dimension, so new columns never break a report.
+- A *series* is one ``(analysis, metric, variant)``: ``variant`` is written by each analysis
+  from its declared variant columns (``"task=pos, pooling=mean"``). No other column ever
+  splits a series: every other extra column is a per-row *detail* (``iterations``,
+  ``direction``, ``selected_lr``, ...), averaged over like layers and heads.
+- A *hyperparameter* is a column with one value per checkpoint (``learning_rate``,
+  ``schedule``, ``seed``, ``final_val_loss``). A column that varies within a checkpoint is a
+  detail.
+- A *configuration* is a checkpoint's hyperparameters but ``seed`` (and the trainer's final
+  losses, which are measurements): checkpoints that share a configuration and differ in
+  ``seed`` are *replicates*, averaged before anything is ranked or tested.
+- The *axis* ``x`` is the swept hyperparameter (``weight_decay`` unless told otherwise),
+  numeric or categorical. Configurations that differ in another hyperparameter than ``x`` (one
+  not determined by ``x``, as ``tokens`` is by ``step``) are drawn as separate *lines*.
+- A *baseline* row has ``init`` set and not ``"trained"`` (e.g. ``init="random"``, a probe on
+  a randomly initialised copy): drawn dashed, left out of scores, correlations and rankings.
 
-Rows whose ``init`` is set and is not ``"trained"`` (e.g. ``init="random"``, a probe on a
-randomly initialised copy) are a *baseline*: drawn as a dashed reference line, left out of
-correlations and rankings.
-
-A *score* is one number per checkpoint and series: the mean of ``value`` over layers, heads and
-any repeated rows. Validation loss comes from metric ``val_loss`` (analysis ``overfit`` first)
-and falls back to the hyperparameter column ``final_val_loss`` the trainer writes; the same for
-training loss (``train_loss`` / ``final_train_loss``).
+A *score* is one number per checkpoint and series: the mean of ``value`` over its trained
+rows (layers, heads, details). Validation loss comes from metric ``val_loss`` (analysis
+``overfit`` first) and falls back to the hyperparameter column ``final_val_loss`` the trainer
+writes; the same for training loss (``train_loss`` / ``final_train_loss``).
 """
 
 from __future__ import annotations
@@ -36,15 +42,18 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, load_results, tidy
+from plastiscope.stats import replicate_interval
 
 ResultsLike = pd.DataFrame | str | Path
 ResultsInput = ResultsLike | Sequence[ResultsLike] | Mapping[str, ResultsLike]
 
-KNOWN_EXTRAS = ("task", "pooling", "init", "score", "position_bucket", "split", "control", "dataset", "direction")
 LOSS_COLUMNS = {"train_loss": "final_train_loss", "val_loss": "final_val_loss"}
 BASELINE_COLUMN = "init"
 TRAINED_VALUES = {"trained", "pretrained", "checkpoint", "none", "", "nan"}
 SWEEP_COLUMN = "sweep"
+REPLICATE_COLUMN = "seed"
+NOT_CONFIGURATION = (REPLICATE_COLUMN, *LOSS_COLUMNS.values())
+DEFAULT_X = "weight_decay"
 ANALYSIS_ORDER = ("plasticity", "probes", "attention", "attention_weights", "overfit", "landscape")
 REQUIRED = ("checkpoint", "weight_decay", "analysis", "metric", "value")
 
@@ -67,14 +76,11 @@ class Series:
 class SeriesRows:
     """One series' rows as aligned numpy arrays ``[row]``.
 
-    ``ck``: row of ``Prepared.checkpoints``; ``group``: index into ``Prepared.groups``;
-    ``layer``/``head``: float, NaN where absent; ``baseline``: bool; ``baseline_label``: the
-    ``init`` value of baseline rows.
+    ``ck``: row of ``Prepared.checkpoints``; ``layer``/``head``: float, NaN where absent;
+    ``baseline``: bool; ``baseline_label``: the ``init`` value of baseline rows.
     """
 
     ck: np.ndarray
-    group: np.ndarray
-    weight_decay: np.ndarray
     layer: np.ndarray
     head: np.ndarray
     value: np.ndarray
@@ -113,21 +119,35 @@ def group_mean(keys: list[np.ndarray], values: np.ndarray) -> tuple[list[np.ndar
 
 @dataclass
 class Prepared:
-    """Results made ready for reporting (see the module docstring for the vocabulary)."""
+    """Results made ready for reporting (see the module docstring for the vocabulary).
 
-    rows: pd.DataFrame  # tidy rows + _id, _label, _group, _variant, _baseline, _baseline_label, _series
-    checkpoints: pd.DataFrame  # one row per checkpoint: _id, _label, _group, weight_decay, hyperparameters, train_loss, val_loss
+    ``checkpoints`` has one row per checkpoint, sorted by group, line, ``x`` and seed, with
+    ``_id``, ``_label``, ``_group``, the hyperparameters, ``train_loss``, ``val_loss`` and
+    ``_x`` (the axis value; NaN/None where missing), ``_config`` / ``_config_label``,
+    ``_line`` / ``_line_label``, ``_seed``, ``_block`` (group x seed: what permutations keep
+    apart) and ``_block_x`` (group x line x seed).
+    """
+
+    rows: pd.DataFrame  # tidy rows + _id, _label, _group, _baseline, _baseline_label, _series
+    checkpoints: pd.DataFrame
     hyper: list[str]  # hyperparameter columns that vary between checkpoints
     shared: dict[str, Any]  # hyperparameters with one value for all checkpoints
-    extras: list[str]
+    details: list[str]  # per-row detail columns (never a series)
+    variant_columns: list[str]
     series: list[Series]
     scores: pd.DataFrame  # index _id, one column per series key (trained rows only)
+    x: str
+    categorical: bool
+    categories: list[str]  # the categorical axis's values in order
+    config_columns: list[str]
+    line_columns: list[str]
     group_by: str | None
     groups: list[str]
     run_infos: dict[str, dict] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     loss_sources: dict[str, str] = field(default_factory=dict)
     _by_series: dict[str, SeriesRows] | None = field(default=None, repr=False)
+    _columns: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
     def series_by_key(self, key: str) -> Series:
         """The series whose key is ``key``."""
@@ -137,11 +157,8 @@ class Prepared:
         """The rows of one series (trained and baseline) as numpy arrays (see :class:`SeriesRows`)."""
         if self._by_series is None:
             rows = self.rows
-            group_index = {g: i for i, g in enumerate(self.groups)}
             arrays = dict(
                 ck=pd.Index(self.checkpoints["_id"]).get_indexer(rows["_id"]),
-                group=rows["_group"].map(group_index).to_numpy(dtype=int) if self.group_by else np.zeros(len(rows), int),
-                weight_decay=rows["weight_decay"].to_numpy(dtype=float),
                 layer=rows["layer"].to_numpy(dtype="float64", na_value=np.nan),
                 head=rows["head"].to_numpy(dtype="float64", na_value=np.nan),
                 value=rows["value"].to_numpy(dtype=float),
@@ -160,9 +177,34 @@ class Prepared:
         return self._by_series[key]
 
     @property
+    def columns(self) -> dict[str, np.ndarray]:
+        """Columns of ``checkpoints`` that figures and statistics read often, as object arrays (built once)."""
+        if self._columns is None:
+            self._columns = {c: self.checkpoints[c].to_numpy(dtype=object)
+                             for c in ("_group", "_line", "_line_label", "_config_label", "_x", "_label")}
+        return self._columns
+
+    @property
     def labels(self) -> np.ndarray:
         """Checkpoint display labels, indexed like ``checkpoints``."""
         return self.checkpoints["_label"].to_numpy(dtype=object)
+
+    @property
+    def has_x(self) -> np.ndarray:
+        """``[checkpoint]``: True where the checkpoint has a value of the axis column."""
+        return self.checkpoints["_x"].notna().to_numpy()
+
+    @property
+    def seeds_per_configuration(self) -> tuple[int, int]:
+        """The smallest and largest number of replicate checkpoints of a configuration."""
+        counts = self.checkpoints[self.has_x].groupby("_config").size()
+        return (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
+
+    def score(self, key: str) -> np.ndarray:
+        """``[checkpoint]``: the series' score of each checkpoint (NaN where it has none)."""
+        if key not in self.scores:
+            return np.full(len(self.checkpoints), np.nan)
+        return self.scores[key].to_numpy(dtype=float)
 
 
 def _read_one(item: ResultsLike) -> tuple[pd.DataFrame, dict | None, str]:
@@ -243,12 +285,12 @@ def validate(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _text(value: Any) -> str | None:
-    """A variant/group value as text; None for missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+def text(value: Any) -> str | None:
+    """A value as short text (``1.0`` -> ``"1"``); None for missing."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else f"{float(value):.6g}"
     return str(value)
 
 
@@ -261,7 +303,7 @@ def _combination_labels(frame: pd.DataFrame, columns: list[str], label) -> np.nd
     combos, inverse = np.unique(stacked, axis=0, return_inverse=True)
     labels = np.empty(len(combos), dtype=object)
     for i, combo in enumerate(combos):
-        labels[i] = label([_text(uniques[code]) if code >= 0 else None for code, (_, uniques) in zip(combo, factorized)])
+        labels[i] = label([text(uniques[code]) if code >= 0 else None for code, (_, uniques) in zip(combo, factorized)])
     return labels[inverse.ravel()]
 
 
@@ -269,8 +311,61 @@ def _analysis_rank(name: str) -> tuple[int, str]:
     return (ANALYSIS_ORDER.index(name) if name in ANALYSIS_ORDER else len(ANALYSIS_ORDER), name)
 
 
-def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict | None = None) -> Prepared:
-    """Read and classify results for reporting; ``group_by`` names a column to compare groups by."""
+def variant_columns(frame: pd.DataFrame) -> list[str]:
+    """The columns named in the ``variant`` labels (``"task=pos, pooling=mean"`` -> task, pooling) that ``frame`` has."""
+    names: set[str] = set()
+    for label in frame["variant"].unique():
+        for part in str(label).split(", "):
+            name, sep, _ = part.partition("=")
+            if sep and name in frame.columns:
+                names.add(name)
+    return [c for c in frame.columns if c in names]
+
+
+def assign_labels(frame: pd.DataFrame, columns: list[str], sep: str = ", ") -> np.ndarray:
+    """``"col=value, col2=value"`` for each row of ``frame`` (empty without columns)."""
+    return _combination_labels(frame, columns, lambda values: sep.join(
+        f"{c}={v}" for c, v in zip(columns, values) if v is not None))
+
+
+def _codes(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """One integer per distinct combination of ``columns`` (NaN a value of its own)."""
+    if not columns:
+        return np.zeros(len(frame), dtype=np.int64)
+    return frame.groupby(columns, dropna=False, sort=False).ngroup().to_numpy(dtype=np.int64)
+
+
+def _check_constant(frame: pd.DataFrame, columns: list[str]) -> None:
+    """Refuse results where a checkpoint name carries two values of an identity column (two checkpoints, one name)."""
+    for column in columns:
+        if column not in frame:
+            continue
+        counts = frame.groupby("_id", sort=False)[column].nunique(dropna=False)
+        if (counts > 1).any():
+            name = frame.loc[frame["_id"] == counts.index[counts > 1][0], "_label"].iloc[0]
+            values = sorted(map(str, frame.loc[frame["_id"] == counts.index[counts > 1][0], column].unique()))
+            raise ValueError(
+                f"checkpoint {name!r} has rows with different {column} ({', '.join(values[:4])}): two checkpoints share "
+                "one name; give each its own name (the manifest's label), or pass the results as separate folders "
+                "(a list) to compare them")
+
+
+def _axis_values(column: pd.Series) -> tuple[pd.Series, bool]:
+    """The axis column as floats (numeric) or as text (categorical), and whether it is categorical."""
+    numeric = pd.to_numeric(column, errors="coerce")
+    present = column.notna()
+    if present.any() and numeric[present].notna().all():
+        return numeric.astype(float), False
+    return column.map(text), True
+
+
+def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict | None = None,
+            x: str = DEFAULT_X) -> Prepared:
+    """Read and classify results for reporting.
+
+    ``group_by`` names a column to compare groups by (several results folders: ``sweep``);
+    ``x`` the hyperparameter on the horizontal axis (default ``weight_decay``).
+    """
     frame, run_infos, sources, several = read_inputs(results)
     frame = validate(frame)
     if run_info is not None:
@@ -288,51 +383,43 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
         frame["_label"] = frame[SWEEP_COLUMN].astype(str) + "/" + frame["checkpoint"]
     else:
         frame["_label"] = frame["checkpoint"]
-    frame["_group"] = frame[group_by].map(lambda v: _text(v) or "(none)") if group_by else ""
+    frame["_group"] = frame[group_by].map(lambda v: text(v) or "(none)") if group_by else ""
+    _check_constant(frame, ["weight_decay", REPLICATE_COLUMN])
 
-    # hyperparameters (one value per checkpoint) versus extras (vary within a checkpoint)
-    candidates = [c for c in frame.columns if c not in ID_COLUMNS + CORE_COLUMNS and not c.startswith("_")]
-    hyper_all, extras = [], []
+    # hyperparameters (one value per checkpoint) versus details (vary within a checkpoint)
+    variants = variant_columns(frame)
+    candidates = [c for c in frame.columns if c not in ID_COLUMNS + CORE_COLUMNS + variants + [BASELINE_COLUMN]
+                  and not c.startswith("_")]
+    hyper_all, details = [], []
     for column in candidates:
         if frame[column].isna().all():
             continue
-        if column in KNOWN_EXTRAS and column not in (group_by, SWEEP_COLUMN):
-            extras.append(column)
-            continue
-        forced = column in LOSS_COLUMNS.values() or column in (group_by, SWEEP_COLUMN)
-        per_checkpoint = frame.groupby("_id", sort=False)[column].nunique(dropna=False)
-        if forced or per_checkpoint.max() <= 1:
+        if frame.groupby("_id", sort=False)[column].nunique(dropna=False).max() <= 1 or column in (group_by, SWEEP_COLUMN):
             hyper_all.append(column)
         else:
-            extras.append(column)
+            details.append(column)
 
-    baseline_extras = [c for c in extras if c == BASELINE_COLUMN]
-    variant_extras = [c for c in extras if c != BASELINE_COLUMN]
-    if baseline_extras:
-        init = [_text(v) for v in frame[BASELINE_COLUMN].tolist()]
+    if BASELINE_COLUMN in frame:
+        init = [text(v) for v in frame[BASELINE_COLUMN].tolist()]
         baseline = [v is not None and v.lower() not in TRAINED_VALUES for v in init]
         frame["_baseline"] = np.array(baseline, dtype=bool)
         frame["_baseline_label"] = [v if b else "" for v, b in zip(init, baseline)]
     else:
         frame["_baseline"] = False
         frame["_baseline_label"] = ""
-    frame["_variant"] = _combination_labels(
-        frame, variant_extras, lambda values: ", ".join(f"{c}={v}" for c, v in zip(variant_extras, values) if v is not None))
-    frame["_series"] = frame["analysis"] + "." + frame["metric"] + frame["_variant"].map(lambda v: f" [{v}]" if v else "")
+    frame["_series"] = frame["analysis"] + "." + frame["metric"] + frame["variant"].map(lambda v: f" [{v}]" if v else "")
 
     # series, in analysis order then order of first appearance
     series = []
     firsts = frame.drop_duplicates("_series")
     firsts = firsts.assign(_rank=firsts["analysis"].map(_analysis_rank)).sort_values("_rank", kind="stable")
     by_series = frame.groupby("_series", sort=False)
-    for row in firsts[["_series", "analysis", "metric", "_variant"]].to_dict("records"):
+    for row in firsts[["_series", "analysis", "metric", "variant"]].to_dict("records"):
         rows = by_series.get_group(row["_series"])
-        layers = rows["layer"].dropna()
-        heads = rows["head"].dropna()
+        layers, heads = rows["layer"].dropna(), rows["head"].dropna()
         series.append(Series(
-            key=row["_series"], analysis=row["analysis"], metric=row["metric"], variant=row["_variant"],
-            has_layer=bool(len(layers)), has_head=bool(len(heads)),
-            n_layers=int(layers.nunique()), n_heads=int(heads.nunique()),
+            key=row["_series"], analysis=row["analysis"], metric=row["metric"], variant=row["variant"],
+            has_layer=bool(len(layers)), has_head=bool(len(heads)), n_layers=int(layers.nunique()), n_heads=int(heads.nunique()),
         ))
 
     # one row per checkpoint
@@ -342,7 +429,55 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
     for column in hyper_all:
         checkpoints[column] = first[column].values
     trained = frame[~frame["_baseline"]]
-    loss_sources = {}
+    loss_sources = _losses(checkpoints, trained)
+
+    # the axis, configurations, lines and replicates
+    if x not in checkpoints.columns:
+        varying = [c for c in ["weight_decay", *hyper_all] if checkpoints[c].astype(str).nunique() > 1]
+        where = "a per-row detail or variant (it varies within a checkpoint)" if x in details + variants else "not a column of the results"
+        raise ValueError(f"x={x!r} is {where}; choose a hyperparameter that varies between checkpoints: {varying}")
+    if x == REPLICATE_COLUMN:
+        raise ValueError(f"x={x!r}: {REPLICATE_COLUMN} marks replicates (averaged), not a swept setting; choose another column")
+    checkpoints["_x"], categorical = _axis_values(checkpoints[x])
+    shown = [c for c in hyper_all if c not in LOSS_COLUMNS.values()]
+    varying = [c for c in ["weight_decay", *shown] if checkpoints[c].astype(str).nunique() > 1]
+    config_columns = [c for c in varying if c not in NOT_CONFIGURATION and c not in (group_by, SWEEP_COLUMN)]
+    config_columns = [x, *[c for c in config_columns if c != x]]
+    has_x = checkpoints["_x"].notna()
+    line_columns = [c for c in config_columns if c != x
+                    and checkpoints[has_x].groupby("_x", dropna=False)[c].nunique(dropna=False).max() > 1]
+    groups_of = ["_group"] if group_by else []
+    checkpoints["_config"] = _codes(checkpoints, groups_of + config_columns)
+    checkpoints["_config_label"] = assign_labels(checkpoints, config_columns)
+    checkpoints["_line"] = _codes(checkpoints, groups_of + line_columns)
+    checkpoints["_line_label"] = assign_labels(checkpoints, line_columns)
+    has_seed = REPLICATE_COLUMN in checkpoints
+    checkpoints["_seed"] = checkpoints[REPLICATE_COLUMN].map(lambda v: text(v) or "") if has_seed else ""
+    checkpoints["_block"] = _codes(checkpoints, groups_of + ["_seed"])
+    checkpoints["_block_x"] = _codes(checkpoints, groups_of + line_columns + ["_seed"])
+
+    categories = sorted(checkpoints.loc[has_x, "_x"].unique(), key=str) if categorical else []
+    order = checkpoints["_x"].map({c: i for i, c in enumerate(categories)}) if categorical else checkpoints["_x"]
+    sort = checkpoints.assign(_order=order)
+    sort_columns = (["_group"] if group_by else []) + line_columns + ["_order", "_seed", "_label"]
+    checkpoints = sort.sort_values(sort_columns, kind="stable", na_position="last").drop(columns="_order").reset_index(drop=True)
+
+    hyper = [c for c in shown if checkpoints[c].astype(str).nunique() > 1 or c == group_by]
+    shared = {c: checkpoints[c].iloc[0] for c in shown if c not in hyper}
+    scores = trained.pivot_table(index="_id", columns="_series", values="value", aggfunc="mean", sort=False)
+    scores = scores.reindex(index=checkpoints["_id"], columns=[s.key for s in series if s.key in scores.columns])
+    groups = list(dict.fromkeys(checkpoints["_group"])) if group_by else [""]
+    return Prepared(
+        rows=frame, checkpoints=checkpoints, hyper=hyper, shared=shared, details=details, variant_columns=variants,
+        series=series, scores=scores, x=x, categorical=categorical, categories=categories, config_columns=config_columns,
+        line_columns=line_columns, group_by=group_by, groups=groups, run_infos=run_infos, sources=sources,
+        loss_sources=loss_sources,
+    )
+
+
+def _losses(checkpoints: pd.DataFrame, trained: pd.DataFrame) -> dict[str, str]:
+    """Add ``train_loss`` / ``val_loss`` columns to ``checkpoints``; return where each came from."""
+    sources = {}
     for name, fallback in LOSS_COLUMNS.items():
         from_metric = trained[trained["metric"] == name]
         preferred = from_metric[from_metric["analysis"] == "overfit"]
@@ -357,19 +492,55 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
                 used.append(f"column {fallback}")
             values = np.where(np.isnan(values), fb, values)
         checkpoints[name] = values
-        loss_sources[name] = " and ".join(used)
-    sort_columns = ([group_by] if group_by else []) + ["weight_decay", "_label"]
-    checkpoints = checkpoints.sort_values(sort_columns, kind="stable", na_position="last").reset_index(drop=True)
+        sources[name] = " and ".join(used)
+    return sources
 
-    shown = [c for c in hyper_all if c not in LOSS_COLUMNS.values()]
-    hyper = [c for c in shown if checkpoints[c].astype(str).nunique() > 1 or c == group_by]
-    shared = {c: checkpoints[c].iloc[0] for c in shown if c not in hyper}
 
-    scores = trained.pivot_table(index="_id", columns="_series", values="value", aggfunc="mean", sort=False)
-    scores = scores.reindex(index=checkpoints["_id"], columns=[s.key for s in series if s.key in scores.columns])
+def configuration_means(prep: Prepared, values: np.ndarray, checkpoints: np.ndarray | None = None) -> pd.DataFrame:
+    """Per configuration: the mean of ``values [checkpoint]`` over its replicate seeds, with an interval across them.
 
-    groups = list(dict.fromkeys(checkpoints["_group"])) if group_by else [""]
-    return Prepared(
-        rows=frame, checkpoints=checkpoints, hyper=hyper, shared=shared, extras=extras, series=series,
-        scores=scores, group_by=group_by, groups=groups, run_infos=run_infos, sources=sources, loss_sources=loss_sources,
-    )
+    ``checkpoints``: a boolean mask of the checkpoints to use (default: those with an axis
+    value). One row per configuration that has a finite value, in the order of
+    ``prep.checkpoints`` (group, line, axis): ``_group``, ``_line``, ``_line_label``,
+    ``_config``, ``_config_label``, ``x``, ``value``, ``low``, ``high``, ``k`` (seeds with a
+    value), ``band`` (:func:`plastiscope.stats.replicate_interval`'s kind), ``checkpoints``
+    (their labels) and ``members`` (their row indices in ``prep.checkpoints``).
+    """
+    ck = prep.checkpoints
+    values = np.asarray(values, dtype=float)
+    mask = prep.has_x & np.isfinite(values)
+    if checkpoints is not None:
+        mask = mask & np.asarray(checkpoints, bool)
+    rows = np.flatnonzero(mask)
+    configs = ck["_config"].to_numpy()[rows]
+    order = pd.unique(configs)  # configurations in checkpoint order
+    columns_of = prep.columns
+    groups = [rows[configs == config] for config in order]
+    firsts = np.array([g[0] for g in groups], dtype=np.int64)
+    stats = [replicate_interval(values[g]) for g in groups]
+    members = np.empty(len(groups), dtype=object)
+    members[:] = groups
+    return pd.DataFrame({
+        "_group": columns_of["_group"][firsts], "_line": columns_of["_line"][firsts], "_line_label": columns_of["_line_label"][firsts],
+        "_config": np.asarray(order), "_config_label": columns_of["_config_label"][firsts], "x": columns_of["_x"][firsts],
+        "value": np.array([st[0] for st in stats], dtype=float), "low": np.array([st[1] for st in stats], dtype=float),
+        "high": np.array([st[2] for st in stats], dtype=float), "k": np.array([st[3] for st in stats], dtype=int),
+        "band": np.array([st[4] for st in stats], dtype=object),
+        "checkpoints": np.array([", ".join(str(v) for v in columns_of["_label"][g]) for g in groups], dtype=object),
+        "members": members,
+    })
+
+
+def band_label(table: pd.DataFrame) -> str:
+    """What the interval of :func:`configuration_means` rows is, e.g. ``"range of 2 seeds"``; empty without one."""
+    if table.empty or not (table["k"] > 1).any():
+        return ""
+    parts = []
+    for kind, name in (("range", "range of {} seeds"), ("bootstrap", "95 % bootstrap over {} seeds")):
+        ks = sorted(table.loc[table["band"] == kind, "k"].unique())
+        if ks:
+            parts.append(name.format(f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"))
+    single = int((table["k"] == 1).sum())
+    if single:
+        parts.append(f"{single} configuration(s) with one seed: no interval")
+    return "; ".join(parts)

@@ -4,11 +4,11 @@
 ``qk_*``/``ov_*`` or ``mia_auc_*``. A metric that matches neither gets "no description" and is
 still plotted: reports never depend on this table to show a metric.
 
-``better`` is the direction that counts as "better" when checkpoints are ranked by a metric
-(used by the ranking-disagreement callout): ``"lower"`` for losses and codelengths,
-``"higher"`` for accuracies and plasticity gain, ``None`` where the metric describes a
-mechanism without a better direction (attention entropy, ranks, weight norms): such metrics get correlations
-but no agreement verdict.
+``better`` is the direction that counts as "better" when configurations are ranked by a
+metric (the best configuration, the proxy's top-k pick and its regret): ``"lower"`` for losses
+and codelengths, ``"higher"`` for accuracies and plasticity gain, ``None`` where the metric
+describes a mechanism without a better direction (attention entropy, ranks, weight norms,
+sharpness, basins): such metrics get correlations but no regret.
 """
 
 from __future__ import annotations
@@ -34,20 +34,25 @@ _MDL = "Voita & Titov 2020 (online codelength)"
 _CIRCUITS = "Elhage et al. 2021 (A Mathematical Framework for Transformer Circuits)"
 _PLASTICITY = "Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137)"
 _MIA = "Carlini et al. 2021 (Extracting Training Data from Large Language Models)"
+_LIRA = "Carlini et al. 2022 (Membership Inference Attacks From First Principles)"
 _MEMO = "Carlini et al. 2022 (Quantifying Memorization)"
-_HESSIAN = "Yao et al. 2020 (PyHessian)"
+_HESSIAN = "Yao et al. 2020 (PyHessian); raw curvature scales with 1/||w||^2: Dinh et al. 2017"
+_ADAPTIVE = "Kwon et al. 2021 (ASAM); Andriushchenko et al. 2023 (A Modern Look at Sharpness)"
+_BASIN = "Chen et al. 2025 (arXiv 2505.17646)"
 _LANDSCAPE = "Li et al. 2018 (Visualizing the Loss Landscape)"
 
 METRICS: dict[str, MetricDoc] = {
     # probes: linear separability of representations
     "accuracy": MetricDoc(
-        "Held-out accuracy of a linear probe (logistic regression) on the pooled residual stream of a layer.",
+        "Held-out accuracy of a linear probe (logistic regression) on the pooled residual stream of a layer, on the "
+        "data's own class distribution.",
         "higher", _PROBE),
     "macro_f1": MetricDoc("Held-out macro-averaged F1 of the linear probe (each class weighted equally).", "higher", _PROBE),
     "cross_entropy": MetricDoc("Held-out cross-entropy (nats) of the linear probe's predicted class distribution.", "lower", _PROBE),
     "selectivity_control_task": MetricDoc(
-        "Probe accuracy on the real task minus accuracy on a control task that assigns each word type a random label; "
-        "high selectivity means the representation, not the probe, carries the labels.",
+        "Probe accuracy on the real task minus accuracy on a control task that gives each word type a random label "
+        "(token-level tasks only, where word types repeat); high selectivity means the representation, not the probe, "
+        "carries the labels.",
         "higher", _CONTROL),
     "selectivity_shuffled": MetricDoc("Probe accuracy on the real labels minus accuracy on shuffled labels.", "higher", _CONTROL),
     "mdl_codelength": MetricDoc(
@@ -57,9 +62,13 @@ METRICS: dict[str, MetricDoc] = {
     "mdl_compression": MetricDoc(
         "Uniform codelength divided by online codelength; higher = labels more compressible from the representation.",
         "higher", _MDL),
+    "fisher_criterion": MetricDoc(
+        "Fisher's criterion tr(S_W^-1 S_B) of the pooled representation (within-class scatter S_W shrunk towards a scaled "
+        "identity); higher = classes more linearly separable.",
+        "higher", "Fisher 1936; Ledoit & Wolf 2004 (shrinkage)"),
     "fisher_ratio": MetricDoc(
-        "Fisher discriminant ratio: between-class scatter over within-class scatter of the pooled representation (trace ratio); "
-        "higher = classes more linearly separable.",
+        "Trace ratio tr(S_B) / tr(S_W) of between- and within-class scatter of the pooled representation (not Fisher's "
+        "criterion, which is tr(S_W^-1 S_B)); higher = class means further apart relative to the spread.",
         "higher", "Fisher 1936"),
     # attention patterns
     "entropy": MetricDoc(
@@ -75,6 +84,7 @@ METRICS: dict[str, MetricDoc] = {
     "numerical_rank": MetricDoc("Number of singular values above a relative tolerance of the largest one.", None, ""),
     "frobenius_norm": MetricDoc("Frobenius norm ||A||_F of the attention matrix.", None, ""),
     "spectral_norm": MetricDoc("Largest singular value ||A||_2 of the attention matrix.", None, ""),
+    "nuclear_norm": MetricDoc("Nuclear norm ||A||_* (sum of singular values) of the attention matrix.", None, ""),
     "sink_share": MetricDoc(
         "Share of attention mass placed on the first (BOS) token: the attention-sink share.",
         None, "Xiao et al. 2023 (attention sinks)"),
@@ -86,19 +96,68 @@ METRICS: dict[str, MetricDoc] = {
     "wv_norm": MetricDoc("Frobenius norm of the head's value weight matrix W_V.", None, _CIRCUITS),
     "wo_norm": MetricDoc("Frobenius norm of the head's output weight matrix W_O.", None, _CIRCUITS),
     # overfitting
-    "train_loss": MetricDoc("Mean next-token cross-entropy (nats/token) on training documents.", "lower", ""),
-    "val_loss": MetricDoc("Mean next-token cross-entropy (nats/token) on held-out validation documents.", "lower", ""),
-    "loss_gap": MetricDoc("Validation loss minus training loss: the generalization gap.", "lower", ""),
+    "train_loss": MetricDoc("Next-token cross-entropy (nats/token) on training documents, token-weighted (every token counts once).",
+                            "lower", ""),
+    "val_loss": MetricDoc("Next-token cross-entropy (nats/token) on held-out validation documents, token-weighted.", "lower", ""),
+    "train_loss_per_document": MetricDoc("Mean over training documents of each document's mean next-token cross-entropy (nats).",
+                                         "lower", ""),
+    "val_loss_per_document": MetricDoc("Mean over validation documents of each document's mean next-token cross-entropy (nats).",
+                                       "lower", ""),
+    "loss_gap": MetricDoc("Validation loss minus training loss (token-weighted): the generalization gap.", "lower", _PLASTICITY),
     "loss_ratio": MetricDoc("Validation loss divided by training loss.", "lower", ""),
-    # plasticity
-    "downstream_loss_before": MetricDoc("Downstream-task loss before fine-tuning.", "lower", _PLASTICITY),
-    "downstream_loss_after": MetricDoc("Downstream-task loss after fine-tuning: what plasticity buys.", "lower", _PLASTICITY),
+    "mia_tpr_at_1fpr": MetricDoc(
+        "Membership inference: true-positive rate at 1 % false-positive rate of telling training from validation documents "
+        "by the score named in the variant; higher = more memorization.",
+        "lower", _LIRA),
+    "overlap_count": MetricDoc("Validation documents whose normalised text also occurs in the training sample (dropped).", None, ""),
+    "skipped_short_train": MetricDoc("Training documents too short for the exact-memorization test.", None, ""),
+    "skipped_short_val": MetricDoc("Validation documents too short for the exact-memorization test.", None, ""),
+    # plasticity: the outcome
+    "downstream_loss_before": MetricDoc("Downstream-task loss (nats) before fine-tuning.", "lower", _PLASTICITY),
+    "downstream_loss_after": MetricDoc(
+        "Downstream-task loss (nats) after fine-tuning with the same budget for every checkpoint: the outcome.",
+        "lower", _PLASTICITY),
+    "downstream_accuracy_before": MetricDoc("Downstream-task accuracy (labelled tasks) before fine-tuning.", "higher", _PLASTICITY),
+    "downstream_accuracy_after": MetricDoc(
+        "Downstream-task accuracy (labelled tasks) after fine-tuning: the outcome for labelled tasks.", "higher", _PLASTICITY),
     "plasticity_gain": MetricDoc(
-        "Reduction of downstream loss through fine-tuning (before minus after); higher = more plastic.",
+        "Downstream loss before minus after fine-tuning; secondary: a model that starts worse can gain more and still end worse.",
         "higher", _PLASTICITY),
+    "downstream_selection_loss": MetricDoc(
+        "Loss on the held-out selection documents after fine-tuning at the learning rate in the variant (finetune_lr): "
+        "what the learning rate is chosen by.",
+        "lower", _PLASTICITY),
+    "finetune_displacement": MetricDoc(
+        "Distance ||theta_ft - theta_0|| the weights move in fine-tuning, to compare with the basin radius.", None, _BASIN),
     # loss landscape
-    "hessian_top_eigenvalue": MetricDoc("Largest Hessian eigenvalue of the loss (power iteration): sharpness.", None, _HESSIAN),
-    "hessian_trace": MetricDoc("Hutchinson estimate of the Hessian trace of the loss.", None, _HESSIAN),
+    "hessian_max_eigenvalue": MetricDoc(
+        "Largest Hessian eigenvalue of the pretraining loss: raw sharpness. It rises as weight decay shrinks the weights, "
+        "so it does not compare flatness across weight decays.",
+        None, _HESSIAN),
+    "hessian_top_eigenvalue": MetricDoc(
+        "Largest Hessian eigenvalue of the pretraining loss (power iteration): raw sharpness, not comparable across weight decays.",
+        None, _HESSIAN),
+    "hessian_min_eigenvalue": MetricDoc("Smallest (most negative) Hessian eigenvalue of the pretraining loss.", None, _HESSIAN),
+    "hessian_trace": MetricDoc(
+        "Hutchinson estimate of the Hessian trace of the pretraining loss: raw, rises as the weights shrink (not flatness "
+        "across weight decays).",
+        None, _HESSIAN),
+    "adaptive_max_eigenvalue": MetricDoc(
+        "Largest eigenvalue of the Hessian rescaled by the weights' magnitudes (|w| H |w|): scale-invariant sharpness, "
+        "comparable across weight decays; lower = flatter.",
+        None, _ADAPTIVE),
+    "adaptive_trace": MetricDoc(
+        "Trace of the weight-rescaled Hessian (|w| H |w|): scale-invariant average curvature; lower = flatter.", None, _ADAPTIVE),
+    "basin_sigma": MetricDoc(
+        "Basin radius sigma: the largest scale of weight noise (Gaussian, rescaled to a standard Gaussian's norm; random or "
+        "worst-case directions, variant 'direction') under which the expected drop of the objective (variant 'objective') "
+        "stays within the threshold; wider = more room to fine-tune.",
+        None, _BASIN),
+    "basin_curve": MetricDoc("The objective under weight noise of each scale sigma (the curve the basin radius is read from).",
+                             None, _BASIN),
+    "basin_curve_loss": MetricDoc("Loss along filter-normalised random directions at each radius.", None, _LANDSCAPE),
+    "basin_radius": MetricDoc("Radius along filter-normalised random directions where the loss first rises by a threshold.",
+                              None, _LANDSCAPE),
 }
 
 _MATRIX_STATS = {
@@ -124,8 +183,15 @@ PATTERNS: list[tuple[re.Pattern[str], object]] = [
         "0.5 = no leakage, higher = more memorization.",
         "lower", _MIA)),
     (re.compile(r"^exact_match_(.+)$"), lambda m: MetricDoc(
-        f"Exact memorization ({m.group(1)}): share of training continuations reproduced token for token by greedy decoding.",
+        f"Exact memorization ({m.group(1)} documents): share of continuations reproduced token for token by greedy decoding.",
         "lower", _MEMO)),
+    (re.compile(r"^matched_prefix_(.+)$"), lambda m: MetricDoc(
+        f"Memorization ({m.group(1)} documents): mean number of continuation tokens greedy decoding reproduces before the "
+        "first mismatch.",
+        "lower", _MEMO)),
+    (re.compile(r"^(.+)_by_position$"), lambda m: MetricDoc(
+        f"{describe_metric(m.group(1)).description} By token position (variant position_bucket: positions after BOS).",
+        describe_metric(m.group(1)).better, describe_metric(m.group(1)).citation)),
     (re.compile(r"^w([qkvo])_(.+)$"), lambda m: MetricDoc(
         f"W_{m.group(1).upper()} weight matrix of each head: {_MATRIX_STATS.get(m.group(2), m.group(2).replace('_', ' '))}.",
         None, _CIRCUITS)),

@@ -1,12 +1,16 @@
 """Assemble one self-contained HTML page: inline plotly.js, figure specs as JSON, small vanilla JS.
 
+The page opens with the decision (the best configuration after fine-tuning, the trade-off, one
+panel per mechanism with its verdict, the best predictors of the outcome) and keeps every other
+series below, folded (``<details>``).
+
 Safety: every user-supplied string (checkpoint names, hyperparameters, metric names, run
 metadata, paths) goes through :func:`~plastiscope.reports.markup.esc` before it reaches HTML, and every
 JSON placed in a ``<script>`` goes through :func:`json_script`, which writes ``<``, ``>`` and
 ``&`` as ``\\u003c``, ``\\u003e``, ``\\u0026`` so no string can close the script element or open
 a comment. Figures are drawn by ``Plotly.newPlot`` from those JSON blocks, lazily as they
-scroll into view (``window.plastiscopeReport.renderAll()`` draws them all). Nothing is
-fetched: no CDN, no web fonts, no MathJax.
+scroll into view (``window.plastiscopeReport.renderAll()`` unfolds the page and draws them all).
+Nothing is fetched: no CDN, no web fonts, no MathJax.
 """
 
 from __future__ import annotations
@@ -24,16 +28,15 @@ import plotly
 import plotly.offline
 import plotly.utils
 
-from plastiscope.reports.correlate import disagreements
-from plastiscope.reports.figures import FigureSpec, fmt_wd
-from plastiscope.reports.frame import Prepared
+from plastiscope.reports.correlate import ALPHA, fmt_p, ranked_predictors, val_loss_key
+from plastiscope.reports.figures import FigureSpec
+from plastiscope.reports.frame import DEFAULT_X, Prepared
 from plastiscope.reports.markup import esc
 from plastiscope.reports.metrics_doc import describe_metric
+from plastiscope.reports.verdict import PANELS, Best, Decision, tradeoff
 
-KEY_METRICS = ("accuracy", "selectivity_control_task", "mdl_compression", "entropy_normalized", "effective_rank",
-               "sink_share", "qk_frobenius_norm", "loss_gap", "mia_auc_", "plasticity_gain")
-MAX_KEY_METRICS = 8
-MAX_CALLOUT = 12
+SHORT_LIST = 5
+MAX_VERDICT_LINES = 4
 
 
 def json_script(element_id: str, obj: Any) -> str:
@@ -108,165 +111,228 @@ def kv_table(mapping: Mapping[str, Any]) -> str:
     return f"<table class='ps-table ps-kv'><tbody>{''.join(rows)}</tbody></table>"
 
 
-def key_metric_columns(prep: Prepared) -> list[str]:
-    """Series keys shown in the overview table: the documented key metrics, else the first series."""
-    keys = []
-    for wanted in KEY_METRICS:
-        for s in prep.series:
-            if s.key in prep.scores and (s.metric == wanted or (wanted.endswith("_") and s.metric.startswith(wanted))):
-                keys.append(s.key)
-                break
-    if not keys:
-        keys = [s.key for s in prep.series if s.key in prep.scores][:6]
-    return keys[:MAX_KEY_METRICS]
+def _interval(value: float, low: float, high: float, digits: int = 2) -> str:
+    if not math.isfinite(value):
+        return "–"
+    if math.isfinite(low) and math.isfinite(high):
+        return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+    return f"{value:+.{digits}f}"
 
 
-def overview_section(prep: Prepared) -> str:
-    """The overview section: what the sweep holds, and one row per checkpoint with its losses and key metrics."""
+def _config(row: Mapping[str, Any]) -> str:
+    """A configuration's value with its seed interval, as escaped HTML."""
+    value = f"{row['value']:.4g}"
+    if row["band"] == "range":
+        value += f" (range of {row['k']} seeds {row['low']:.4g}–{row['high']:.4g})"
+    elif row["band"] == "bootstrap":
+        value += f" (95 % bootstrap over {row['k']} seeds {row['low']:.4g}–{row['high']:.4g})"
+    return f"<code>{esc(row['_config_label'])}</code> {esc(value)}"
+
+
+def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    return all(math.isfinite(v) for v in (a["low"], a["high"], b["low"], b["high"])) and a["low"] <= b["high"] and b["low"] <= a["high"]
+
+
+def best_html(prep: Prepared, best: Best) -> str:
+    """The best configuration after fine-tuning, the best before, and the trade-off, for one group."""
+    group = f"<b>{esc(best.group)}</b>: " if prep.group_by else ""
+    after = best.after.to_dict("records")
+    top = after[0]
+    metric = esc(best.outcome)
+    parts = [f"<p class='ps-best'>{group}<b>Best after fine-tuning</b> (lowest {metric}): {_config(top)}"]
+    if len(after) > 1:
+        note = "; their seed ranges overlap, so the order is not settled" if _overlap(top, after[1]) else ""
+        parts.append(f"; next {_config(after[1])}{esc(note)}")
+    parts.append(".")
+    if best.accuracy is not None and not best.accuracy.empty:
+        parts.append(f" By accuracy after fine-tuning: {_config(best.accuracy.iloc[0])}.")
+    parts.append("</p>")
+    for name, means in best.before.items():
+        first = means.iloc[0]
+        found = tradeoff(best, name)
+        head = f"<p class='ps-tradeoff'><b>Best before fine-tuning</b> by {esc(name)}: {_config(first)}. "
+        if len(found):
+            worse = found.iloc[0]
+            ref = best.after.set_index("_config").loc[first["_config"], "value"]
+            others = f" ({len(found) - 1} more such configuration(s))" if len(found) > 1 else ""
+            parts.append(head + f"<b class='ps-flag'>Trade-off</b> (Han et al.): <code>{esc(worse['_config_label'])}</code> is worse "
+                         f"before fine-tuning ({esc(name)} {worse['before']:.4g} vs {first['value']:.4g}) but better after it "
+                         f"({worse['value']:.4g} vs {ref:.4g}){esc(others)}.</p>")
+        elif first["_config"] == top["_config"]:
+            parts.append(head + "No trade-off: the best before fine-tuning is also the best after it.</p>")
+        else:
+            parts.append(head + "No configuration is worse before yet better after it.</p>")
+    return "".join(parts)
+
+
+def expected_text(prep: Prepared, panel) -> str:
+    """What the panel expects, and from whom; on another axis, that there is no expectation for it."""
+    direction = {"rise": "rises", "fall": "falls"}[panel.expected]
+    text = f"expected: {panel.metric} {direction} with weight decay ({panel.source})"
+    if prep.x != DEFAULT_X:
+        text += f"; against {prep.x} no direction is expected"
+    return text
+
+
+def panel_html(prep: Prepared, panel, decision: Decision, cell: str, band: str) -> str:
+    """One headline panel: title, verdict lines, figure, what it expects and what its band is."""
+    anchor = f"panel-{panel.key}"
+    if panel.key in decision.missing:
+        return (f"<div class='ps-panel ps-absent' id='{anchor}'><h3>{esc(panel.title)}</h3>"
+                f"<p class='ps-muted'>{esc(decision.missing[panel.key])}</p></div>")
+    lines = [v for v in decision.verdicts if v.panel == panel.key]
+    items = []
+    for v in lines[:MAX_VERDICT_LINES]:
+        group = f"{esc(v.group)}: " if prep.group_by else ""
+        label = f"{esc(v.label)}: " if v.label else ""
+        items.append(f"<li><span class='ps-word ps-{esc(v.word)}'>{esc(v.word)}</span> {group}{label}"
+                     f"<span class='ps-evidence'>{esc(v.sentence(prep))}</span></li>")
+    if len(lines) > MAX_VERDICT_LINES:
+        items.append(f"<li class='ps-muted'>{len(lines) - MAX_VERDICT_LINES} more in the table of all verdicts below</li>")
+    note = esc(expected_text(prep, panel)) + (f"; {esc(band)}" if band else "")
+    return (f"<div class='ps-panel' id='{anchor}'><h3>{esc(panel.title)}</h3><ul class='ps-verdicts'>{''.join(items)}</ul>"
+            f"{cell}<p class='ps-note'>{note}</p></div>")
+
+
+def summary_section(prep: Prepared, decision: Decision, cells: dict[str, tuple[str, str]]) -> str:
+    """The opening section: best configuration, trade-off, what the design supports, one panel per mechanism."""
+    if decision.best:
+        best = "".join(best_html(prep, b) for b in decision.best)
+    else:
+        best = ("<p class='ps-best'>No downstream loss after fine-tuning in these results, so no best checkpoint after "
+                "fine-tuning: run the plasticity analysis (name it, with a downstream task as --finetune-data).</p>")
+    design = "".join(f"<li>{esc(line)}</li>" for line in decision.design)
+    how = (f"Verdicts test each metric against {esc(prep.x)} across configurations (replicate seeds averaged): Spearman ρ "
+           f"with a 95 % cluster bootstrap interval, permutation p within seed blocks, Holm-adjusted across every headline "
+           f"line (α = {ALPHA}).")
+    panels = "".join(panel_html(prep, panel, decision, *cells.get(panel.key, ("", ""))) for panel in PANELS)
+    return (f"<section id='summary'><h2>Summary</h2><div class='ps-callout ps-decision' id='decision'>{best}"
+            f"<ul class='ps-design' id='design'>{design}</ul><p class='ps-muted'>{how}</p></div>"
+            f"<div class='ps-panels'>{panels}</div></section>")
+
+
+def _predictor_row(r: Mapping[str, Any], grouped: bool) -> list[Any]:
+    return ([r["group"]] if grouped else []) + [
+        r["rank"], r["series"], _interval(r["rho_outcome"], r["rho_outcome_low"], r["rho_outcome_high"]),
+        r["n_configs"], fmt_p(r["p_rho_outcome"]), fmt_p(r["q_outcome"]), r["verdict"]]
+
+
+def predictors_section(prep: Prepared, stats: pd.DataFrame) -> str:
+    """Which metric predicts the outcome: the best few and validation loss, visible; every series folded below."""
+    ranked = ranked_predictors(stats)
+    grouped = bool(prep.group_by)
+    columns = ([("group", "group")] if grouped else []) + [
+        ("rank", "by |ρ| with the outcome"), ("series", "analysis.metric [variant]"),
+        ("ρ with outcome [95 % CI]", "Spearman ρ of configuration means with the outcome; two-stage cluster bootstrap"),
+        ("configurations", "configurations with both values"), ("p", "permutation p-value (within seed blocks)"),
+        ("q (BH)", "Benjamini-Hochberg across all series"), ("verdict", f"predicts where q < {ALPHA}")]
+    if ranked.empty:
+        outcome = ("<p class='ps-muted' id='no-outcome'>No outcome to predict: the results have no downstream loss after "
+                   "fine-tuning (run the plasticity analysis).</p>")
+        short = ""
+    else:
+        outcome_key = ranked["outcome"].iloc[0]
+        val_key = val_loss_key(prep)
+        sentences = []
+        for group, part in ranked.groupby("group", sort=False):
+            val = part[part["series"] == val_key]
+            where = f"{esc(group)}: " if grouped else ""
+            if len(val):
+                v = val.iloc[0]
+                tied = int((part["rank"] == v["rank"]).sum()) - 1
+                tie = f", tied with {tied} other series" if tied else ""
+                sentences.append(f"{where}validation loss ranks <b>{int(v['rank'])} of {len(part)}</b>{tie} "
+                                 f"(ρ = {esc(_interval(v['rho_outcome'], v['rho_outcome_low'], v['rho_outcome_high']))}, "
+                                 f"q = {esc(fmt_p(v['q_outcome']))}).")
+            n_pred = int((part["verdict"] == "predicts").sum())
+            sentences.append(f"{n_pred} of {len(part)} series predict the outcome at q &lt; {ALPHA}."
+                             if n_pred else f"No series predicts the outcome at q &lt; {ALPHA}: inconclusive.")
+        position = ranked.groupby("group").cumcount()
+        shown = ranked[(position < SHORT_LIST) | (ranked["series"] == val_key)]
+        short = table(columns, [_predictor_row(r, grouped) for r in shown.to_dict("records")], "predictors-table", sortable=False)
+        outcome = (f"<p>Series ranked by |Spearman ρ| of their configuration means with <code>{esc(outcome_key)}</code> "
+                   f"(lower is better), measured before fine-tuning. {' '.join(sentences)}</p>")
+    return f"<section id='predictors'><h2>Which metric predicts the outcome?</h2>{outcome}{short}</section>"
+
+
+def all_statistics(prep: Prepared, stats: pd.DataFrame, decision: Decision) -> str:
+    """Folded: every series' association with the axis and the outcome, and every headline verdict."""
+    if stats.empty:
+        return ""
+    grouped = bool(prep.group_by)
+    eta = prep.categorical
+    ranked = ranked_predictors(stats).set_index(["group", "series"])
+    columns = ([("group", "group")] if grouped else []) + [
+        ("series", "analysis.metric [variant]"), ("better", "direction counted as better"),
+        ("configurations", "configurations with a value"),
+        (f"{'η²' if eta else 'ρ'} with {prep.x}" + ("" if eta else " [95 % CI]"),
+         "share of variance between axis values" if eta else "Spearman ρ of configuration means; cluster bootstrap"),
+        ("p", "permutation p-value (within seed blocks)"), ("q (BH)", "Benjamini-Hochberg across all series"),
+        ("ρ with outcome [95 % CI]", "Spearman ρ with the outcome"), ("p outcome", ""), ("q outcome", ""), ("predicts", "")]
+    rows = []
+    for r in stats.to_dict("records"):
+        effect = _interval(r["x_effect"], r["x_effect_low"], r["x_effect_high"])
+        if eta:
+            effect = f"{r['x_effect']:.2f}" if math.isfinite(r["x_effect"]) else "–"
+        verdict = ranked["verdict"].get((r["group"], r["series"]), "") if len(ranked) else ""
+        rows.append(([r["group"]] if grouped else []) + [
+            r["series"], r["better"], r["n_configs"], effect, fmt_p(r["p_x_effect"]), fmt_p(r["q_x"]),
+            _interval(r["rho_outcome"], r["rho_outcome_low"], r["rho_outcome_high"]), fmt_p(r["p_rho_outcome"]),
+            fmt_p(r["q_outcome"]), verdict])
+    verdict_rows = [([v.group] if grouped else []) + [v.panel, v.label, v.word, v.sentence(prep)] for v in decision.verdicts]
+    verdict_columns = ([("group", "")] if grouped else []) + [("panel", ""), ("series", ""), ("verdict", ""), ("evidence", "")]
+    return (f"<details class='ps-fold' id='all-statistics'><summary>All {len(stats)} series: association with {esc(prep.x)} "
+            f"and with the outcome</summary>"
+            + table(columns, rows, "statistics-table", caption="Click a column header to sort")
+            + "<h3>Every headline verdict</h3>" + table(verdict_columns, verdict_rows, "verdicts-table", sortable=False)
+            + "</details>")
+
+
+def checkpoints_section(prep: Prepared) -> str:
+    """Folded: what the sweep holds, and one row per checkpoint with its configuration, losses and seed."""
     ck = prep.checkpoints
-    wds = sorted(w for w in ck["weight_decay"].unique() if math.isfinite(w))
-    analyses = list(dict.fromkeys(s.analysis for s in prep.series))
-    key_series = key_metric_columns(prep)
     columns = [("checkpoint", "checkpoint name")]
     if prep.group_by and prep.group_by not in prep.hyper:
         columns.append((prep.group_by, "group"))
-    columns.append(("weight_decay", "weight decay"))
-    hyper = [c for c in prep.hyper if c != "weight_decay"]
+    hyper = list(dict.fromkeys(["weight_decay", *prep.hyper]))
     columns += [(c, "hyperparameter") for c in hyper]
-    columns += [("train loss", f"from {prep.loss_sources.get('train_loss') or 'nowhere: not in the results'}"),
+    columns += [("configuration", "the hyperparameters but the seed"),
+                ("train loss", f"from {prep.loss_sources.get('train_loss') or 'nowhere: not in the results'}"),
                 ("val loss", f"from {prep.loss_sources.get('val_loss') or 'nowhere: not in the results'}")]
-    columns += [(k, "mean over layers and heads" if prep.series_by_key(k).has_layer else "value") for k in key_series]
     rows = []
     for rec in ck.to_dict("records"):
-        row = [rec["_label"]]
-        if prep.group_by and prep.group_by not in prep.hyper:
-            row.append(rec["_group"])
-        row.append(rec["weight_decay"])
-        row += [rec[c] for c in hyper]
-        row += [rec["train_loss"], rec["val_loss"]]
-        row += [prep.scores.at[rec["_id"], k] for k in key_series]
+        row = [rec["_label"]] + ([rec["_group"]] if prep.group_by and prep.group_by not in prep.hyper else [])
+        row += [rec[c] for c in hyper] + [rec["_config_label"], rec["train_loss"], rec["val_loss"]]
         rows.append(row)
-    wd_text = ", ".join(fmt_wd(w) for w in wds) if len(wds) <= 12 else f"{fmt_wd(wds[0])} … {fmt_wd(wds[-1])}"
-    facts = (f"<p>{len(ck)} checkpoints; weight decay {esc(wd_text)} ({len(wds)} values); analyses: "
-             f"{esc(', '.join(analyses))}; {len(prep.series)} series.")
+    analyses = list(dict.fromkeys(s.analysis for s in prep.series))
+    facts = (f"<p>{len(ck)} checkpoints in {ck['_config'].nunique()} configurations (by "
+             f"{esc(', '.join(prep.config_columns))}; replicates differ in <code>seed</code>); axis <code>{esc(prep.x)}</code>"
+             f"{' (categorical)' if prep.categorical else ''}; analyses: {esc(', '.join(analyses))}; {len(prep.series)} series.")
+    if prep.line_columns:
+        facts += f" One line per <code>{esc(', '.join(prep.line_columns))}</code>."
     if prep.group_by:
         facts += f" Grouped by <code>{esc(prep.group_by)}</code>: {esc(', '.join(prep.groups))}."
     facts += "</p>"
-    shared = ""
+    for column in ("step", "tokens"):
+        if column != prep.x and column in ck and ck[column].astype(str).nunique() > 1 and prep.x not in ("step", "tokens"):
+            facts += (f"<p class='ps-muted'>Several training {column}s per run: <code>plastiscope report --x {column}</code> "
+                      "draws each configuration across them.</p>")
+            break
     if prep.shared:
-        shared = "<p class='ps-muted'>Same for all checkpoints: " + "; ".join(
+        facts += "<p class='ps-muted'>Same for all checkpoints: " + "; ".join(
             f"<code>{esc(k)}</code> = {esc(fmt(v))}" for k, v in prep.shared.items()) + "</p>"
-    missing_wd = ck["weight_decay"].isna().sum()
-    note = f"<p class='ps-muted'>{missing_wd} checkpoint(s) without a weight decay are left out of the plots.</p>" if missing_wd else ""
-    return (f"<section id='overview'><h2>Overview</h2>{facts}{shared}{note}"
-            + table(columns, rows, "checkpoint-table", caption="Checkpoints (click a column header to sort)")
-            + "</section>")
-
-
-def _ci_text(value: float, low: float, high: float) -> str:
-    if not math.isfinite(value):
-        return ""
-    if math.isfinite(low) and math.isfinite(high):
-        return f"{value:.2f} [{low:.2f}, {high:.2f}]"
-    return f"{value:.2f}"
-
-
-def callout(prep: Prepared, corr: pd.DataFrame) -> str:
-    """The ranking-disagreement callout (or a short note that rankings agree / cannot be compared)."""
-    if prep.checkpoints["val_loss"].isna().all():
-        return ("<div class='ps-callout ps-info' id='ranking-note'>No validation loss in the results (metric "
-                "<code>val_loss</code> or column <code>final_val_loss</code>), so rankings are not compared.</div>")
-    found = disagreements(corr)
-    if found.empty:
-        directional = (corr["verdict"] == "agrees").sum() if "verdict" in corr else 0
-        return (f"<div class='ps-callout ps-ok' id='ranking-agree'>Ranking checkpoints by validation loss agrees with "
-                f"ranking them by each of the {directional} metric(s) that have a better direction.</div>")
-    found = found.assign(_p=(found["metric"] != "plasticity_gain").astype(int)).sort_values("_p", kind="stable")
-    items = []
-    for r in found.head(MAX_CALLOUT).itertuples(index=False):
-        group = f"[{esc(r.group)}] " if prep.group_by else ""
-        tau = f"Kendall τ = {r.tau_agreement:.2f}" if math.isfinite(r.tau_agreement) else "τ undefined"
-        kind = "opposite ranking" if r.verdict == "opposite" else "best checkpoint differs"
-        items.append(f"<li class='ps-{'opposite' if r.verdict == 'opposite' else 'differs'}'>{group}<b>{esc(r.series)}</b> "
-                     f"({esc(r.better)} is better): {kind}, {tau}; best by validation loss: <code>{esc(r.best_val_loss)}</code>, "
-                     f"best by {esc(r.metric)}: <code>{esc(r.best_metric)}</code></li>")
-    if len(found) > MAX_CALLOUT:
-        items.append(f"<li>… and {len(found) - MAX_CALLOUT} more: see the correlation table.</li>")
-    undirected = int((corr["better"] == "").sum()) if "better" in corr else 0
-    note = (f"<p class='ps-muted'>{undirected} series without a better direction (e.g. attention entropy, ranks, norms) are "
-            "compared with validation loss by Kendall τ in the table only.</p>") if undirected else ""
-    n_opp = (found["verdict"] == "opposite").sum()
-    return (f"<div class='ps-callout ps-warn' id='ranking-callout' role='note'><strong>Ranking by validation loss disagrees "
-            f"with {len(found)} metric(s)</strong> ({n_opp} with an opposite overall order, τ &lt; 0). A checkpoint that "
-            f"looks worse by validation loss may be better by these:<ul>{''.join(items)}</ul>{note}</div>")
-
-
-def plasticity_predictors(corr: pd.DataFrame, top: int = 10) -> pd.DataFrame:
-    """Series ranked by how well they predict ``plasticity_gain`` across checkpoints: |Spearman rho|, descending.
-
-    The plasticity analysis's own rows (the gain and the downstream losses it is made of) are
-    the target, not predictors, and are left out; validation loss is ranked like any metric.
-    """
-    if "rho_plasticity" not in corr:
-        return corr.iloc[0:0]
-    candidates = corr[(corr["analysis"] != "plasticity") & corr["rho_plasticity"].notna()]
-    order = candidates["rho_plasticity"].abs().sort_values(ascending=False, kind="stable").index
-    ranked = candidates.loc[order].reset_index(drop=True)
-    ranked.insert(0, "rank", np.arange(1, len(ranked) + 1))
-    return ranked
-
-
-def predictors_html(corr: pd.DataFrame, top: int = 10) -> str:
-    """The callout of the ``top`` series that best predict plasticity (one per group), or nothing without plasticity."""
-    if "group" in corr and corr["group"].nunique() > 1:  # one ranking per group of a comparison report
-        return "".join(predictors_html(sub.assign(group=None), top).replace("predicts plasticity?</strong>",
-                       f"predicts plasticity? ({esc(group)})</strong>", 1) for group, sub in corr.groupby("group"))
-    ranked = plasticity_predictors(corr)
-    if ranked.empty:
-        return ""
-    items = "".join(
-        f"<li><strong>{esc(r['series'])}</strong>: ρ = {fmt(r['rho_plasticity'])} "
-        f"[{fmt(r['rho_plasticity_low'])}, {fmt(r['rho_plasticity_high'])}]</li>"
-        for r in ranked.head(top).to_dict("records")
-    )
-    val = ranked[ranked["metric"] == "val_loss"]
-    where = (f"Validation loss ranks <strong>{int(val['rank'].iloc[0])} of {len(ranked)}</strong> "
-             f"(ρ = {fmt(val['rho_plasticity'].iloc[0])}).") if len(val) else (
-                 "No validation-loss series to rank (run the overfit analysis).")
-    return (f"<div class='ps-callout' id='plasticity-predictors'><strong>Which metric predicts plasticity?</strong> "
-            f"Series ranked by |Spearman ρ| with plasticity_gain across checkpoints (95 % bootstrap interval). {where}"
-            f"<ol>{items}</ol></div>")
-
-
-def correlation_section(prep: Prepared, corr: pd.DataFrame, plot_html: str) -> str:
-    """The correlations section: the ranking callouts, the summary plots ``plot_html`` and the correlation table."""
-    plasticity = "rho_plasticity" in corr and corr["rho_plasticity"].notna().any()
-    columns = ([("group", "group")] if prep.group_by else []) + [
-        ("series", "analysis.metric [variant]"), ("better", "direction counted as better"),
-        ("n", "checkpoints"), ("ρ with wd", "Spearman rho with weight decay"),
-        ("ρ low", "95% bootstrap CI, lower"), ("ρ high", "95% bootstrap CI, upper")]
-    if plasticity:
-        columns += [("ρ with plasticity", "Spearman rho with plasticity_gain"), ("ρp low", "95% CI lower"), ("ρp high", "95% CI upper")]
-    columns += [("τ with val loss", "Kendall tau of the metric with validation loss"),
-                ("vs val-loss ranking", "agrees / opposite (tau<0) / best differs, for metrics with a better direction"),
-                ("best by metric", "top checkpoint by the metric")]
-    rows = []
-    for r in corr.to_dict("records"):
-        row = ([r["group"]] if prep.group_by else []) + [r["series"], r["better"], r["n"], r["rho_wd"], r["rho_wd_low"], r["rho_wd_high"]]
-        if plasticity:
-            row += [r["rho_plasticity"], r["rho_plasticity_low"], r["rho_plasticity_high"]]
-        verdict = r.get("verdict", "")
-        if verdict and math.isfinite(r.get("tau_agreement", math.nan)):
-            verdict = f"{verdict} (τ={r['tau_agreement']:.2f})"
-        row += [r.get("tau_val_loss", math.nan), verdict, r.get("best_metric", "")]
-        rows.append(row)
-    tbl = table(columns, rows, "correlation-table", caption="Correlation summary (click a column header to sort)") if rows else ""
-    return (f"<section id='correlations'><h2>Correlations and rankings</h2>{callout(prep, corr)}{predictors_html(corr)}{plot_html}"
-            f"<details><summary>Correlation table</summary>{tbl}</details></section>")
+    missing = int((~prep.has_x).sum())
+    if missing:
+        facts += f"<p class='ps-muted'>{missing} checkpoint(s) without a value of {esc(prep.x)} are left out of plots and statistics.</p>"
+    if prep.details:
+        facts += ("<p class='ps-muted'>Per-row details (averaged like layers, never a series of their own): "
+                  + esc(", ".join(prep.details)) + ".</p>")
+    return (f"<details class='ps-fold' id='checkpoints'><summary>Checkpoints and configurations</summary>{facts}"
+            + table(columns, rows, "checkpoint-table", caption="Checkpoints (click a column header to sort)") + "</details>")
 
 
 def methods_section(prep: Prepared, extra_versions: Mapping[str, str]) -> str:
-    """The methods section: how the figures are made, the metrics' definitions, the run information and the results read."""
+    """The methods section: how the figures and verdicts are made, the metrics' definitions, the run information."""
     present: dict[str, list[str]] = {}
     for s in prep.series:
         present.setdefault(s.metric, [])
@@ -278,31 +344,41 @@ def methods_section(prep: Prepared, extra_versions: Mapping[str, str]) -> str:
         rows.append([metric, ", ".join(analyses), doc.description, doc.better or "", doc.citation])
     metric_table = table([("metric", ""), ("analysis", ""), ("definition", ""), ("better", ""), ("reference", "")], rows,
                          "metrics-table", sortable=True)
-    how = """
+    how = f"""
 <ul>
-<li><b>Weight-decay axis.</b> Line plots put log10(weight decay) on x; weight decay 0 is drawn one step left of the
-smallest positive value (a step is the median spacing of the sweep's log weight decays, 0.5–1.5 decades) and a dotted
-line marks the break. Heatmaps use the weight decays as equally spaced, ordered categories.</li>
-<li><b>Scores.</b> A checkpoint's score for a per-layer or per-head metric is its mean over layers and heads; lines
-show the mean over checkpoints that share a weight decay. Per-layer lines average over heads.</li>
-<li><b>Bands.</b> Where the results carry intervals (<code>ci_low</code>/<code>ci_high</code>), the band is their mean
-(exact if the layers' errors are perfectly correlated, conservative otherwise); otherwise it is a 95% percentile
-bootstrap interval of the mean over layers (or over checkpoints).</li>
-<li><b>Baselines.</b> Rows with <code>init</code> other than "trained" (e.g. a probe on a randomly initialised model)
-are drawn dashed and left out of correlations and rankings.</li>
-<li><b>Variants.</b> Extra columns that vary within a checkpoint (<code>task</code>, <code>pooling</code>, …) split a
-metric into series, e.g. <code>probes.accuracy [task=pos, pooling=mean]</code>.</li>
-<li><b>Correlations.</b> Spearman's ρ of checkpoint scores with weight decay (and with <code>plasticity_gain</code>
-when measured), with a 95% percentile bootstrap interval over checkpoints (1000 resamples, seed 0). Kendall's τ with
-validation loss. For metrics with a better direction, the ranking is <i>opposite</i> when the Kendall τ between the
-two best-first orders is negative, and <i>best differs</i> when the top checkpoints differ. In a comparison, all of
-this is computed within each group.</li>
+<li><b>Series.</b> A series is one (analysis, metric, variant); the variant is written by each analysis from its
+declared variant columns (<code>task</code>, <code>pooling</code>, ...). Every other extra column is a per-row detail,
+averaged over like layers and heads, never a series of its own.</li>
+<li><b>Scores.</b> A checkpoint's score for a series is the mean of its trained rows (over layers, heads and details).
+Baseline rows (<code>init</code> other than "trained", e.g. a probe on a randomly initialised copy) are drawn dashed and
+left out of scores and statistics.</li>
+<li><b>Configurations and replicates.</b> A configuration is a checkpoint's hyperparameters but <code>seed</code> (here:
+{esc(', '.join(prep.config_columns))}); checkpoints that share one are replicates, averaged before anything is ranked or
+tested. Lines join the configurations that differ only in <code>{esc(prep.x)}</code>.</li>
+<li><b>Bands</b> are across replicate seeds, labelled for what they are: the range of 2-3 seeds, a 95 % percentile
+bootstrap over 4 or more. With one seed there is no band; where each checkpoint's value is one row with a 95 % interval in
+the results (a bootstrap over that metric's units), it is drawn as error bars. Dots are single seeds.</li>
+<li><b>Axis.</b> Numeric values on a log scale where the positive ones span a decade or more (0 drawn one step left of the
+smallest positive value, a dotted line marks the break), else linear; categorical values equally spaced, sorted.</li>
+<li><b>Statistics.</b> Spearman's ρ of configuration means, with a 95 % two-stage cluster bootstrap interval (resample
+configurations, then seeds within each; Davison &amp; Hinkley 1997), and a two-sided permutation p-value that permutes
+the axis within blocks of checkpoints sharing a seed (and any other swept hyperparameter), so what a seed shares stays out
+of the null distribution; the test statistic is ρ over checkpoints. A categorical axis gets η², the share of variance
+between its values, with the same permutation test. Predictors of the outcome use the same ρ, interval and permutations
+(within seed blocks).</li>
+<li><b>Few configurations.</b> With few configurations and one seed the bootstrap interval of ρ is optimistic: a
+perfectly ordered sweep resamples to ρ = ±1 every time. The permutation p-value, and the floor a perfect trend would
+reach (stated in the summary), say what the data can decide.</li>
+<li><b>Multiple comparisons.</b> Headline verdicts: Holm's step-down adjustment across every headline line (Holm 1979);
+the full list: Benjamini-Hochberg q-values (Benjamini &amp; Hochberg 1995). A verdict is <i>holds</i> / <i>opposite</i>
+(the expected direction with weight decay, or not) or <i>increases</i> / <i>decreases</i> (another numeric axis) or
+<i>differs</i> (a categorical axis) where the adjusted p is below {ALPHA}; else <i>inconclusive</i>. The report says so
+when even a perfect monotone trend could not reach that level with these configurations and seeds.</li>
+<li><b>Sharpness.</b> The raw Hessian eigenvalues and trace grow as weight decay shrinks the weights (curvature scales
+with 1/||w||², Dinh et al. 2017), so they do not compare flatness across weight decays; the headline uses the
+scale-invariant adaptive sharpness (Kwon et al. 2021; Andriushchenko et al. 2023).</li>
 <li><b>Validation loss</b> is the metric <code>val_loss</code> (analysis <code>overfit</code> first) where measured,
-else the column <code>final_val_loss</code> written by the trainer (used here: """ + esc(
-        prep.loss_sources.get("val_loss") or "none"
-    ) + """).</li>
-<li><b>Head heatmaps</b> show each head at the lowest and highest weight decay and the Spearman ρ of its value with
-weight decay across checkpoints.</li>
+else the column <code>final_val_loss</code> written by the trainer (used here: {esc(prep.loss_sources.get("val_loss") or "none")}).</li>
 </ul>"""
     runs = ""
     for name, info in prep.run_infos.items():
@@ -317,27 +393,27 @@ weight decay across checkpoints.</li>
         runs += "".join(parts)
     if not runs:
         runs = "<p class='ps-muted'>No run information (run.json) was given: data hashes, versions and configuration are unknown.</p>"
-    sources = kv_table(prep.sources)
-    return (f"<section id='methods'><h2>Methods</h2><h3>How the figures are made</h3>{how}"
+    return (f"<details class='ps-fold' id='methods'><summary>Methods</summary><h3>How the figures and verdicts are made</h3>{how}"
             f"<h3>Metric definitions</h3>{metric_table}<h3>Run</h3>{runs}"
-            f"<h3>Report</h3>{kv_table(dict(extra_versions))}<h4>Results read</h4>{sources}</section>")
+            f"<h3>Report</h3>{kv_table(dict(extra_versions))}<h4>Results read</h4>{kv_table(prep.sources)}</details>")
 
 
 CSS = """
 :root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--bg:#fff;--accent:#2456a6}
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;\
-color:var(--fg);background:var(--bg);margin:0;line-height:1.45}
-header{padding:18px 28px;border-bottom:1px solid var(--line);background:#f6f8fb}
-header h1{margin:0 0 4px;font-size:1.45rem}
-nav{font-size:.92rem}nav a{margin-right:14px;color:var(--accent);text-decoration:none}
-main{padding:8px 28px 40px;max-width:1500px;margin:auto}
-h2{border-bottom:2px solid var(--line);padding-bottom:4px;margin-top:32px}
-.ps-muted{color:var(--muted);font-size:.9rem}
+color:var(--fg);background:var(--bg);margin:0;line-height:1.4}
+header{padding:12px 28px;border-bottom:1px solid var(--line);background:#f6f8fb}
+header h1{margin:0 0 2px;font-size:1.3rem}
+nav{font-size:.9rem}nav a{margin-right:14px;color:var(--accent);text-decoration:none}
+main{padding:4px 28px 40px;max-width:1500px;margin:auto}
+h2{border-bottom:2px solid var(--line);padding-bottom:3px;margin:18px 0 8px;font-size:1.25rem}
+h3{margin:4px 0;font-size:1rem}
+.ps-muted{color:var(--muted);font-size:.88rem}
 .ps-scroll{overflow-x:auto;max-width:100%}
-.ps-table{border-collapse:collapse;font-size:.85rem;margin:8px 0}
+.ps-table{border-collapse:collapse;font-size:.84rem;margin:6px 0}
 .ps-table caption{text-align:left;color:var(--muted);padding:4px 0;font-size:.85rem}
-.ps-table th,.ps-table td{border:1px solid var(--line);padding:3px 8px;text-align:left;vertical-align:top}
+.ps-table th,.ps-table td{border:1px solid var(--line);padding:2px 7px;text-align:left;vertical-align:top}
 .ps-table td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ps-table thead th{background:#eef2f7;position:sticky;top:0}
 .ps-sortable thead th{cursor:pointer;user-select:none}
@@ -346,15 +422,25 @@ h2{border-bottom:2px solid var(--line);padding-bottom:4px;margin-top:32px}
 .ps-table tbody tr:nth-child(even){background:#fafbfd}
 .ps-kv th{width:14em;background:#f6f8fb}
 .ps-kv pre{margin:0;white-space:pre-wrap;word-break:break-all;font-size:.8rem}
-.ps-callout{border-left:5px solid;padding:10px 14px;margin:12px 0;border-radius:3px}
+.ps-callout{border-left:5px solid;padding:8px 14px;margin:8px 0;border-radius:3px}
 .ps-warn{border-color:#d9822b;background:#fff6ec}.ps-ok{border-color:#3a9a5b;background:#effaf3}.ps-info{border-color:#7a8699;background:#f4f6f9}
-.ps-callout ul{margin:6px 0 0;padding-left:20px}
+.ps-decision{border-color:var(--accent);background:#f3f6fc}
+.ps-decision p{margin:2px 0}.ps-design{margin:4px 0;padding-left:20px;font-size:.9rem}
+.ps-flag{color:#a3400b}
+.ps-panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:10px}
+.ps-panel{border:1px solid var(--line);border-radius:4px;padding:6px 8px;min-width:0}
+.ps-panel.ps-absent{align-self:start}
+.ps-verdicts{list-style:none;margin:2px 0;padding:0;font-size:.86rem}
+.ps-word{font-weight:700;padding:0 5px;border-radius:3px;color:#fff;background:#7a8699}
+.ps-holds,.ps-increases,.ps-decreases,.ps-differs{background:#2e7d4f}.ps-opposite{background:#b3261e}
+.ps-evidence{color:var(--muted)}
+.ps-note{color:var(--muted);font-size:.8rem;margin:0}
 .ps-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px}
 .ps-cell{border:1px solid var(--line);border-radius:4px;padding:4px;min-width:0}
 .ps-cell.ps-wide{grid-column:1/-1}
-.ps-plot{width:100%;min-height:380px}
+.ps-plot{width:100%}
 details>summary{cursor:pointer;font-weight:600;margin:8px 0}
-details.ps-analysis>summary{font-size:1.25rem}
+details.ps-fold>summary,details.ps-analysis>summary{font-size:1.1rem}
 code{background:#f1f3f7;padding:0 3px;border-radius:2px}
 """
 
@@ -377,20 +463,24 @@ JS = r"""
       div.textContent = 'This figure could not be drawn: ' + err;
     });
   }
+  function unfold() {
+    Array.prototype.forEach.call(document.querySelectorAll('details'), function (d) { d.open = true; });
+  }
   if ('IntersectionObserver' in window) {
     var io = new IntersectionObserver(function (entries) {
       entries.forEach(function (e) { if (e.isIntersecting) { io.unobserve(e.target); render(e.target); } });
     }, {rootMargin: '800px 0px'});
     plots.forEach(function (p) { io.observe(p); });
   } else {
+    unfold();
     plots.forEach(render);
   }
   window.plastiscopeReport = {
     plots: plots.length,
-    renderAll: function () { plots.forEach(render); },
+    renderAll: function () { unfold(); plots.forEach(render); },
     rendered: function () { return document.querySelectorAll('.ps-plot[data-state=rendered]').length; }
   };
-  window.addEventListener('beforeprint', function () { plots.forEach(render); });
+  window.addEventListener('beforeprint', function () { unfold(); plots.forEach(render); });
 
   function sortValue(cell) {
     var raw = cell.getAttribute('data-sort');
@@ -440,30 +530,21 @@ def plotly_template() -> dict:
     return json.loads(json.dumps(pio.templates[pio.templates.default].to_plotly_json(), cls=plotly.utils.PlotlyJSONEncoder))
 
 
-def render_page(prep: Prepared, specs: list[FigureSpec], corr: pd.DataFrame, title: str,
-                extra_versions: Mapping[str, str]) -> str:
-    """The whole report as one HTML string."""
-    blocks: dict[str, list[str]] = {}
-    scripts = []
+def plot_cells(specs: list[FigureSpec]) -> tuple[list[str], dict[str, list[tuple[FigureSpec, str]]]]:
+    """The JSON script blocks of ``specs`` and each spec's plot ``<div>``, by page section."""
+    scripts, cells = [], {}
     for i, spec in enumerate(specs):
         spec_id = f"ps-spec-{i}"
         scripts.append(json_script(spec_id, spec.spec))
-        cls = "ps-cell ps-wide" if spec.wide else "ps-cell"
         height = int(spec.spec["layout"].get("height") or 380)
-        cell = (f"<div class='{cls}'><div class='ps-plot' id='ps-plot-{i}' data-spec='{spec_id}' data-kind='{esc(spec.kind)}' "
-                f"aria-label='{esc(spec.key)}' style='min-height:{height}px'></div></div>")
-        blocks.setdefault(spec.section, []).append(cell)
-    summary_plots = "<div class='ps-grid'>" + "".join(blocks.pop("summary", [])) + "</div>"
-    analysis_sections = []
-    nav = ["<a href='#overview'>Overview</a>", "<a href='#correlations'>Correlations</a>"]
-    for i, (analysis, cells) in enumerate(blocks.items()):
-        anchor = f"analysis-{i}"
-        nav.append(f"<a href='#{anchor}'>{esc(analysis)}</a>")
-        analysis_sections.append(f"<section id='{anchor}'><details class='ps-analysis' open><summary>{esc(analysis)}</summary>"
-                                 f"<div class='ps-grid'>{''.join(cells)}</div></details></section>")
-    nav.append("<a href='#methods'>Methods</a>")
-    body = (overview_section(prep) + correlation_section(prep, corr, summary_plots)
-            + "<h2>Metrics against weight decay</h2>" + "".join(analysis_sections) + methods_section(prep, extra_versions))
+        div = (f"<div class='ps-plot' id='ps-plot-{i}' data-spec='{spec_id}' data-kind='{esc(spec.kind)}' "
+               f"aria-label='{esc(spec.key)}' style='height:{height}px'></div>")
+        cells.setdefault(spec.section, []).append((spec, div))
+    return scripts, cells
+
+
+def shell(title: str, nav: list[str], body: str, scripts: list[str]) -> str:
+    """The page around ``body``: head, styles, navigation, plotly.js inlined once, figure JSON, the page's script."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -481,6 +562,28 @@ style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
 <script>{JS}</script>
 </body></html>
 """
+
+
+def render_page(prep: Prepared, specs: list[FigureSpec], stats: pd.DataFrame, decision: Decision, title: str,
+                extra_versions: Mapping[str, str]) -> str:
+    """The whole report as one HTML string."""
+    scripts, cells = plot_cells(specs)
+    panel_cells = {spec.key.split(": ", 1)[1]: (div, spec.band) for spec, div in cells.pop("panel", [])}
+    sections = []
+    nav = ["<a href='#summary'>Summary</a>", "<a href='#predictors'>Predictors</a>", "<a href='#all-statistics'>All statistics</a>",
+           "<a href='#checkpoints'>Checkpoints</a>"]
+    for i, (analysis, items) in enumerate(cells.items()):
+        anchor = f"analysis-{i}"
+        nav.append(f"<a href='#{anchor}'>{esc(analysis)}</a>")
+        grid = "".join(f"<div class='ps-cell{' ps-wide' if spec.wide else ''}'>{div}</div>" for spec, div in items)
+        sections.append(f"<section id='{anchor}'><details class='ps-analysis'><summary>{esc(analysis)} "
+                        f"({len({spec.series for spec, _ in items})} series)</summary><div class='ps-grid'>{grid}</div>"
+                        f"</details></section>")
+    nav.append("<a href='#methods'>Methods</a>")
+    body = (summary_section(prep, decision, panel_cells) + predictors_section(prep, stats) + all_statistics(prep, stats, decision)
+            + checkpoints_section(prep) + f"<h2>Every series against {esc(prep.x)}</h2>" + "".join(sections)
+            + methods_section(prep, extra_versions))
+    return shell(title, nav, body, scripts)
 
 
 def generator_versions() -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Public entry points: one HTML report, figures for notebooks, exported figure files.
 
 ``write_report(results, out)`` writes ONE self-contained HTML file (plotly.js inline, no
-network request) for a sweep, or for several sweeps compared side by side (``group_by``).
+network request) for a sweep, or for several sweeps compared side by side (``group_by``);
+``x`` picks the swept hyperparameter on the horizontal axis (weight decay by default).
 ``figures(results)`` gives the same plotly figures for a notebook, ``summary(results)`` a
 checkpoint x metric table that renders nicely in Jupyter, and ``export_figures`` writes each
 figure as PNG/SVG (needs the optional ``kaleido``) and the numbers behind it as CSV.
@@ -13,24 +14,27 @@ import importlib.util
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from plastiscope.reports.correlate import N_RESAMPLES, correlation_table
+from plastiscope.reports.correlate import N_RESAMPLES, association_table, val_loss_key, values_of
 from plastiscope.reports.figures import FigureSpec, build_figures
-from plastiscope.reports.frame import Prepared, ResultsInput, prepare
+from plastiscope.reports.frame import DEFAULT_X, Prepared, ResultsInput, prepare
 from plastiscope.reports.page import generator_versions, render_page
+from plastiscope.reports.verdict import PANELS, Decision, decide, panel_series
 
 FORMATS = ("html", "png", "svg", "csv")
 IMAGE_FORMATS = ("png", "svg")
 KALEIDO_HINT = "pip install kaleido"
 
 
-def _prepared(results: ResultsInput | Prepared, group_by: str | None = None, run_info: dict | None = None) -> Prepared:
-    return results if isinstance(results, Prepared) else prepare(results, group_by=group_by, run_info=run_info)
+def _prepared(results: ResultsInput | Prepared, group_by: str | None = None, run_info: dict | None = None,
+              x: str = DEFAULT_X) -> Prepared:
+    return results if isinstance(results, Prepared) else prepare(results, group_by=group_by, run_info=run_info, x=x)
 
 
 def check_formats(formats: Iterable[str]) -> tuple[str, ...]:
@@ -61,23 +65,43 @@ def safe_name(text: str, used: set[str] | None = None) -> str:
     return name
 
 
-def figure_specs(results: ResultsInput | Prepared, group_by: str | None = None, n_resamples: int = N_RESAMPLES,
-                 directions: Mapping[str, str] | None = None) -> tuple[Prepared, pd.DataFrame, list[FigureSpec]]:
-    """Prepared results, their correlation table and every figure with the data behind it."""
-    prep = _prepared(results, group_by)
-    corr = correlation_table(prep, n_resamples=n_resamples, directions=dict(directions or {}))
-    return prep, corr, build_figures(prep, corr)
+@dataclass
+class Built:
+    """Everything a report shows: prepared results, their statistics, the decision and the figures."""
+
+    prep: Prepared
+    stats: pd.DataFrame
+    decision: Decision
+    specs: list[FigureSpec]
 
 
-def figures(results: ResultsInput, group_by: str | None = None) -> dict[str, go.Figure]:
+def build(results: ResultsInput | Prepared, group_by: str | None = None, x: str = DEFAULT_X, n_resamples: int = N_RESAMPLES,
+          directions: Mapping[str, str] | None = None) -> Built:
+    """Prepare results, compute their statistics and decision, and build every figure with the data behind it."""
+    prep = _prepared(results, group_by, x=x)
+    stats = association_table(prep, n_resamples=n_resamples, directions=dict(directions or {}))
+    decision = decide(prep, stats)
+    panels = []
+    for panel in PANELS:
+        keys = panel_series(prep, panel)
+        if not keys:
+            continue
+        secondary = None
+        if panel.key == "outcome" and np.isfinite(values_of(prep, val_loss_key(prep))).any():
+            secondary = ("validation loss", values_of(prep, val_loss_key(prep)))
+        panels.append((panel.key, keys, secondary))
+    return Built(prep, stats, decision, build_figures(prep, panels))
+
+
+def figures(results: ResultsInput, group_by: str | None = None, x: str = DEFAULT_X) -> dict[str, go.Figure]:
     """The report's plotly figures, keyed by what they show.
 
-    Keys look like ``"probes.accuracy [task=pos, pooling=mean, …]: vs weight decay"``,
-    ``"...: layer x weight decay"``, ``"...: head x layer"`` and ``"summary: Spearman
-    correlations"``; every series (``analysis.metric [variant]``) has at least the first.
+    Keys look like ``"panel: separability"`` (the headline panels), ``"probes.accuracy
+    [task=pos, pooling=mean]: vs weight_decay"``, ``"...: layer x weight_decay"`` and ``"...:
+    head x layer"``; every series (``analysis.metric [variant]``) has at least the second kind.
+    ``x``: the hyperparameter on the horizontal axis (default weight decay).
     """
-    _, _, specs = figure_specs(results, group_by=group_by)
-    return {spec.key: spec.figure for spec in specs}
+    return {spec.key: spec.figure for spec in build(results, group_by=group_by, x=x).specs}
 
 
 def write_report(
@@ -88,6 +112,7 @@ def write_report(
     group_by: str | None = None,
     formats: Iterable[str] = (),
     directions: Mapping[str, str] | None = None,
+    x: str = DEFAULT_X,
 ) -> Path:
     """Write one self-contained HTML report and return its path.
 
@@ -95,15 +120,17 @@ def write_report(
     methods section unless ``run_info`` is given), or a list/dict of them to compare several
     sweeps (grouped by the added ``sweep`` column unless ``group_by`` names another column).
     ``group_by``: a hyperparameter column; groups are drawn side by side on the same axes.
+    ``x``: the swept hyperparameter on the horizontal axis (default ``weight_decay``; any
+    hyperparameter column, numeric or categorical, e.g. ``schedule`` or ``step``).
     ``formats``: also write ``png``/``svg`` figures (kaleido) and/or ``csv`` data into
     ``<out stem>_figures/``. ``directions``: {metric: "higher"|"lower"} overrides which way
-    is better when rankings are compared.
+    is better.
     """
     formats = check_formats(formats)
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out.with_suffix(out.suffix + ".html") if out.suffix else out.with_suffix(".html")
-    prep = prepare(results, group_by=group_by, run_info=run_info)
+    prep = prepare(results, group_by=group_by, run_info=run_info, x=x)
     extra = [f for f in formats if f != "html"]
     figures_dir = out.with_name(out.stem + "_figures") if extra else None
     return write_prepared(prep, out, figures_dir, title=title, formats=extra, directions=directions)
@@ -112,26 +139,30 @@ def write_report(
 def write_prepared(prep: Prepared, out: Path, figures_dir: Path | None = None, title: str | None = None,
                    formats: Iterable[str] = (), directions: Mapping[str, str] | None = None) -> Path:
     """Write the report of already prepared results to ``out`` and, with ``figures_dir``, its figures in ``formats``."""
-    prep, corr, specs = figure_specs(prep, directions=directions)
+    built = build(prep, directions=directions)
     if title is None:
         names = ", ".join(n for n in prep.sources if prep.sources[n] != "DataFrame")
         title = f"plastiscope report: {names}" if names else "plastiscope report"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_page(prep, specs, corr, title, generator_versions()), encoding="utf-8")
+    out.write_text(render_page(prep, built.specs, built.stats, built.decision, title, generator_versions()), encoding="utf-8")
     if figures_dir is not None and formats:
-        export_figures(specs, figures_dir, formats, correlations=corr)
+        export_figures(built.specs, figures_dir, formats, statistics=built.stats)
     return out
 
 
 def export_figures(specs: list[FigureSpec] | ResultsInput, out_dir: str | Path, formats: Iterable[str] = ("csv",),
-                   group_by: str | None = None, correlations: pd.DataFrame | None = None, width: int = 1000) -> list[Path]:
+                   group_by: str | None = None, statistics: pd.DataFrame | None = None, width: int = 1000,
+                   x: str = DEFAULT_X) -> list[Path]:
     """Write each figure as ``<key>.png``/``.svg`` (kaleido) and its data as ``<key>.csv`` into ``out_dir``.
 
-    ``specs`` may be figure specs or results (then built here). Returns the written paths.
+    ``specs`` may be figure specs or results (then built here). With ``csv``, the statistics
+    table (every series against the axis and the outcome) goes to ``statistics.csv``. Returns
+    the written paths.
     """
     formats = [f for f in check_formats(formats) if f != "html"]
     if not (isinstance(specs, list) and all(isinstance(s, FigureSpec) for s in specs)):
-        _, correlations, specs = figure_specs(specs, group_by=group_by)
+        built = build(specs, group_by=group_by, x=x)
+        specs, statistics = built.specs, built.stats
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
@@ -142,9 +173,9 @@ def export_figures(specs: list[FigureSpec] | ResultsInput, out_dir: str | Path, 
             path = out_dir / f"{name}.csv"
             spec.data.to_csv(path, index=False)
             written.append(path)
-        if correlations is not None and not correlations.empty:
-            path = out_dir / "correlations.csv"
-            correlations.to_csv(path, index=False)
+        if statistics is not None and not statistics.empty:
+            path = out_dir / "statistics.csv"
+            statistics.to_csv(path, index=False)
             written.append(path)
     for fmt in (f for f in formats if f in IMAGE_FORMATS):
         import plotly.io as pio
@@ -161,17 +192,17 @@ def export_figures(specs: list[FigureSpec] | ResultsInput, out_dir: str | Path, 
     return written
 
 
-def summary(results: ResultsInput, group_by: str | None = None, style: bool = True):
+def summary(results: ResultsInput, group_by: str | None = None, style: bool = True, x: str = DEFAULT_X):
     """Checkpoint x series table of scores (mean over layers and heads), for notebooks.
 
-    Rows: checkpoints in weight-decay order (index: [group,] checkpoint, weight_decay, and
+    Rows: checkpoints in axis order (index: [group,] checkpoint, ``x``, seed where present;
     train/val loss columns first); columns: ``analysis.metric [variant]``. With ``style``
     (default) returns a pandas ``Styler`` with 4 significant digits and a per-column colour
     scale (no matplotlib needed); else the DataFrame.
     """
-    prep = _prepared(results, group_by)
+    prep = _prepared(results, group_by, x=x)
     ck = prep.checkpoints
-    index_cols = (["_group"] if prep.group_by else []) + ["_label", "weight_decay"]
+    index_cols = (["_group"] if prep.group_by else []) + ["_label", prep.x] + (["seed"] if "seed" in prep.hyper else [])
     table = prep.scores.copy()
     table.insert(0, "val_loss", ck.set_index("_id")["val_loss"].reindex(table.index))
     table.insert(0, "train_loss", ck.set_index("_id")["train_loss"].reindex(table.index))

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny trained sweep on the embedded corpus, built once per test session."""
+"""Shared fixtures: a tiny trained sweep on the embedded corpus (and a replicate of it), and every analysis's real output on them, built once per test session."""
 
 from __future__ import annotations
 
@@ -40,3 +40,79 @@ def probe_docs():
     from plastiscope.demo.corpus import load_corpus
 
     return load_corpus("probe", 200)
+
+
+# Small options for every analysis: a few seconds per checkpoint. Options an analysis does not
+# declare are left out, so the fixtures keep working while analyses gain and rename options.
+SMALL_OPTIONS = {
+    "probes": {"label_column": "pos", "folds": 3, "inner_folds": 2, "Cs": [1.0]},
+    "attention": {"n_resamples": 100},
+    "overfit": {"prefix_tokens": 8, "continuation_tokens": 8, "memorization_max_docs": 32, "n_resamples": 100},
+    "plasticity": {"label_column": "topic", "steps": 4, "batch_size": 8, "learning_rates": [1e-3, 3e-3], "eval_docs": 24,
+                   "select_docs": 12, "train_docs": 64, "n_resamples": 100},
+    "landscape": {"n_docs": 8, "power_iterations": 6, "trace_probes": 4, "n_directions": 2, "radii": [0.0, 0.5, 1.0, 2.0],
+                  "n_resamples": 100},
+}
+
+
+def analyze_every(manifest, out):
+    """Run every registered analysis on ``manifest`` into the results folder ``out`` with :data:`SMALL_OPTIONS`."""
+    from plastiscope.demo.corpus import load_corpus
+    from plastiscope.pipeline import analyze
+    from plastiscope.runner import Inputs, available_analyses, get_analysis
+
+    names = available_analyses()
+    options = {}
+    for name in names:
+        declared = get_analysis(name).options.options
+        options[name] = {k: v for k, v in SMALL_OPTIONS.get(name, {}).items() if k in declared}
+    inputs = Inputs(data=load_corpus("probe", 120), train_data=load_corpus("train", 400).head(64),
+                    val_data=load_corpus("validation", 164).subset(range(100, 164)), finetune_data=load_corpus("finetune"))
+    results, failures = analyze(manifest, out, names, inputs, options, progress=False)
+    assert failures.empty, failures.to_dict("records")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory, tiny_manifest):
+    """Results folder of every analysis run on the tiny sweep (3 checkpoints, one seed)."""
+    return analyze_every(tiny_manifest, tmp_path_factory.mktemp("tiny-results"))
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest_seed1(tmp_path_factory):
+    """manifest.csv of the tiny sweep trained again with seed 1 (weight decays 0, 0.1, 1.0)."""
+    from plastiscope.demo.sweep import TrainConfig, train_sweep
+
+    return train_sweep(tmp_path_factory.mktemp("sweep-seed1"), TrainConfig(weight_decays=(0.0, 0.1, 1.0), seed=1, **TINY),
+                       progress=False)
+
+
+@pytest.fixture(scope="session")
+def replicated_manifest(tmp_path_factory, tiny_manifest, tiny_manifest_seed1):
+    """One manifest of both tiny sweeps: 3 weight decays x seeds 0 and 1, labelled ``s{seed}-wd-{wd}``."""
+    import csv
+
+    rows = []
+    for manifest in (tiny_manifest, tiny_manifest_seed1):
+        with manifest.open(newline="") as f:
+            for row in csv.DictReader(f):
+                row["path"] = str((manifest.parent / row["path"]).resolve())
+                row["label"] = f"s{row['seed']}-{row['label']}"
+                rows.append(row)
+    out = tmp_path_factory.mktemp("replicated") / "manifest.csv"
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
+@pytest.fixture(scope="session")
+def replicated_results(tmp_path_factory, tiny_results, replicated_manifest):
+    """Results folder of every analysis on the replicated tiny sweep (seed-0 pieces reused from ``tiny_results``)."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("replicated-results")
+    shutil.copytree(tiny_results / "cache", out / "cache")
+    return analyze_every(replicated_manifest, out)

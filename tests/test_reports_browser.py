@@ -1,8 +1,10 @@
 """Open a report in headless Chromium (Debian's /usr/bin/chromium, driven by playwright).
 
-Checks: no console errors, no request other than the report file itself, every plot drawn
-with a non-empty SVG, the checkpoint table sorts on a header click, an injected checkpoint
-name shows as text, and a screenshot lands in the test's temporary directory.
+Checks: the summary fits in two screens (the first folded section starts within 2 x 900 px at
+1280 px width), no console errors, no request other than the report file itself, every plot
+drawn with a non-empty SVG once unfolded, the checkpoint table sorts on a header click, an
+injected checkpoint name shows as text, and a screenshot of the summary lands in the test's
+temporary directory.
 
 ``check_report_in_browser(path, tmp_path)`` and ``report_for_results(results_dir, tmp_path)``
 can be reused for any results folder (e.g. the demo sweep).
@@ -42,10 +44,15 @@ class BrowserCheck:
     body_text: str = ""
     plot_titles: list[str] = field(default_factory=list)
     screenshot: Path | None = None
+    first_fold_top: float = 0.0  # px from the top of the page to the first folded section, before unfolding
+    summary_verdicts: int = 0  # verdict words in the summary's panels
+
+
+WIDTH, HEIGHT = 1280, 900
 
 
 def check_report_in_browser(path: Path, tmp_path: Path, timeout_ms: int = 90_000) -> BrowserCheck:
-    """Open ``path`` from file://, draw every plot, click the first sortable header; report what happened."""
+    """Open ``path`` from file://, measure and screenshot the summary, unfold and draw every plot, sort the checkpoints."""
     from playwright.sync_api import sync_playwright
 
     result = BrowserCheck()
@@ -53,7 +60,7 @@ def check_report_in_browser(path: Path, tmp_path: Path, timeout_ms: int = 90_000
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
             page.on("console", lambda m: result.console_errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: result.page_errors.append(str(e)))
             page.on("request", lambda r: result.requests.append(r.url))
@@ -63,6 +70,12 @@ def check_report_in_browser(path: Path, tmp_path: Path, timeout_ms: int = 90_000
             # the plots in view draw on their own (lazily, as they scroll into view)
             page.wait_for_function("window.plastiscopeReport.rendered() >= 1", timeout=timeout_ms)
             result.lazily_rendered_at_load = page.evaluate("window.plastiscopeReport.rendered()")
+            result.first_fold_top = page.evaluate(
+                "(() => { const d = document.querySelector('details'); return d ? d.getBoundingClientRect().top + window.scrollY : 1e9; })()")
+            result.summary_verdicts = page.evaluate("document.querySelectorAll('#summary .ps-word').length")
+            page.wait_for_timeout(300)
+            result.screenshot = tmp_path / "report.png"
+            page.screenshot(path=str(result.screenshot), full_page=False)
             page.evaluate("window.plastiscopeReport.renderAll()")
             page.wait_for_function("window.plastiscopeReport.rendered() === window.plastiscopeReport.plots", timeout=timeout_ms)
             sizes = page.evaluate("""() => Array.from(document.querySelectorAll('.ps-plot')).map(div => {
@@ -81,9 +94,6 @@ def check_report_in_browser(path: Path, tmp_path: Path, timeout_ms: int = 90_000
             result.sort_changed_order = after_first != result.first_column_before or result.first_column_after != after_first
             result.body_text = page.inner_text("body")
             result.plot_titles = page.evaluate("() => Array.from(document.querySelectorAll('.gtitle')).map(t => t.textContent)")
-            page.evaluate("window.scrollTo(0, 0)")
-            result.screenshot = tmp_path / "report.png"
-            page.screenshot(path=str(result.screenshot), full_page=False)
         finally:
             browser.close()
     return result
@@ -113,18 +123,22 @@ def test_report_in_browser(tmp_path):
 
     from plastiscope.reports import write_report
 
-    names = ["wd-zero", INJECTION, "wd-mid", "wd-high", "wd-max"]
-    frame = synthetic_results(n_checkpoints=5, n_layers=3, n_heads=2, names=names)
+    # demo-like: five weight decays x two seeds, every analysis's headline metric, a hostile checkpoint name
+    names = [f"wd{i}-s{s}" for i in range(5) for s in range(2)]
+    names[2] = INJECTION
+    frame = synthetic_results(n_checkpoints=5, n_layers=3, n_heads=2, names=names, seeds=2)
     # keep the page small: a few metrics of each analysis
-    keep = ["accuracy", "selectivity_control_task", "entropy_normalized", "qk_frobenius_norm", "val_loss", "loss_gap",
-            "plasticity_gain"]
-    frame = frame[frame["metric"].isin(keep) & frame["task"].isin(["pos", None]).fillna(True)]
-    frame.loc[frame["metric"] == "loss_gap", "metric"] = EVIL_METRIC
+    keep = ["accuracy", "selectivity_control_task", "entropy_normalized", "qk_effective_rank", "val_loss", "loss_gap",
+            "downstream_loss_after", "downstream_loss_before", "adaptive_max_eigenvalue", "basin_sigma"]
+    frame = frame[frame["metric"].isin(keep) & frame["task"].isin(["pos", "topics", None]).fillna(True)]
+    frame.loc[frame["metric"] == "selectivity_control_task", "metric"] = EVIL_METRIC
     path = write_report(frame, tmp_path / "report.html", title=f"report {INJECTION}")
     expected = path.read_text().count("class='ps-plot'")
-    assert expected >= 10
+    assert expected >= 12
     check = check_report_in_browser(path, tmp_path)
     assert_clean(check, path, expected)
+    assert check.first_fold_top <= 2 * HEIGHT, f"the summary is {check.first_fold_top:.0f} px tall: more than two screens"
+    assert check.summary_verdicts >= 7  # outcome (3 lines), separability, attention, overfitting, sharpness, basin
     assert check.sort_changed_order, (check.first_column_before, check.first_column_after)
     assert sorted(check.first_column_after) == sorted(check.first_column_before)
     # the injected name is shown as text, in the table and the title
@@ -140,3 +154,36 @@ def test_results_dir_report_in_browser(tmp_path):
     check = check_report_in_browser(path, tmp_path)
     assert_clean(check, path, expected)
     assert check.sort_changed_order or len(check.first_column_before) < 2
+
+
+def test_report_of_every_analysis_on_replicated_checkpoints_in_browser(replicated_results, tmp_path):
+    path, expected = report_for_results(replicated_results, tmp_path)
+    check = check_report_in_browser(path, tmp_path)
+    assert_clean(check, path, expected)
+    assert check.first_fold_top <= 2 * HEIGHT, f"the summary is {check.first_fold_top:.0f} px tall: more than two screens"
+    assert check.sort_changed_order
+    assert "Best after fine-tuning" in check.body_text and "range of 2 seeds" in check.body_text
+
+
+def test_agreement_page_in_browser(tmp_path):
+    from test_agreement import TARGET_LOSS, _proxy, _target
+
+    from plastiscope.reports import sweep_agreement, write_agreement
+
+    path = write_agreement(sweep_agreement(_proxy(TARGET_LOSS), _target(), key="recipe", n_resamples=100), tmp_path / "a.html")
+    from playwright.sync_api import sync_playwright
+
+    errors, requests = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(path.resolve().as_uri(), wait_until="load")
+            page.wait_for_function("window.plastiscopeReport.rendered() === 1", timeout=60_000)
+            rows = page.evaluate("document.querySelectorAll('#agreement-table tbody tr').length")
+        finally:
+            browser.close()
+    assert errors == [] and set(requests) == {path.resolve().as_uri()} and rows == 4

@@ -1,0 +1,248 @@
+"""What a report decides: the best configuration after fine-tuning, the trade-off, and a verdict per mechanism.
+
+Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137) say larger weight decay gives checkpoints
+that can be worse before fine-tuning yet better after it, through three mechanisms. The
+headline panels (:data:`PANELS`) test each against its expected direction:
+
+- outcome: downstream loss after fine-tuning falls (validation loss beside it: the trade-off);
+- separability: linear-probe accuracy (trained rows) rises;
+- attention regularisation: the effective rank of W_QK falls;
+- overfitting: the loss gap (validation minus training, token-weighted) falls;
+- and, from related work rather than from Han et al.: scale-invariant sharpness (adaptive
+  max eigenvalue; Kwon et al. 2021, Andriushchenko et al. 2023) falls and the basin radius
+  sigma on the loss along random directions (Chen et al. 2025, arXiv 2505.17646) rises.
+
+Each verdict line is one series against the axis: Spearman's rho over configurations with its
+cluster-bootstrap interval, and a permutation p-value (:mod:`.correlate`), Holm-adjusted across
+every headline line of the report (Holm 1979). At level :data:`~.correlate.ALPHA`: *holds* (the
+expected direction), *opposite*, or *inconclusive*; on another numeric axis *increases* /
+*decreases* / *inconclusive*; on a categorical one *differs* / *inconclusive*.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from plastiscope.reports.correlate import (
+    ALPHA,
+    OUTCOME_ACCURACY,
+    OUTCOME_METRIC,
+    fmt_p,
+    outcome_series,
+    val_loss_key,
+    values_of,
+)
+from plastiscope.reports.frame import DEFAULT_X, Prepared, configuration_means
+from plastiscope.stats import holm
+
+PAPER = "Han et al. 2026"
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One headline panel: a metric (optionally one variant of it) and the direction expected with weight decay."""
+
+    key: str
+    title: str
+    analysis: str
+    metric: str
+    expected: str  # "rise" or "fall" with weight decay
+    source: str
+    absent: str  # how to obtain the metric
+    variant: tuple[tuple[str, str], ...] = ()
+
+    def matches(self, analysis: str, metric: str, variant: str) -> bool:
+        """Whether a series (analysis, metric, variant) belongs to this panel."""
+        parts = dict(p.split("=", 1) for p in variant.split(", ") if "=" in p)
+        return analysis == self.analysis and metric == self.metric and all(parts.get(k) == v for k, v in self.variant)
+
+
+PANELS = (
+    Panel("outcome", "Outcome: loss after fine-tuning", "plasticity", OUTCOME_METRIC, "fall", PAPER,
+          "run the plasticity analysis (name it, with a downstream task as --finetune-data)"),
+    Panel("separability", "Separability: probe accuracy", "probes", "accuracy", "rise", PAPER,
+          "run the probes analysis (--data with --label-column)"),
+    Panel("attention", "Attention: W_QK effective rank", "attention_weights", "qk_effective_rank", "fall", PAPER,
+          "run the attention analysis"),
+    Panel("overfitting", "Overfitting: loss gap (validation − training)", "overfit", "loss_gap", "fall", PAPER,
+          "run the overfit analysis (--train-data and --val-data)"),
+    Panel("sharpness", "Sharpness: adaptive max eigenvalue", "landscape", "adaptive_max_eigenvalue", "fall",
+          "related work (Kwon et al. 2021; Andriushchenko et al. 2023), not Han et al.",
+          "run the landscape analysis (--train-data)"),
+    Panel("basin", "Basin radius σ (loss, random directions)", "landscape", "basin_sigma", "rise",
+          "related work (Chen et al. 2025), not Han et al.", "run the landscape analysis (--train-data)",
+          (("objective", "loss"), ("direction", "random"))),
+)
+
+
+@dataclass
+class Verdict:
+    """One headline line: a series of a panel (in one group) against the axis."""
+
+    panel: str
+    group: str
+    key: str
+    label: str
+    expected: str
+    row: dict
+    p_holm: float = math.nan
+    word: str = "inconclusive"
+
+    def sentence(self, prep: Prepared) -> str:
+        """The line's evidence: effect with its interval, configurations, p and the Holm-adjusted p."""
+        r = self.row
+        if not r or r.get("n_configs", 0) < 3:
+            return "fewer than 3 configurations with a value: nothing to test"
+        if not math.isfinite(r.get("p_x_effect", math.nan)):
+            return f"the same value in all {r['n_configs']} configurations: nothing to test"
+        n = f"{r['n_configs']} configurations"
+        if r["axis"] == "eta2":
+            effect = f"η² {r['x_effect']:.2f} between values of {prep.x}, {n}"
+        else:
+            interval = f" [{r['x_effect_low']:+.2f}, {r['x_effect_high']:+.2f}]" if math.isfinite(r["x_effect_low"]) else ""
+            effect = f"ρ {r['x_effect']:+.2f}{interval}, {n}"
+        return f"{effect}, p {fmt_p(r['p_x_effect'])}, Holm {fmt_p(self.p_holm)}"
+
+
+@dataclass
+class Best:
+    """The best configuration after fine-tuning in one group, and the trade-off against the best before."""
+
+    group: str
+    outcome: str  # series key
+    after: pd.DataFrame  # configuration means of the outcome, best first
+    before: dict[str, pd.DataFrame] = field(default_factory=dict)  # "validation loss" / "downstream loss before" -> means
+    accuracy: pd.DataFrame | None = None  # configuration means of accuracy after fine-tuning, best first
+
+
+@dataclass
+class Decision:
+    """Everything the summary shows."""
+
+    verdicts: list[Verdict]
+    missing: dict[str, str]  # panel key -> why it is absent
+    best: list[Best]
+    design: list[str]  # sentences on what the data can support
+
+
+def panel_series(prep: Prepared, panel: Panel) -> list[str]:
+    """Keys of the series that belong to ``panel`` (the metric with any analysis if none matches its analysis)."""
+    keys = [s.key for s in prep.series if s.key in prep.scores and panel.matches(s.analysis, s.metric, s.variant)]
+    if not keys:
+        keys = [s.key for s in prep.series if s.key in prep.scores and panel.matches(panel.analysis, s.metric, s.variant)]
+    return keys
+
+
+def _word(row: dict, expected: str, prep: Prepared, p_holm: float) -> str:
+    if not math.isfinite(p_holm) or p_holm >= ALPHA or not math.isfinite(row.get("x_effect", math.nan)):
+        return "inconclusive"
+    if prep.categorical:
+        return "differs"
+    rising = row["x_effect"] > 0
+    if prep.x == DEFAULT_X:
+        return "holds" if rising == (expected == "rise") else "opposite"
+    return "increases" if rising else "decreases"
+
+
+def _sorted_means(prep: Prepared, values: np.ndarray, mask: np.ndarray, better: str) -> pd.DataFrame:
+    table = configuration_means(prep, values, mask)
+    return table.sort_values("value", ascending=better == "lower", kind="stable").reset_index(drop=True)
+
+
+def decide(prep: Prepared, table: pd.DataFrame) -> Decision:
+    """The headline verdicts (Holm across all of them), the best configuration per group and the design's limits."""
+    rows = {(r["group"], r["series"]): r for r in table.to_dict("records")} if not table.empty else {}
+    verdicts, missing = [], {}
+    for panel in PANELS:
+        keys = panel_series(prep, panel)
+        lines = [(k, prep.series_by_key(k).variant if len(keys) > 1 else "", panel.expected) for k in keys]
+        if not keys:
+            missing[panel.key] = f"no {panel.metric} in these results: {panel.absent}."
+        elif panel.key == "outcome":
+            val_key = val_loss_key(prep)
+            lines += [(val_key, "validation loss (the trade-off)", "rise")] if any(r[1] == val_key for r in rows) else []
+            lines += [(s.key, "accuracy after fine-tuning", "rise") for s in outcome_series(prep, OUTCOME_ACCURACY)]
+        for group in prep.groups:
+            for key, label, expected in lines:
+                verdicts.append(Verdict(panel.key, group, key, label, expected, rows.get((group, key), {})))
+    adjusted = holm([v.row.get("p_x_effect", math.nan) for v in verdicts])
+    for v, p in zip(verdicts, adjusted):
+        v.p_holm = float(p)
+        v.word = _word(v.row, v.expected, prep, v.p_holm)
+    return Decision(verdicts, missing, best_configurations(prep), design_limits(prep, verdicts))
+
+
+def best_configurations(prep: Prepared) -> list[Best]:
+    """Per group: configurations by mean loss after fine-tuning (best first), and by the losses before it."""
+    outcomes = outcome_series(prep)
+    if not outcomes:
+        return []
+    out = []
+    before_keys = {"validation loss": val_loss_key(prep)}
+    before_ds = [s.key for s in prep.series if s.metric == "downstream_loss_before" and s.key in prep.scores
+                 and s.variant == outcomes[0].variant]
+    if before_ds:
+        before_keys["downstream loss before fine-tuning"] = before_ds[0]
+    accuracy = [s.key for s in outcome_series(prep, OUTCOME_ACCURACY) if s.variant == outcomes[0].variant]
+    for group in prep.groups:
+        mask = (prep.checkpoints["_group"] == group).to_numpy()
+        after = _sorted_means(prep, values_of(prep, outcomes[0].key), mask, "lower")
+        if after.empty:
+            continue
+        best = Best(group, outcomes[0].key, after)
+        for name, key in before_keys.items():
+            means = _sorted_means(prep, values_of(prep, key), mask, "lower")
+            if not means.empty:
+                best.before[name] = means
+        if accuracy:
+            best.accuracy = _sorted_means(prep, values_of(prep, accuracy[0]), mask, "higher")
+        out.append(best)
+    return out
+
+
+def tradeoff(best: Best, name: str) -> pd.DataFrame:
+    """Configurations worse before fine-tuning (by ``name``) than the best-before one, yet better after it.
+
+    Rows of ``best.after`` (best first) with columns ``before`` (their value by ``name``);
+    empty when the best before is also the best after, or ``name`` was not measured.
+    """
+    before = best.before.get(name)
+    if before is None or before.empty:
+        return best.after.iloc[0:0]
+    top = before.iloc[0]
+    after = best.after.set_index("_config")
+    if top["_config"] not in after.index:
+        return best.after.iloc[0:0]
+    reference = after.loc[top["_config"], "value"]
+    values = before.set_index("_config")["value"]
+    found = best.after[(best.after["value"] < reference) & best.after["_config"].isin(values.index)]
+    found = found[found["_config"].map(values) > top["value"]]
+    return found.assign(before=found["_config"].map(values))
+
+
+def design_limits(prep: Prepared, verdicts: list[Verdict]) -> list[str]:
+    """Plain sentences on what the sweep's design can support (configurations, seeds, the smallest reachable p)."""
+    lines = []
+    tested = [v for v in verdicts if v.row and math.isfinite(v.row.get("p_x_effect_perfect", math.nan))]
+    m = len(tested)
+    low, high = prep.seeds_per_configuration
+    n_configs = prep.checkpoints.loc[prep.has_x, "_config"].nunique()
+    seeds = f"{low} seed{'s' if low != 1 else ''}" if low == high else f"{low}-{high} seeds"
+    lines.append(f"{n_configs} configurations × {seeds} each ({prep.checkpoints['_x'].notna().sum()} checkpoints"
+                 + (f", {len(prep.groups)} groups" if prep.group_by else "") + ").")
+    if tested:
+        best = min(v.row["p_x_effect_perfect"] for v in tested)
+        if best * m >= ALPHA:
+            perfect = "a perfect separation of its values" if prep.categorical else "a perfect monotone trend"
+            lines.append(f"These data cannot decide: even {perfect} would reach p = {fmt_p(best)} "
+                         f"({fmt_p(min(1.0, best * m))} after Holm across the {m} headline tests), above α = {ALPHA}; "
+                         "every verdict is inconclusive until the sweep has more configurations or seeds.")
+        elif low < 2:
+            lines.append("One seed per configuration: seed-to-seed noise is not measured, so a trend may be one seed's luck.")
+    elif m == 0:
+        lines.append("No headline metric could be tested (fewer than 3 configurations with a value).")
+    return lines
