@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ import torch
 
 from plastiscope.data import Documents, encode, pad
 from plastiscope.losses import model_device, token_losses
+
+DOCUMENT_SUFFIXES = (".txt", ".jsonl", ".ndjson", ".json", ".csv", ".tsv")
 
 
 @dataclass
@@ -43,10 +46,12 @@ class DownstreamTask:
 
 
 def _default_name(documents: Documents) -> str:
+    """A file's stem (``downstream.jsonl`` -> ``downstream``), another source's text, or a content tag."""
     source = documents.source
     if source.startswith("<") or not source:
         return f"documents-{documents.sha256()[:8]}"
-    return source.rstrip("/").split("/")[-1].rsplit(".", 1)[0] or source
+    path = Path(source)
+    return path.stem if path.suffix.lower() in DOCUMENT_SUFFIXES or path.is_dir() else source
 
 
 def split_indices(n: int, eval_docs: int, select_docs: int, train_docs: int, seed: int) -> tuple[np.ndarray, ...]:
