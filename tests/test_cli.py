@@ -26,7 +26,7 @@ def docs(tmp_path):
 def no_loading(monkeypatch):
     """Records every model load: bad input must be refused before any."""
     loads = []
-    monkeypatch.setattr(plastiscope.checkpoint, "load_model", lambda *a, **k: loads.append(a) or pytest.fail("a model was loaded"))
+    monkeypatch.setattr(plastiscope.checkpoint.Checkpoint, "_load", lambda self: loads.append(self) or pytest.fail("a model was loaded"))
     return loads
 
 
