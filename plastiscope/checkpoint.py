@@ -234,6 +234,8 @@ class Checkpoint:
 
         if self._model is not None:
             model = self._model.original_model if isinstance(self._model, TransformerBridge) else self._model
+            if not isinstance(self._model, TransformerBridge):
+                check_causal_lm(model.config, self.where, [type(model).__name__])  # the bridge would look for processors
             check_finite(model, self.where, self.dtype)
             check_vocabulary(self.tokenizer, model, self.where)
             if isinstance(self._model, TransformerBridge):
@@ -422,11 +424,12 @@ def load_config(path: Path) -> Any:
     return config
 
 
-def check_causal_lm(config: Any, where: Any) -> None:
+def check_causal_lm(config: Any, where: Any, architectures: Sequence[str] | None = None) -> None:
     """Refuse a config that is not a text-only causal language model (multimodal, encoder-only, seq2seq, ...).
 
-    TransformerBridge would otherwise load processors for such models (and may try to install
-    packages for them); plastiscope measures next-token models only.
+    ``architectures``: the model classes (default: the config's ``architectures``). TransformerBridge
+    would otherwise load processors for such models (and may try to install packages for them);
+    plastiscope measures next-token models only.
     """
     from transformer_lens.utilities import architectures as tl
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -439,7 +442,7 @@ def check_causal_lm(config: Any, where: Any) -> None:
     )  # fmt: skip
     model_type = getattr(config, "model_type", None)
     causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
-    architectures = list(getattr(config, "architectures", None) or [])
+    architectures = list(architectures or getattr(config, "architectures", None) or [])
     sub = [k for k in ("vision_config", "audio_config", "encoder", "decoder") if getattr(config, k, None) is not None]
     wrong = [a for a in architectures if a in other or not (a == causal or a.endswith(("ForCausalLM", "LMHeadModel")))]
     if causal is None or causal in other or sub or wrong:
@@ -511,7 +514,7 @@ def check_finite(model: Any, where: str, dtype: torch.dtype | None = None) -> No
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.device.type == "meta" or not p.is_floating_point() or p.numel() == 0:
-                continue  # offloaded to disk: checked when the file was written, not here
+                continue  # offloaded by a device_map: not in memory, so not checked here
             flat = p.detach().reshape(-1)
             if not bool(torch.stack([torch.isfinite(c).all() for c in flat.split(1 << 24)]).all()):
                 bad.append(f"{name} ({int((~torch.isfinite(flat)).sum())} of {flat.numel()} values)")

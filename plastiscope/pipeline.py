@@ -21,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from plastiscope.checkpoint import CheckpointError, Sweep
-from plastiscope.results import ResultsStore, identity
-from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, get_analysis, run_analyses
+from plastiscope.results import ResultsStore, check_results_folder, identity
+from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, get_analysis, prepare, run_analyses
 
 log = logging.getLogger("plastiscope")
 
@@ -83,13 +83,15 @@ def analyze(
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"executor {executor!r}: choose local or ray")
-    store = ResultsStore(out)  # refuses a file before anything is read
+    check_results_folder(out)  # before anything is read
     sweep = open_sweep(sweep) if not isinstance(sweep, Sweep) else sweep
     inputs = inputs or Inputs()
     if analyses is None:
         analyses = [a for a in available_analyses() if a != "plasticity"
                     and all(getattr(inputs, n) is not None for n in get_analysis(a).inputs)]
     analyses = expand_analyses(analyses)
+    prepare(analyses, inputs, options)  # bad options fail here, before the results folder is made
+    store = ResultsStore(out)
     if executor == "ray":
         from plastiscope.distributed import run_analyses_ray
 

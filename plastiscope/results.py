@@ -145,6 +145,14 @@ class StoreError(ValueError):
     """A results folder cannot be used: the message names it and the fix."""
 
 
+def check_results_folder(root: str | Path) -> Path:
+    """``root`` as a path; :class:`StoreError` when it names an existing file (a results folder is a folder)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root}: a file, not a results folder; pass a folder (it is created if missing)")
+    return root
+
+
 class ResultsStore:
     """Results of a sweep on disk: one cached parquet piece per (checkpoint, analysis, cache key).
 
@@ -157,10 +165,8 @@ class ResultsStore:
     def __init__(self, root: str | Path):
         from filelock import FileLock
 
-        self.root = Path(root)
+        self.root = check_results_folder(root)
         self.cache = self.root / "cache"
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreError(f"{self.root}: a file, not a results folder; pass a folder (it is created if missing)")
         try:
             self.cache.mkdir(parents=True, exist_ok=True)
         except OSError as err:

@@ -64,7 +64,7 @@ def test_bad_option_value_fails_once_before_any_model_loads(tiny_manifest, tmp_p
     assert good_json.exit_code == 2 and good_json.output.count("option folds=1 must be an integer >= 2") == 1
     typo = _analyze(tiny_manifest, tmp_path / "r", "--analyses", "attention_weights", "-o", "overfits.x=1")
     assert typo.exit_code == 2 and "options given for unknown analysis ['overfits']" in typo.output
-    assert no_loading == [] and not (tmp_path / "r" / "metrics.parquet").exists()
+    assert no_loading == [] and not (tmp_path / "r").exists()
 
 
 def test_bad_files_name_the_line(tiny_manifest, tmp_path, no_loading):

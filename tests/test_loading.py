@@ -249,6 +249,10 @@ def test_in_memory_model_gets_the_same_checks(tokenizer):
         model.model.layers[1].self_attn.v_proj.weight[0, 0] = float("nan")
     with pytest.raises(CheckpointError, match=r"mine \(in memory\): non-finite .*'model.layers.1.self_attn.v_proj.weight \(1 of"):
         Checkpoint.from_model(model, tokenizer, weight_decay=0.0, name="mine").bridge
+    bert = BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=48))
+    with pytest.raises(CheckpointError, match=r"bert \(in memory\): architectures \['BertForMaskedLM'\] is not a text-only causal"):
+        Checkpoint.from_model(bert, tokenizer, weight_decay=0.0, name="bert").bridge
     big = ARCHITECTURES["llama"](2 * len(tokenizer)).eval()  # a 600-row embedding for a 300-token tokenizer
     with pytest.raises(CheckpointError, match=r"tokenizer has 300 tokens but the model's vocabulary has 600 \(300 rows no token reaches\)"):
         Checkpoint.from_model(big, tokenizer, weight_decay=0.0, name="big").bridge
