@@ -137,6 +137,14 @@ def reference_checkpoint(checkpoint: Checkpoint, reference: str | None) -> Check
     return model.to(device=checkpoint.device, dtype=checkpoint.dtype, device_map=checkpoint.device_map)
 
 
+def fingerprint(config: dict[str, Any]) -> dict[str, Any]:
+    """The content hash of a reference model folder (part of the cache key): a replaced reference recomputes."""
+    reference = config["reference"]
+    if reference in (None, "random_init"):
+        return {}
+    return {"reference": Checkpoint.from_pretrained(Path(reference), weight_decay=0.0).content_hash()}
+
+
 def reference_losses(reference: Checkpoint, data: Documents, memo: Memo, batch_size: int = 16) -> np.ndarray:
     """``[doc]`` mean per-token loss of ``data`` under the reference model (its own tokenizer and context).
 
@@ -447,7 +455,8 @@ def start(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: 
     return OverfitTask(checkpoint, inputs.train_data, inputs.val_data, config, memo)
 
 
-ANALYSIS = Analysis(name=NAME, inputs=("train_data", "val_data"), start=start, options=OPTIONS, variants=VARIANTS)
+ANALYSIS = Analysis(name=NAME, inputs=("train_data", "val_data"), start=start, options=OPTIONS, variants=VARIANTS,
+                    fingerprint=fingerprint)
 
 
 # ---------------------------------------------------------------------- API

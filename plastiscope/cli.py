@@ -1,7 +1,14 @@
 """The ``plastiscope`` command: train-sweep, analyze, report, compare, demo.
 
-Exit codes: 0 on success, 2 with a one-line reason on bad input (a missing file, a
-checkpoint that is not a model, a data file without the named column, ...).
+Exit codes:
+
+- 0: success; for ``analyze``, every requested (checkpoint, analysis) succeeded or was cached;
+- 2: bad input, with a one-line reason naming the file, line, flag or option and the fix
+  (a missing file, a manifest or data file that does not parse, a bad flag or option value,
+  an option for an analysis that is not run, ``--out`` naming a file, ...), before any model loads;
+- 3: ``analyze`` ran, but some (checkpoint, analysis) failed (a checkpoint refused by strict
+  loading, an analysis that raised): each is printed and listed in ``failures.csv``; the
+  others' results are in ``metrics.parquet``.
 """
 
 from __future__ import annotations
@@ -14,11 +21,18 @@ from pathlib import Path
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+EXIT_BAD_INPUT, EXIT_FAILURES = 2, 3
 
 
 def _fail(err: Exception) -> None:
     typer.echo(f"error: {err}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _folder(path: Path, flag: str) -> None:
+    """Refuse an output folder that is an existing file."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: a file, not a folder; pass a folder (it is created if missing)")
 
 
 def _bad_input(err: Exception) -> bool:
@@ -31,7 +45,7 @@ def _bad_input(err: Exception) -> bool:
 @app.callback()
 def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (tracebacks of failures)."),
-    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's; the demo uses 1)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; the demo uses 1)."),
 ) -> None:
     """Measure the mechanisms of language-model plasticity across weight-decay sweeps."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the command never reaches a hub: checkpoints are local
@@ -48,9 +62,9 @@ def main(
 def train_sweep_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the checkpoints and manifest.csv."),
     weight_decays: str = typer.Option("0,0.01,0.1,0.3,1", help="Comma-separated AdamW weight decays."),
-    steps: int | None = typer.Option(None, help="Optimizer steps per run."),
+    steps: int | None = typer.Option(None, min=1, help="Optimizer steps per run."),
     schedule: str = typer.Option("cosine", help="Learning-rate schedule after warmup: cosine or constant."),
-    learning_rate: float | None = typer.Option(None, help="Peak learning rate."),
+    learning_rate: float | None = typer.Option(None, help="Peak learning rate (> 0)."),
     seed: int = typer.Option(0, help="Seed shared by every run (init and data order)."),
     decay_all: bool = typer.Option(False, help="Decay norms and biases too (default: matrices only)."),
     quick: bool = typer.Option(False, help="Smaller models, fewer steps (about a minute)."),
@@ -59,7 +73,10 @@ def train_sweep_cmd(
     from plastiscope.demo.sweep import QUICK, TrainConfig, train_sweep
 
     try:
-        decays = tuple(float(x) for x in weight_decays.split(","))
+        _folder(out, "--out")
+        decays = tuple(_weight_decay(x) for x in weight_decays.split(","))
+        if learning_rate is not None and not learning_rate > 0:
+            raise ValueError(f"--learning-rate {learning_rate}: must be a number > 0")
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"--schedule {schedule!r}: choose cosine or constant")
         fields = dict(QUICK) if quick else {}
@@ -74,6 +91,19 @@ def train_sweep_cmd(
             _fail(err)
         raise
     typer.echo(str(manifest))
+
+
+def _weight_decay(text: str) -> float:
+    """One entry of ``--weight-decays``: a finite number >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"--weight-decays: {text.strip()!r} is not a weight decay; write numbers >= 0 separated by commas, e.g. 0,0.1,1")
+    return value
 
 
 @app.command()
@@ -94,28 +124,33 @@ def analyze(
     finetune_data: Path | None = typer.Option(
         None, help="A downstream task's documents (plasticity; -o plasticity.label_column=COL for a labelled task)."
     ),
-    max_docs: int | None = typer.Option(None, help="Use at most this many documents of each input."),
+    max_docs: int | None = typer.Option(None, min=1, help="Use at most this many documents of each input."),
     option: list[str] = typer.Option(
         [],
         "--option",
         "-o",
         help="An analysis option, ANALYSIS.KEY=VALUE (VALUE as JSON, else text); repeatable, e.g. -o overfit.prefix_tokens=8.",
     ),
-    batch_size: int = typer.Option(16, help="Documents per forward pass."),
+    batch_size: int = typer.Option(16, min=1, help="Documents per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
     dtype: str = typer.Option("float32", help="Forward-pass precision: float32, bfloat16, float16 (statistics stay float32)."),
     device_map: str | None = typer.Option(None, help="Spread or offload large checkpoints (e.g. auto); replaces --device."),
     executor: str = typer.Option("local", help="local (in-process) or ray (one Ray task per checkpoint x analysis)."),
     address: str | None = typer.Option(None, help="Ray cluster address (default: start a local one)."),
-    task_gpus: float = typer.Option(0, help="GPUs per Ray task."),
-    task_cpus: float = typer.Option(1, help="CPUs per Ray task."),
+    task_gpus: float = typer.Option(0, min=0, help="GPUs per Ray task."),
+    task_cpus: float = typer.Option(1, min=0, help="CPUs per Ray task."),
 ) -> None:
-    """Analyze every checkpoint of a sweep; a broken checkpoint is reported and skipped."""
+    """Analyze every checkpoint of a sweep; a broken checkpoint is reported and skipped.
+
+    Exit code 0 when every requested (checkpoint, analysis) succeeded or was cached, 3 when
+    some failed (listed in failures.csv), 2 on bad input.
+    """
     from plastiscope.data import load_documents
     from plastiscope.pipeline import analyze as run
     from plastiscope.runner import Inputs
 
     try:
+        _folder(out, "--out")
         if pooling not in ("mean", "last"):
             raise ValueError(f"--pooling {pooling!r}: choose mean or last")
         read = lambda p, label=None: None if p is None else load_documents(p, text_column, label, max_docs)  # noqa: E731
@@ -142,8 +177,9 @@ def analyze(
     for row in failures.itertuples():
         typer.echo(f"skipped {row.checkpoint} ({row.analysis}): {row.error}", err=True)
     typer.echo(f"{len(results)} rows -> {out / 'metrics.parquet'}")
-    if len(failures) and not len(results):
-        raise typer.Exit(1)
+    if len(failures):
+        typer.echo(f"{len(failures)} (checkpoint, analysis) failed: see {out / 'failures.csv'}", err=True)
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def _parse_option(text: str) -> tuple[str, str, object]:
@@ -176,6 +212,10 @@ def report(
     try:
         if (out is None) == (out_dir is None):
             raise ValueError("pass exactly one of --out FILE or --out-dir DIR")
+        if out is not None and out.is_dir():
+            raise ValueError(f"--out {out}: a folder; --out names the HTML file to write (or use --out-dir {out})")
+        if out_dir is not None:
+            _folder(out_dir, "--out-dir")
         missing = [str(r) for r in results if not r.exists()]
         if missing:
             raise FileNotFoundError(f"{missing[0]}: no such results folder; run `plastiscope analyze ... --out {missing[0]}` first")

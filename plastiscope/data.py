@@ -9,14 +9,20 @@ document. Batches are right-padded and carry a mask; padding never reaches a met
 
 Sources: a plain text file (one document per line), JSONL, CSV/TSV (a text column and
 optional label columns), a ``datasets`` dataset saved with ``save_to_disk``, or a Python
-list of strings.
+list of strings. Files are UTF-8 (a byte that is not names its line). CSV follows RFC 4180
+(quoted fields may hold commas and line breaks; a warning names records that span lines,
+the sign of an unbalanced quote); TSV has no quoting at all (a quote is a character), so one
+stray quote never merges rows. A row with more or fewer fields than the header, a JSONL line
+that is not an object or lacks the text field are errors naming the line.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,33 +127,101 @@ def _from_path(path: Path, text_column: str) -> Documents:
             raise DataError(f"{path}: holds several splits {list(dataset)}; pass one split's folder")
         return _from_records(dataset.to_list(), text_column, str(path))
     suffix = path.suffix.lower()
+    text = read_utf8(path)
     if suffix in (".jsonl", ".ndjson"):
-        records = []
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); one JSON object per line") from None
-        return _from_records(records, text_column, str(path))
+        records, lines = [], []
+        for number, line in enumerate(io.StringIO(text, newline=None), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg}); one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise DataError(
+                    f"{path}:{number}: a JSON {type(record).__name__}, not an object; write one object per line, "
+                    f"e.g. {{\"{text_column}\": \"...\"}}"
+                )
+            records.append(record)
+            lines.append(number)
+        return _from_records(records, text_column, str(path), lines)
     if suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            records = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-        return _from_records(records, text_column, str(path))
-    with path.open(encoding="utf-8") as f:
-        return Documents([line.rstrip("\n") for line in f], source=str(path))
+        table = read_table(path, text, delimiter="\t" if suffix == ".tsv" else ",")
+        return _from_records([r for _, r in table], text_column, str(path), [n for n, _ in table])
+    return Documents([line.rstrip("\n") for line in io.StringIO(text, newline=None)], source=str(path))
 
 
-def _from_records(records: list[dict[str, Any]], text_column: str, source: str) -> Documents:
-    if records and text_column not in records[0]:
-        raise DataError(f"{source}: no text column {text_column!r}; columns are {sorted(records[0])} (pass --text-column / text_column=)")
-    names = [k for k in (records[0] if records else {}) if k != text_column]
-    return Documents(
-        [str(r.get(text_column) or "") for r in records],
-        {name: [r.get(name) for r in records] for name in names},
-        source,
-    )
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped); a byte that is not UTF-8 names its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}:{line}: byte 0x{data[err.start]:02x} is not UTF-8; re-save the file as UTF-8 "
+            f"(e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix})"
+        ) from None
+
+
+def read_table(path: Path, text: str, delimiter: str) -> list[tuple[int, dict[str, str]]]:
+    """``(line, record)`` for each row of a CSV (``delimiter=","``, RFC 4180 quoting) or TSV (``"\\t"``, no quoting).
+
+    Every row must have as many fields as the header; blank lines are skipped. A CSV record that
+    spans lines (a quoted line break) is kept with a warning naming its lines.
+    """
+    tsv = delimiter == "\t"
+    quoting = {"quoting": csv.QUOTE_NONE} if tsv else {}
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, **quoting)
+    fix = ("a TSV field cannot hold a tab or a line break: fix the line or save the data as JSONL" if tsv
+           else "quote fields that hold commas, quotes or line breaks (\"a, b\")")
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, str]]] = []
+    spanning: list[tuple[int, int]] = []
+    end = 0
+    try:
+        for fields in reader:
+            start, end = end + 1, reader.line_num
+            if not fields or fields == [""] and header is not None:
+                continue
+            if header is None:
+                header = fields
+                if len(set(header)) < len(header):
+                    raise DataError(f"{path}:{start}: the header names a column twice ({header}); give each column its own name")
+                continue
+            if len(fields) != len(header):
+                raise DataError(f"{path}:{start}: {len(fields)} fields where the header has {len(header)}; {fix}")
+            if end > start:
+                spanning.append((start, end))
+            rows.append((start, dict(zip(header, fields))))
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: {err}; {fix}") from None
+    if spanning:
+        first = spanning[0]
+        warnings.warn(
+            f"{path}: {len(spanning)} record(s) span several lines (the first: lines {first[0]}-{first[1]}); a quoted "
+            f"field may hold line breaks, but if that is not intended, an unbalanced quote there merged rows",
+            stacklevel=3,
+        )
+    return rows
+
+
+def _from_records(records: list[dict[str, Any]], text_column: str, source: str, lines: Sequence[int] | None = None) -> Documents:
+    names: list[str] = []
+    for record in records:
+        names += [k for k in record if k not in names]
+    if records and text_column not in names:
+        raise DataError(f"{source}: no text column {text_column!r}; columns are {sorted(names)} (pass --text-column / text_column=)")
+    texts = []
+    for i, record in enumerate(records):
+        where = f"{source}:{lines[i]}" if lines is not None else f"{source} (row {i + 1})"
+        if text_column not in record:
+            raise DataError(f"{where}: no {text_column!r} field (fields: {sorted(record)}); add it or pass --text-column / text_column=")
+        value = record[text_column]
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{where}: the {text_column!r} field is a {type(value).__name__}, not a text")
+        texts.append(value or "")
+    return Documents(texts, {n: [r.get(n) for r in records] for n in names if n != text_column}, source)
 
 
 def pad(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:

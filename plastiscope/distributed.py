@@ -31,10 +31,13 @@ from plastiscope.runner import (
     as_sweep,
     cache_key,
     cached,
+    check_batch_size,
     combine,
     failure_row,
+    file_hashes,
     prepare,
     run_analyses,
+    run_keys,
 )
 
 
@@ -75,6 +78,7 @@ def run_analyses_ray(
         import ray
     except ImportError:
         raise ImportError("the Ray executor needs Ray: pip install 'plastiscope[ray]'") from None
+    check_batch_size(batch_size)
     sweep = as_sweep(sweep)
     in_memory = [c.name for c in sweep if c.path is None]
     if in_memory:
@@ -90,17 +94,25 @@ def run_analyses_ray(
     inputs_ref = ray.put(inputs)
     frames: list[pd.DataFrame] = []
     failures: list[dict[str, Any]] = sweep.load_errors()
-    pending: dict[Any, tuple[Checkpoint, Analysis]] = {}
-    for checkpoint in sweep:
-        for spec in cached(checkpoint, specs, configs, inputs, store, frames):
-            rebuild = {"name": checkpoint.name, "weight_decay": checkpoint.weight_decay, "hyperparameters": checkpoint.hyperparameters,
-                         "path": checkpoint.path, "device": checkpoint.device, "dtype": checkpoint.dtype}
-            analysis = spec.name if not _is_ad_hoc(spec) else spec
-            pending[remote.remote(rebuild, analysis, inputs_ref, configs[spec.name], batch_size)] = (checkpoint, spec)
+    pending: dict[Any, tuple[Checkpoint, Analysis, str | None]] = {}
+    with file_hashes(store) as hashes:
+        keys = run_keys(specs, configs, inputs) if store is not None else {}
+        for checkpoint in sweep:
+            try:
+                todo, content = cached(checkpoint, specs, keys, store, frames)
+            except Exception as err:  # e.g. its files changed since the sweep was read
+                failures.append(failure_row(checkpoint, "*", err))
+                continue
+            hashes.save()
+            for spec in todo:
+                rebuild = {"name": checkpoint.name, "weight_decay": checkpoint.weight_decay, "hyperparameters": checkpoint.hyperparameters,
+                           "path": checkpoint.path, "device": checkpoint.device, "dtype": checkpoint.dtype}
+                analysis = spec.name if not _is_ad_hoc(spec) else spec
+                pending[remote.remote(rebuild, analysis, inputs_ref, configs[spec.name], batch_size)] = (checkpoint, spec, content)
     bar = tqdm(total=len(pending), desc="ray tasks", unit="task", disable=not progress)
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
-        checkpoint, spec = pending.pop(ref)
+        checkpoint, spec, content = pending.pop(ref)
         try:
             frame, task_failures = ray.get(ref)
         except Exception as err:  # the worker died twice (killed, out of memory)
@@ -108,9 +120,8 @@ def run_analyses_ray(
         else:
             failures += task_failures
             if not task_failures:
-                if store is not None:
-                    key = cache_key(spec, configs[spec.name], inputs, checkpoint)
-                    store.put(spec.name, checkpoint.content_hash(), key, frame, identity_columns=list(identity(checkpoint)))
+                if store is not None and content is not None:
+                    store.put(spec.name, content, cache_key(keys[spec.name], checkpoint), frame, identity=identity(checkpoint))
                 frames.append(frame)
         bar.update(1)
     bar.close()

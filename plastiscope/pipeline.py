@@ -1,9 +1,11 @@
 """The main job: analyze a sweep into a results folder.
 
 ``RESULTS_DIR`` holds ``metrics.parquet`` / ``metrics.csv`` (the tidy schema of
-:mod:`plastiscope.results`), ``run.json`` (versions, configuration, data hashes),
-``failures.csv`` when some checkpoint failed, and ``cache/`` (one piece per checkpoint x
-analysis x config, so a rerun resumes).
+:mod:`plastiscope.results`: this run's results and every other valid piece of the folder, so
+one more analysis run into a folder adds to it), ``run.json`` (versions, configuration, data
+hashes; earlier runs' configurations under ``earlier``), ``failures.csv`` when some
+(checkpoint, analysis) of this run failed, and ``cache/`` (one piece per checkpoint x
+analysis x cache key, so a rerun resumes).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 import pandas as pd
 
 from plastiscope.checkpoint import CheckpointError, Sweep
-from plastiscope.results import ResultsStore
-from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, get_analysis, run_analyses
+from plastiscope.results import ResultsStore, check_results_folder, identity
+from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, get_analysis, prepare, run_analyses
 
 log = logging.getLogger("plastiscope")
 
@@ -81,12 +83,14 @@ def analyze(
     """
     if executor not in ("local", "ray"):
         raise ValueError(f"executor {executor!r}: choose local or ray")
+    check_results_folder(out)  # before anything is read
     sweep = open_sweep(sweep) if not isinstance(sweep, Sweep) else sweep
     inputs = inputs or Inputs()
     if analyses is None:
         analyses = [a for a in available_analyses() if a != "plasticity"
                     and all(getattr(inputs, n) is not None for n in get_analysis(a).inputs)]
     analyses = expand_analyses(analyses)
+    prepare(analyses, inputs, options)  # bad options fail here, before the results folder is made
     store = ResultsStore(out)
     if executor == "ray":
         from plastiscope.distributed import run_analyses_ray
@@ -94,10 +98,13 @@ def analyze(
         results, failures = run_analyses_ray(sweep, analyses, inputs, options, store, batch_size, progress, **dict(executor_options or {}))
     else:
         results, failures = run_analyses(sweep, analyses, inputs, options, store, batch_size, progress)
-    store.write(results, failures)
+    current = {c.name: store.seen.get(c.name, (None, identity(c))) for c in sweep}
+    current.update({e["checkpoint"]: (None, {}) for e in sweep.errors})
+    names = [a if isinstance(a, str) else a.name for a in analyses]
+    store.write(results, failures, current=current, analyses=names)
     run = {
         "versions": versions(),
-        "config": {"analyses": [a if isinstance(a, str) else a.name for a in analyses],
+        "config": {"analyses": names,
                    "options": {k: dict(v) for k, v in (options or {}).items()},
                    "batch_size": batch_size, "executor": executor, **dict(config or {})},
         "data": {
@@ -108,5 +115,12 @@ def analyze(
         "checkpoints": sweep.to_frame().astype(str).to_dict("records"),
         "failures": failures.to_dict("records"),
     }
+    previous = Path(out) / "run.json"
+    if previous.exists():
+        try:
+            old = json.loads(previous.read_text())
+            run["earlier"] = (old.get("earlier") or [])[-19:] + [{"config": old.get("config"), "data": old.get("data")}]
+        except (ValueError, AttributeError) as err:
+            log.warning("%s: unreadable (%s); this run's run.json replaces it", previous, err)
     (Path(out) / "run.json").write_text(json.dumps(run, indent=1, default=str))
     return results, failures

@@ -27,16 +27,32 @@ What the columns mean, for every metric:
   initialisation) the baseline's name; ``"trained"`` on the checkpoint's own rows.
 
 Reports read only this schema, so a new metric appears in reports without report code changes.
-The store keeps one parquet file per (checkpoint content, analysis, configuration) under
-``RESULTS_DIR/cache/``; ``metrics.parquet`` and ``metrics.csv`` are the concatenation, so a
-rerun after a crash or Ctrl-C recomputes nothing that is already done.
+
+The store keeps one parquet file ("piece") per (checkpoint content, analysis, cache key) under
+``RESULTS_DIR/cache/``, so a rerun after a crash or Ctrl-C recomputes nothing that is already
+done. A piece carries no identity columns (they are stamped from the sweep as it is now) but
+records, in its parquet metadata, the identity its checkpoint had when it was written.
+``metrics.parquet`` / ``metrics.csv`` hold every valid piece of the folder: running one more
+analysis into a results folder adds to what is there. For a checkpoint of the current run
+(matched by content), an analysis the run requested is the run's outcome (a fresh or cached
+piece, or a row of ``failures.csv``: a piece computed earlier with other options, data or
+precision is not shown beside it), an analysis it did not request keeps its latest piece.
+Checkpoints not in the current run keep their latest piece per analysis, under the identity
+they had; a checkpoint whose name is in the run but whose content changed loses its old pieces.
+An unreadable piece (truncated, empty) is a cache miss with a warning naming the file; pieces
+are written under unique temporary names and renamed, and the combined files are written
+under a lock, so two processes may share one results folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
+import os
+import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +61,8 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from plastiscope.checkpoint import Checkpoint
+
+log = logging.getLogger("plastiscope")
 
 CORE_COLUMNS = ["analysis", "metric", "variant", "layer", "head", "value", "ci_low", "ci_high", "n"]
 ID_COLUMNS = ["checkpoint", "weight_decay"]
@@ -88,9 +106,10 @@ def make_frame(
     return stamp(pd.DataFrame(rows), checkpoint)
 
 
-def stamp(frame: pd.DataFrame, checkpoint: Checkpoint) -> pd.DataFrame:
-    """``frame`` with the identity columns of ``checkpoint`` as it is now (old ones replaced), tidied."""
-    ident = identity(checkpoint)
+def stamp(frame: pd.DataFrame, checkpoint: Checkpoint | Mapping[str, Any]) -> pd.DataFrame:
+    """``frame`` with the identity columns of ``checkpoint`` as it is now (old ones replaced), tidied;
+    ``checkpoint`` may also be an identity itself (a dict of :func:`identity`)."""
+    ident = dict(checkpoint) if isinstance(checkpoint, Mapping) else identity(checkpoint)
     frame = frame.drop(columns=[c for c in ident if c in frame.columns])
     for column, value in reversed(list(ident.items())):
         frame.insert(0, column, [value] * len(frame))
@@ -117,45 +136,176 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-class ResultsStore:
-    """Results of a sweep on disk: one cached parquet per (checkpoint, analysis, config).
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, anything else as text: for JSON metadata."""
+    return value.item() if hasattr(value, "item") else str(value)
 
-    ``RESULTS_DIR/cache/{analysis}-{checkpoint hash}-{config hash}.parquet`` holds one
-    finished piece; :meth:`write` concatenates all pieces into ``metrics.parquet`` and
-    ``metrics.csv``; ``failures.csv`` lists checkpoints that could not be analysed.
+
+class StoreError(ValueError):
+    """A results folder cannot be used: the message names it and the fix."""
+
+
+def check_results_folder(root: str | Path) -> Path:
+    """``root`` as a path; :class:`StoreError` when it names an existing file (a results folder is a folder)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root}: a file, not a results folder; pass a folder (it is created if missing)")
+    return root
+
+
+class ResultsStore:
+    """Results of a sweep on disk: one cached parquet piece per (checkpoint, analysis, cache key).
+
+    ``RESULTS_DIR/cache/{analysis}-{checkpoint hash}-{key hash}.parquet`` holds one finished
+    piece; :meth:`write` combines this run's results with every other valid piece into
+    ``metrics.parquet`` and ``metrics.csv`` (the rules are in this module's docstring);
+    ``failures.csv`` lists the (checkpoint, analysis) pairs of the run that failed.
     """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        from filelock import FileLock
+
+        self.root = check_results_folder(root)
         self.cache = self.root / "cache"
-        self.cache.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cache.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"{self.root}: cannot create the results folder ({err}); pass a writable folder") from None
+        self.lock = FileLock(str(self.root / ".lock"))
+        self.seen: dict[str, tuple[str, dict[str, Any]]] = {}  # checkpoint name -> (content hash, identity)
 
     def key_path(self, analysis: str, checkpoint_hash: str, config: Mapping[str, Any]) -> Path:
         """The cache file of one (analysis, checkpoint, config) piece."""
         return self.cache / f"{analysis}-{checkpoint_hash[:16]}-{config_hash(config)}.parquet"
 
+    def note(self, checkpoint: Checkpoint, checkpoint_hash: str) -> None:
+        """Record that this run saw ``checkpoint`` with this content (see :meth:`write`)."""
+        self.seen[checkpoint.name] = (checkpoint_hash, identity(checkpoint))
+
     def get(self, analysis: str, checkpoint_hash: str, config: Mapping[str, Any]) -> pd.DataFrame | None:
-        """The cached piece of one (analysis, checkpoint, config), or None when it was not computed yet."""
+        """The cached piece of one (analysis, checkpoint, config), or None when it is not there or unreadable
+        (a truncated or empty file: a warning names it, and it is computed again)."""
         path = self.key_path(analysis, checkpoint_hash, config)
-        return pd.read_parquet(path) if path.exists() else None
+        if not path.exists():
+            return None
+        read = self._read(path)
+        if read is None:
+            return None
+        frame, meta = read
+        key = json.loads(json.dumps(dict(config), sort_keys=True, default=_plain))
+        if meta.get("key", key) != key or meta.get("checkpoint_hash", checkpoint_hash) != checkpoint_hash:
+            return None  # another configuration under the same short file name
+        return frame
 
     def put(self, analysis: str, checkpoint_hash: str, config: Mapping[str, Any], frame: pd.DataFrame,
-            identity_columns: Sequence[str] = ()) -> None:
-        """Store one finished piece, without the ``identity_columns`` (they are stamped anew on reading)."""
-        path = self.key_path(analysis, checkpoint_hash, config)
-        tmp = path.with_suffix(".tmp")
-        frame.drop(columns=[c for c in identity_columns if c in frame.columns]).to_parquet(tmp, index=False)
-        tmp.replace(path)  # atomic: a crash never leaves a half-written piece
+            identity: Mapping[str, Any] | None = None) -> None:
+        """Store one finished piece without the ``identity`` columns (stamped anew on reading), recording
+        ``identity`` in the file's metadata; written under a unique temporary name and renamed."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    def write(self, frame: pd.DataFrame, failures: pd.DataFrame | None = None) -> Path:
-        """Write the combined results (and failures, if any) next to the cache."""
-        frame.to_parquet(self.root / "metrics.parquet", index=False)
-        frame.to_csv(self.root / "metrics.csv", index=False)
-        if failures is not None and len(failures):
-            failures.to_csv(self.root / "failures.csv", index=False)
-        elif (self.root / "failures.csv").exists():
-            (self.root / "failures.csv").unlink()
+        ident = dict(identity or {})
+        path = self.key_path(analysis, checkpoint_hash, config)
+        meta = {"analysis": analysis, "checkpoint_hash": checkpoint_hash, "key": dict(config), "identity": ident,
+                "written": time.time()}
+        table = pa.Table.from_pandas(frame.drop(columns=[c for c in ident if c in frame.columns]), preserve_index=False)
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta[b"plastiscope"] = json.dumps(meta, sort_keys=True, default=_plain).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=f".{path.stem}-", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
+            os.replace(tmp, path)  # atomic: a crash never leaves a half-written piece
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _read(self, path: Path, metadata_only: bool = False) -> tuple[pd.DataFrame | None, dict[str, Any]] | None:
+        """``(frame, metadata)`` of a piece, or None (with a warning naming it) when it cannot be read."""
+        import pyarrow.parquet as pq
+
+        try:
+            if metadata_only:
+                schema, frame = pq.read_schema(path), None
+            else:
+                table = pq.read_table(path)
+                schema, frame = table.schema, table.to_pandas()
+            meta = json.loads((schema.metadata or {}).get(b"plastiscope", b"{}"))
+        except Exception as err:  # unreadable: recompute, never fail on a cache
+            log.warning("%s: unreadable cache piece (%s: %s); it is computed again", path, type(err).__name__, err)
+            return None
+        return frame, meta
+
+    def pieces(self) -> list[tuple[Path, dict[str, Any]]]:
+        """``(file, metadata)`` of every readable piece that records its identity."""
+        found = []
+        for path in sorted(self.cache.glob("*.parquet")):
+            read = self._read(path, metadata_only=True)
+            if read is not None and (read[1].get("identity") or {}).get("checkpoint") and read[1].get("checkpoint_hash"):
+                found.append((path, read[1]))
+        return found
+
+    def collect(self, current: Mapping[str, tuple[str | None, Mapping[str, Any]]], analyses: Iterable[str]) -> list[pd.DataFrame]:
+        """The stored pieces that belong in ``metrics.parquet`` beside a run's own results, stamped.
+
+        ``current``: the run's checkpoints, name -> (content hash or None when it failed before
+        hashing, identity); ``analyses``: those the run requested. See the module docstring.
+        """
+        analyses = set(analyses)
+        by_hash: dict[str, list[Mapping[str, Any]]] = {}
+        for content, ident in current.values():
+            if content is not None:
+                by_hash.setdefault(content, []).append(ident)
+        chosen: dict[tuple[str, str, str], tuple[float, Path, dict[str, Any]]] = {}
+        for path, meta in self.pieces():
+            content, analysis, name = meta["checkpoint_hash"], meta.get("analysis"), meta["identity"].get("checkpoint")
+            if content in by_hash:
+                if analysis in analyses:
+                    continue  # the run's own outcome for this pair stands
+                group = ("content", content, analysis)
+            elif name in current:
+                continue  # a checkpoint of this run whose content changed: its old results are gone
+            else:
+                group = ("name", name, analysis)
+            written = float(meta.get("written", 0.0))
+            if group not in chosen or written > chosen[group][0]:
+                chosen[group] = (written, path, meta)
+        frames = []
+        for (kind, content, _), (_, path, meta) in sorted(chosen.items()):
+            read = self._read(path)
+            if read is None:
+                continue
+            for ident in by_hash[content] if kind == "content" else [meta["identity"]]:
+                frames.append(stamp(read[0], ident))
+        return frames
+
+    def write(self, frame: pd.DataFrame, failures: pd.DataFrame | None = None,
+              current: Mapping[str, tuple[str | None, Mapping[str, Any]]] | None = None, analyses: Iterable[str] = ()) -> Path:
+        """Write ``metrics.parquet`` / ``metrics.csv`` and ``failures.csv`` (when there are failures), atomically
+        and under the folder's lock. With ``current`` (a run's checkpoints, see :meth:`collect`) the other valid
+        pieces of the folder are added to ``frame``; without it, ``frame`` is written as it is."""
+        with self.lock:
+            parts = [frame] + (self.collect(current, analyses) if current is not None else [])
+            parts = [p for p in parts if len(p)] or [frame]
+            combined = tidy(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else frame
+            self._replace("metrics.parquet", lambda tmp: combined.to_parquet(tmp, index=False))
+            self._replace("metrics.csv", lambda tmp: combined.to_csv(tmp, index=False))
+            if failures is not None and len(failures):
+                self._replace("failures.csv", lambda tmp: failures.to_csv(tmp, index=False))
+            elif (self.root / "failures.csv").exists():
+                (self.root / "failures.csv").unlink()
         return self.root / "metrics.parquet"
+
+    def _replace(self, name: str, writer: Any) -> None:
+        """Write ``root/name`` through ``writer(tmp)`` and an atomic rename."""
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}-", suffix=".tmp")
+        os.close(fd)
+        try:
+            writer(tmp)
+            os.replace(tmp, self.root / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

@@ -9,9 +9,14 @@ pass over each input and, after the passes, ``finish()`` es into rows of the res
 model over that input itself. Options are validated once, for every analysis, before any model
 is loaded.
 
-Results are cached per (checkpoint content, analysis, options, data, precision, version): a
-rerun recomputes nothing already done. A checkpoint that fails (bad folder, corrupt weights,
-tokenizer mismatch) is reported and skipped; the others still run.
+Results are cached per (checkpoint content, analysis, cache key): the key holds the options
+after validation, the content hashes of the documents the analysis reads, what its
+``fingerprint`` names outside those (a reference model's content), the dtype and device
+class, and the plastiscope version; the checkpoint's content hash covers its weight,
+config and tokenizer files (:meth:`~plastiscope.checkpoint.Checkpoint.content_hash`), with
+large files' digests reused while unchanged. So a rerun recomputes nothing already done,
+and never serves a result computed from anything else. A checkpoint that fails (bad folder,
+corrupt weights, tokenizer mismatch) is reported and skipped; the others still run.
 
 This module is also the in-process executor (:func:`run_analyses`); :mod:`plastiscope.distributed`
 runs the same tasks on a Ray cluster.
@@ -19,11 +24,12 @@ runs the same tasks on a Ray cluster.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,7 +40,7 @@ from tqdm.auto import tqdm
 from plastiscope.activations import Consumer, run_pass
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents
-from plastiscope.memo import Memo
+from plastiscope.memo import FileHashes, Memo, using_file_hashes
 from plastiscope.options import OptionTable, validate
 from plastiscope.results import ResultsStore, identity, stamp, tidy
 
@@ -81,7 +87,10 @@ class Analysis:
     - ``start(checkpoint, inputs, options, memo) -> Task``, with ``options`` already validated;
     - ``options``: the declared options (:mod:`plastiscope.options`);
     - ``variants``: the extra columns whose values make a row part of a different series
-      (``task``, ``pooling``, ...): every other extra column is per-row detail.
+      (``task``, ``pooling``, ...): every other extra column is per-row detail;
+    - ``fingerprint(options) -> dict``: what the results depend on besides the checkpoint, the
+      options and the inputs (e.g. the content hash of a reference model an option names);
+      it becomes part of the cache key, computed once per run before any model loads.
     """
 
     name: str
@@ -90,6 +99,7 @@ class Analysis:
     options: OptionTable
     variants: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
+    fingerprint: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 # name -> "module:attribute"; imported lazily so one analysis never breaks another.
@@ -171,21 +181,39 @@ def run_analyses(
     per (checkpoint, analysis) that raised, with the error message; the other results are
     kept (and cached in ``store``, if given).
     """
+    check_batch_size(batch_size)
     sweep = as_sweep(sweep)
     specs, configs = prepare(analyses, inputs, options)
     memo = Memo(store.cache / "memo" if store is not None else None)
     frames: list[pd.DataFrame] = []
     failures: list[dict[str, Any]] = sweep.load_errors()
-    for checkpoint in tqdm(sweep, desc="checkpoints", unit="ckpt", disable=not progress):
-        try:
-            todo = cached(checkpoint, specs, configs, inputs, store, frames)
-            if todo:
-                run_checkpoint(checkpoint, todo, configs, inputs, store, memo, frames, failures, batch_size, progress)
-        except Exception as err:  # a broken checkpoint must not sink the sweep
-            failures.append(failure_row(checkpoint, "*", err))
-        finally:
-            checkpoint.unload()
+    with file_hashes(store) as hashes:
+        keys = run_keys(specs, configs, inputs) if store is not None else {}
+        for checkpoint in tqdm(sweep, desc="checkpoints", unit="ckpt", disable=not progress):
+            try:
+                todo, content = cached(checkpoint, specs, keys, store, frames)
+                hashes.save()
+                if todo:
+                    run_checkpoint(checkpoint, todo, configs, inputs, store, memo, frames, failures, batch_size, progress, keys, content)
+            except Exception as err:  # a broken checkpoint must not sink the sweep
+                failures.append(failure_row(checkpoint, "*", err))
+            finally:
+                checkpoint.unload()
     return combine(frames, failures)
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch size below 1 (or not an integer)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: documents per forward pass must be an integer >= 1 (--batch-size)")
+
+
+@contextlib.contextmanager
+def file_hashes(store: ResultsStore | None) -> Iterator[FileHashes]:
+    """File digests kept in ``store`` (``cache/file-hashes.json``) for the block; in memory without a store."""
+    hashes = FileHashes(store.cache / "file-hashes.json" if store is not None else None)
+    with using_file_hashes(hashes):
+        yield hashes
 
 
 def run_one(
@@ -220,39 +248,51 @@ def combine(frames: list[pd.DataFrame], failures: list[dict[str, Any]]) -> tuple
     return results, pd.DataFrame(failures, columns=FAILURE_COLUMNS)
 
 
-def cache_key(spec: Analysis, config: Mapping[str, Any], inputs: Inputs, checkpoint: Checkpoint) -> dict[str, Any]:
-    """What a cached piece depends on besides the checkpoint's content: options, data, precision, version."""
+def run_key(spec: Analysis, config: Mapping[str, Any], inputs: Inputs) -> dict[str, Any]:
+    """The part of a cache key shared by every checkpoint of a run: options, data, fingerprint, version."""
     from plastiscope import __version__
 
-    return {
+    key = {
         "options": dict(config),
         "data": inputs.hashes(spec.inputs + spec.optional_inputs),
-        "dtype": str(checkpoint.dtype),
-        "device": checkpoint.device_type,
         "version": __version__,
     }
+    if spec.fingerprint is not None:
+        key["fingerprint"] = spec.fingerprint(dict(config))
+    return key
+
+
+def run_keys(specs: Sequence[Analysis], configs: Mapping[str, Mapping[str, Any]], inputs: Inputs) -> dict[str, dict[str, Any]]:
+    """:func:`run_key` of each analysis, computed once per run (a bad fingerprint fails here, before any model loads)."""
+    return {s.name: run_key(s, configs[s.name], inputs) for s in specs}
+
+
+def cache_key(key: Mapping[str, Any], checkpoint: Checkpoint) -> dict[str, Any]:
+    """A piece's cache key: the run's ``key`` (:func:`run_key`) with the checkpoint's dtype and device class."""
+    return {**key, "dtype": str(checkpoint.dtype), "device": checkpoint.device_type}
 
 
 def cached(
     checkpoint: Checkpoint,
     specs: Sequence[Analysis],
-    configs: Mapping[str, Mapping[str, Any]],
-    inputs: Inputs,
+    keys: Mapping[str, Mapping[str, Any]],
     store: ResultsStore | None,
     frames: list[pd.DataFrame],
-) -> list[Analysis]:
-    """Append the cached pieces of ``checkpoint`` to ``frames``; return the analyses still to run."""
+) -> tuple[list[Analysis], str | None]:
+    """Append the cached pieces of ``checkpoint`` to ``frames``; return the analyses still to run and
+    the checkpoint's content hash (None without a store)."""
     if store is None:
-        return list(specs)
+        return list(specs), None
     todo = []
     content = checkpoint.content_hash()
+    store.note(checkpoint, content)
     for spec in specs:
-        piece = store.get(spec.name, content, cache_key(spec, configs[spec.name], inputs, checkpoint))
+        piece = store.get(spec.name, content, cache_key(keys[spec.name], checkpoint))
         if piece is None:
             todo.append(spec)
         else:
             frames.append(stamp(piece, checkpoint))  # names and hyperparameters as they are now
-    return todo
+    return todo, content
 
 
 def run_checkpoint(
@@ -266,8 +306,11 @@ def run_checkpoint(
     failures: list[dict[str, Any]],
     batch_size: int = 16,
     progress: bool = True,
+    keys: Mapping[str, Mapping[str, Any]] | None = None,
+    content: str | None = None,
 ) -> None:
-    """Start every analysis of one checkpoint, run the shared passes, finish, cache and collect."""
+    """Start every analysis of one checkpoint, run the shared passes, finish, cache (under ``keys`` and the
+    checkpoint's ``content`` hash, with a store) and collect."""
     tasks = {}
     for spec in specs:
         try:
@@ -284,9 +327,8 @@ def run_checkpoint(
         except Exception as err:
             failures.append(failure_row(checkpoint, name, err))
             continue
-        if store is not None:
-            key = cache_key(spec, configs[name], inputs, checkpoint)
-            store.put(name, checkpoint.content_hash(), key, frame, identity_columns=list(identity(checkpoint)))
+        if store is not None and keys is not None and content is not None:
+            store.put(name, content, cache_key(keys[spec.name], checkpoint), frame, identity=identity(checkpoint))
         frames.append(frame)
 
 

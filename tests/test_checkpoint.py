@@ -223,3 +223,18 @@ def test_from_directory_without_weight_decay_reports_each(three_runs):
     sweep = Sweep.from_directory(three_runs)
     assert len(sweep) == 0 and len(sweep.errors) == 3
     assert all("weight decay unknown" in e["error"] for e in sweep.errors)
+
+
+def test_manifest_syntax_errors_name_the_line(tmp_path):
+    (tmp_path / "m.yaml").write_text("checkpoints:\n  - path: a\n    weight_decay: 0.1\n  - path: [b\n")
+    with pytest.raises(CheckpointError, match=r"m.yaml:5: the manifest is not valid YAML \(.*\); fix its syntax"):
+        Sweep.from_manifest(tmp_path / "m.yaml")
+    (tmp_path / "m.json").write_text('[{"path": "a",\n "weight_decay": 0.1,,}]')
+    with pytest.raises(CheckpointError, match=r"m.json:2: the manifest is not valid JSON"):
+        Sweep.from_manifest(tmp_path / "m.json")
+    (tmp_path / "m.csv").write_bytes(b"path,weight_decay\nr\xe9sum\xe9,0.1\n")
+    with pytest.raises(CheckpointError, match=r"m.csv:2: byte 0xe9 is not UTF-8"):
+        Sweep.from_manifest(tmp_path / "m.csv")
+    (tmp_path / "n.csv").write_text("path,weight_decay\na,0.1,extra\n")
+    with pytest.raises(CheckpointError, match=r"n.csv:2: 3 fields where the header has 2"):
+        Sweep.from_manifest(tmp_path / "n.csv")

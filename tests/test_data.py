@@ -69,3 +69,65 @@ def test_encode_offsets_align_with_text(tiny_sweep):
     assert ids[0] == tok.bos_token_id and offsets[0] == (0, 0)
     assert ids == encode(tok, text, 48)
     assert "".join(text[s:e] for s, e in offsets[1:]).replace(" ", "") == text.replace(" ", "")
+
+
+# ---------------------------------------------------------------------- bad input is named, never lost silently
+def test_tsv_has_no_quoting_so_a_stray_quote_merges_nothing(tmp_path):
+    rows = [f"document number {i}\tlabel{i % 3}" for i in range(100)]
+    rows[5] = '"an opening quote that never closes\tlabel2'
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    docs = load_documents(tmp_path / "d.tsv", label_column="label")
+    assert len(docs) == 100 and docs.texts[5] == '"an opening quote that never closes'
+    assert docs.texts[6] == "document number 6" and docs.column("label")[99] == "label0"
+
+
+def test_tsv_row_with_a_tab_in_the_text_names_the_line(tmp_path):
+    (tmp_path / "d.tsv").write_text("text\tlabel\nfine\ta\nbroken\ttext\tb\n")
+    with pytest.raises(DataError, match=r"d.tsv:3: 3 fields where the header has 2; a TSV field cannot hold a tab"):
+        load_documents(tmp_path / "d.tsv")
+
+
+def test_csv_record_spanning_lines_is_named(tmp_path):
+    lines = ["text,label"] + [f"row {i},x" for i in range(10)]
+    lines[3] = '"row 2 opens a quote,x'
+    lines[7] = 'row 6 closes it",x'
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"d.csv: 1 record\(s\) span several lines \(the first: lines 4-8\).*unbalanced quote"):
+        docs = load_documents(tmp_path / "d.csv")
+    assert len(docs) == 6
+    (tmp_path / "e.csv").write_text('text,label\nfine,a\n"never closed,b\nmore,c\n')
+    with pytest.raises(DataError, match=r"e.csv:\d+: unexpected end of data"):
+        load_documents(tmp_path / "e.csv")
+    (tmp_path / "f.csv").write_text("text,label\na,b,c\n")
+    with pytest.raises(DataError, match=r"f.csv:2: 3 fields where the header has 2; quote fields that hold commas"):
+        load_documents(tmp_path / "f.csv")
+
+
+def test_jsonl_line_that_is_not_an_object_or_lacks_the_text(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"text": "ok"}\n["a", "list"]\n')
+    with pytest.raises(DataError, match=r"a.jsonl:2: a JSON list, not an object; write one object per line"):
+        load_documents(tmp_path / "a.jsonl")
+    (tmp_path / "b.jsonl").write_text('{"text": "ok"}\n\n"just a string"\n')
+    with pytest.raises(DataError, match=r"b.jsonl:3: a JSON str, not an object"):
+        load_documents(tmp_path / "b.jsonl")
+    (tmp_path / "c.jsonl").write_text('{"text": "ok"}\n{"txt": "typo"}\n')
+    with pytest.raises(DataError, match=r"c.jsonl:2: no 'text' field \(fields: \['txt'\]\)"):
+        load_documents(tmp_path / "c.jsonl")
+    (tmp_path / "d.jsonl").write_text('{"text": "ok", "a": 1}\n{"text": "more", "b": 2}\n')
+    docs = load_documents(tmp_path / "d.jsonl")
+    assert docs.column("a") == [1, None] and docs.column("b") == [None, 2]  # every record's columns, not the first's only
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv", ".tsv"])
+def test_non_utf8_byte_names_file_and_line(tmp_path, suffix):
+    head = {".txt": b"", ".jsonl": b"", ".csv": b"text\n", ".tsv": b"text\n"}[suffix]
+    line = {".jsonl": b'{"text": "caf\xe9"}\n'}.get(suffix, b"caf\xe9\n")
+    ok = b'{"text": "fine"}\n' if suffix == ".jsonl" else b"fine\n"
+    (tmp_path / f"d{suffix}").write_bytes(head + ok + ok + line)
+    with pytest.raises(DataError, match=rf"d{suffix}:{3 + bool(head)}: byte 0xe9 is not UTF-8; re-save the file as UTF-8"):
+        load_documents(tmp_path / f"d{suffix}")
+
+
+def test_byte_order_mark_is_not_part_of_the_header(tmp_path):
+    (tmp_path / "d.csv").write_bytes("text,label\nx,1\n".encode("utf-8-sig"))
+    assert load_documents(tmp_path / "d.csv", label_column="label").texts == ["x"]

@@ -173,3 +173,9 @@ def test_notebook_functions_results_concatenate(tiny_sweep, probe_docs):
     a = run_one(tiny_sweep, NORM, Inputs(data=probe_docs.subset(range(4))), {}, progress=False)
     b = run_one(tiny_sweep[:1], NORM, Inputs(data=probe_docs.subset(range(5))), {}, progress=False)
     assert a.attrs["failures"] == [] and len(pd.concat([a, b], ignore_index=True)) == 8
+
+
+def test_batch_size_below_one_is_refused(tiny_sweep, probe_docs):
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=r"batch_size=.*must be an integer >= 1"):
+            run_analyses(tiny_sweep, [NORM], Inputs(data=probe_docs.subset(range(4))), batch_size=bad, progress=False)
