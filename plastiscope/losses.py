@@ -26,8 +26,9 @@ from einops import rearrange
 
 from plastiscope.data import pad
 
-# Float32 elements of one slice of logits (batch x positions x vocab) turned into losses at once: 256 MiB.
-LOGIT_BUDGET = 1 << 26
+# Float32 elements of one slice of logits (batch x positions x vocab) turned into losses at once: 64 MiB,
+# e.g. 32 positions of a 16-document batch at a 32k vocabulary.
+LOGIT_BUDGET = 1 << 24
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

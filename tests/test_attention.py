@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from plastiscope import Checkpoint, load_documents
-from plastiscope.activations import Batch
+from plastiscope.activations import Batch, feed
 from plastiscope.attention import (
     ANALYSIS,
     PATTERN_METRICS,
@@ -199,10 +199,10 @@ def test_streaming_equals_all_at_once():
     lengths = [5, 12, 3, 8, 1, 10, 7]
     docs = [causal_softmax(n, 2, g) for n in lengths]
     whole = PatternStatistics(n_layers=2)
-    whole.update(_batch(docs, list(range(len(docs))), torch.Generator().manual_seed(2)))
+    feed(whole, _batch(docs, list(range(len(docs))), torch.Generator().manual_seed(2)))
     streamed = PatternStatistics(n_layers=2)
     for part in ([5, 1], [0, 3, 6], [4, 2]):  # another order and other batches
-        streamed.update(_batch([docs[i] for i in part], part, torch.Generator().manual_seed(3)))
+        feed(streamed, _batch([docs[i] for i in part], part, torch.Generator().manual_seed(3)))
     (idx_a, a), (idx_b, b) = whole.values(), streamed.values()
     assert (idx_a == np.arange(len(docs))).all() and (idx_b == idx_a).all()
     assert a.shape == (len(docs), 2, 2, len(PATTERN_METRICS))
