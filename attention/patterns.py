@@ -41,9 +41,11 @@ padded query rows are never read and padded keys (``j >= n > i``) lie above the 
 every value equals that of the document alone.
 
 Memory and cost: only the causal (lower) triangle is read, a block of query rows at a time
-(:data:`BLOCK_ELEMENTS` elements, all heads of one document), so the temporaries stay a small
-fraction of one pattern (16 MiB against 2 GiB for a 16-document, 16-head bfloat16 batch at
-2048 tokens); above the diagonal only a maximum is taken (the causality check). The SVDs
+(all heads of one document, at most :data:`BLOCK_ELEMENTS` weights and 1/:data:`BLOCK_FRACTION`
+of the batch's pattern), into two reused float32 buffers of a block each, so the temporaries
+stay a small fraction of one pattern (2 x 16 MiB against 2 GiB for a 16-document, 16-head
+bfloat16 batch at 2048 tokens); above the diagonal only a maximum is taken (the causality
+check). The SVDs
 run with one intra-op thread: LAPACK's SVD of attention-sized matrices gains little from
 threads and, on a loaded machine, loses 4-20x to thread contention.
 """
@@ -73,7 +75,8 @@ PATTERN_METRICS = (
 )
 CAUSAL_TOLERANCE = 1e-4  # largest weight above the diagonal still taken as causal (float noise)
 SPECTRAL_TOKENS = 128  # default leading block of the spectral metrics (the ``spectral_tokens`` option)
-BLOCK_ELEMENTS = 1 << 22  # pattern weights read at once (all heads of a block of query rows): 16 MiB in float32
+BLOCK_ELEMENTS = 1 << 22  # pattern weights read at once (all heads of a block of query rows): 16 MiB in float32,
+BLOCK_FRACTION = 16  # and at most 1/16 of the batch's pattern
 
 
 @contextlib.contextmanager
@@ -130,18 +133,21 @@ def pattern_statistics(
     if spectral_tokens is not None and spectral_tokens < 1:
         raise ValueError(f"spectral_tokens={spectral_tokens!r} must be a positive number of tokens, or None for whole documents")
     batch, heads = pattern.shape[:2]
+    block = max(1, min(BLOCK_ELEMENTS, pattern.numel() // BLOCK_FRACTION))
     out = {m: torch.empty(batch, heads, dtype=torch.float64, device=pattern.device) for m in PATTERN_METRICS}
     for b, n in enumerate(lengths.tolist()):
         A = pattern[b, :, :n, :n]  # [head, n, n], a view
-        for metric, value in document_statistics(A, tol, one_hot_threshold, spectral_tokens).items():
+        for metric, value in document_statistics(A, tol, one_hot_threshold, spectral_tokens, block).items():
             out[metric][b] = value
     return out
 
 
-def document_statistics(A: torch.Tensor, tol: float, one_hot_threshold: float, spectral_tokens: int | None) -> dict[str, torch.Tensor]:
+def document_statistics(
+    A: torch.Tensor, tol: float, one_hot_threshold: float, spectral_tokens: int | None, block: int = BLOCK_ELEMENTS
+) -> dict[str, torch.Tensor]:
     """Every metric of :data:`PATTERN_METRICS` for one document's patterns ``A [head, n, n]`` (no padding): ``{metric: [head]}``."""
     heads, n, _ = A.shape
-    rows = row_statistics(A, one_hot_threshold)
+    rows = row_statistics(A, one_hot_threshold, block)
     entropy = rows["entropy"].double()  # [head, n]
     log_keys = torch.log(torch.arange(2, n + 1, device=A.device, dtype=torch.float64))  # row i >= 1 has i + 1 keys
     stats = {
@@ -159,28 +165,35 @@ def document_statistics(A: torch.Tensor, tol: float, one_hot_threshold: float, s
     return stats
 
 
-def row_statistics(A: torch.Tensor, one_hot_threshold: float) -> dict[str, torch.Tensor]:
+def row_statistics(A: torch.Tensor, one_hot_threshold: float, block: int = BLOCK_ELEMENTS) -> dict[str, torch.Tensor]:
     """Per-row statistics of one document's causal patterns ``A [head, n, n]``, reading the lower triangle
-    a block of rows at a time: ``entropy``, ``sink``, ``distance``, ``one_hot`` ``[head, n]`` (float32)
+    ``block`` weights at a time: ``entropy``, ``sink``, ``distance``, ``one_hot`` ``[head, n]`` (float32)
     and ``squares`` ``[head]`` (sum of squared weights, float64). Raises for weight above the diagonal
-    or non-finite weights."""
+    or non-finite weights. Work memory: two float32 buffers of ``block`` elements."""
     heads, n, _ = A.shape
     out = {k: torch.empty(heads, n, device=A.device) for k in ("entropy", "sink", "distance", "one_hot")}
     squares = torch.zeros(heads, dtype=torch.float64, device=A.device)
     above = torch.zeros((), device=A.device)
-    step = max(1, BLOCK_ELEMENTS // max(1, heads * n))
+    step = max(1, block // max(1, heads * n))  # query rows per block
+    work = torch.empty(heads * min(step, n) * n, device=A.device)
+    copy = torch.empty_like(work) if A.dtype != torch.float32 else None
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
-        X = A[:, i0:i1, :i1].float()  # [head, rows, keys <= last row]: a copy only if A is not float32
-        offset = torch.arange(i0, i1, device=A.device)[:, None] - torch.arange(i1, device=A.device)[None, :]  # i - j
-        out["entropy"][:, i0:i1] = -torch.xlogy(X, X).sum(-1)
+        X = A[:, i0:i1, :i1]  # [head, rows, keys <= last row]
+        if copy is not None:
+            X = copy[: X.numel()].view(X.shape).copy_(X)
+        W = work[: X.numel()].view(X.shape)
+        offset = (torch.arange(i0, i1, device=A.device)[:, None] - torch.arange(i1, device=A.device)[None, :]).float()  # i - j
+        out["entropy"][:, i0:i1] = -torch.xlogy(X, X, out=W).sum(-1)
+        out["distance"][:, i0:i1] = torch.mul(X, offset, out=W).sum(-1)
         out["sink"][:, i0:i1] = X[..., 0]
-        out["distance"][:, i0:i1] = (X * offset.to(X.dtype)).sum(-1)
-        out["one_hot"][:, i0:i1] = (X.amax(-1) > one_hot_threshold).to(X.dtype)
+        out["one_hot"][:, i0:i1] = (X.amax(-1) > one_hot_threshold).float()
         squares += torch.linalg.vector_norm(X, dim=(-2, -1)).double().square()
-        above = torch.maximum(above, (X[..., i0:i1] * (offset[:, i0:i1] < 0)).abs().amax())  # within the diagonal block
-        if i1 < n:
-            above = torch.maximum(above, A[:, i0:i1, i1:].abs().amax().float())  # the rest of these rows
+        diagonal = torch.mul(X[..., i0:i1], offset[:, i0:i1] < 0, out=W[..., : i1 - i0])  # above the diagonal, within the block
+        above = torch.maximum(above, torch.maximum(diagonal.amax(), -diagonal.amin()))
+        if i1 < n:  # the rest of these rows
+            rest = A[:, i0:i1, i1:]
+            above = torch.maximum(above, torch.maximum(rest.amax(), -rest.amin()).float())
     checks = torch.stack([above, out["entropy"].sum(), out["distance"].sum(), squares.sum().float()]).tolist()
     if not all(math.isfinite(v) for v in checks):
         raise ValueError("the attention pattern has non-finite values (NaN/inf): the model's weights or inputs are broken")
