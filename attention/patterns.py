@@ -27,13 +27,14 @@ head (the metric names of the results schema in brackets):
   pattern the model produces on the document truncated to its first ``L`` tokens: exactly
   the spectrum of the whole pattern for documents of at most ``spectral_tokens`` tokens, and
   the spectrum over their first ``spectral_tokens`` tokens for longer ones. ``spectral_tokens
-  = None`` uses the whole document (O(n^3) per head: 22x a bare forward at 2048 tokens).
+  = None`` uses the whole document (O(n^3) per head; at 2048 tokens that made the attention
+  analysis of a d_model-256 Llama cost 22x its bare forward).
 
 Everything except the spectra is exact and O(n^2) per head; the spectra cost
 O(spectral_tokens^3) per head, independent of the document's length. The only error is
 floating-point rounding: row statistics are computed in float32 per row (on the pattern's
-device) and averaged in float64; singular values in float32 (relative error ~1e-6 of
-``sigma_max``), summarised in float64. A bfloat16 pattern is read as float32 a block of rows
+device) and averaged in float64; singular values in float32, summarised in float64 (against
+numpy's float64 SVD every metric agrees to a relative 1e-6: ``benchmarks/attention.py``). A bfloat16 pattern is read as float32 a block of rows
 at a time.
 
 Padding: batches are right-padded. Each document is read from its own ``[n, n]`` block, so

@@ -277,8 +277,8 @@ def run_checkpoint(
     for input_name in INPUT_FLAGS:
         owners = [(name, c) for name, (_, task) in tasks.items() for c in task.passes.get(input_name, ())]
         if owners:
-            data = getattr(inputs, input_name)
-            errors = run_pass(checkpoint, data, [c for _, c in owners], batch_size=batch_size, progress=progress, isolate=True)
+            consumers = [c for _, c in owners]
+            errors = run_pass(checkpoint, getattr(inputs, input_name), consumers, batch_size=batch_size, progress=progress, isolate=True)
             for index, err in errors.items():  # a consumer that raised fails its own analysis only
                 name = owners[index][0]
                 if tasks.pop(name, None) is not None:
