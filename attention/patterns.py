@@ -34,8 +34,8 @@ Everything except the spectra is exact and O(n^2) per head; the spectra cost
 O(spectral_tokens^3) per head, independent of the document's length. The only error is
 floating-point rounding: row statistics are computed in float32 per row (on the pattern's
 device) and averaged in float64; singular values in float32, summarised in float64 (against
-numpy's float64 SVD every metric agrees to a relative 1e-6: ``benchmarks/attention.py``). A bfloat16 pattern is read as float32 a block of rows
-at a time.
+numpy's float64 SVD every metric agrees to a relative 1e-6: ``benchmarks/attention.py``). A
+bfloat16 pattern is read as float32 a block of rows at a time.
 
 Padding: batches are right-padded. Each document is read from its own ``[n, n]`` block, so
 padded query rows are never read and padded keys (``j >= n > i``) lie above the diagonal;
