@@ -5,8 +5,11 @@
 :func:`.patterns.pattern_statistics`; per (layer, head, metric) the mean over documents with
 a percentile-bootstrap 95 % interval over documents (:func:`plastiscope.stats.bootstrap_ci`).
 ``n`` is the number of documents behind a value (one-token documents have no
-``entropy_normalized``). Streaming: only the per-document numbers are kept (documents x
-layers x heads x 11 floats), never the patterns, so memory is one batch of patterns.
+``entropy_normalized``). The spectral metrics (effective, stable and numerical rank,
+spectral and nuclear norm) are those of each document's first ``spectral_tokens`` tokens
+(exact for shorter documents; see :mod:`.patterns`). Streaming: each layer's pattern is read
+as the forward makes it and only the per-document numbers are kept (documents x layers x
+heads x 11 floats), so memory is the forward's own (one layer's patterns of one batch).
 
 ``attention_weights`` (:data:`WEIGHTS_ANALYSIS`, no data): per (layer, head) statistics of
 the QK and OV circuits and the projection weights (:mod:`.weights`); no interval, ``n``
@@ -19,7 +22,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import einops
 import numpy as np
 import pandas as pd
 import torch
@@ -28,18 +30,21 @@ from plastiscope.activations import Batch
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
-from plastiscope.options import Integer, Option, OptionTable, Real
+from plastiscope.options import Integer, Nullable, Option, OptionTable, Real
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci
 
-from .patterns import PATTERN_METRICS, pattern_statistics
+from .patterns import PATTERN_METRICS, SPECTRAL_TOKENS, pattern_statistics
 from .weights import WEIGHT_METRICS, layer_weights, weight_statistics
 
 NAME = "attention"
 WEIGHTS_NAME = "attention_weights"
 OPTIONS = OptionTable({
     "tol": Option(1e-2, Real(0, 1, closed="neither"), "relative tolerance of numerical_rank: singular values above tol * sigma_max"),
+    "spectral_tokens": Option(SPECTRAL_TOKENS, Nullable(Integer(1)),
+                              "ranks and spectral/nuclear norms are those of each document's first spectral_tokens tokens "
+                              "(O(spectral_tokens^3) per head); null: whole documents (O(pos^3))"),
     "one_hot_threshold": Option(0.9, Real(0, 1, closed="neither"), "a query row is near one-hot when its largest weight exceeds this"),
     "n_resamples": Option(1000, Integer(1), "bootstrap resamples of documents"),
     "seed": Option(0, Integer(0), "bootstrap seed"),
@@ -56,39 +61,45 @@ def pattern_hook(layer: int) -> str:
 class PatternStatistics:
     """Consumer of a forward pass: per-document pattern statistics of every layer and head.
 
-    After the pass, :meth:`values` gives ``(doc_index [doc], values [doc, layer, head, metric])``
-    in document order (metrics as in :data:`PATTERN_METRICS`).
+    Reads ``blocks.{l}.attn.hook_pattern`` ``[batch, head, pos, pos]`` of each layer as the
+    forward makes it and keeps ``[layer, head, metric]`` float64 numbers per document. After
+    the pass, :meth:`values` gives ``(doc_index [doc], values [doc, layer, head, metric])`` in
+    document order (metrics as in :data:`PATTERN_METRICS`).
     """
 
-    needs_logits = False
-
-    def __init__(self, n_layers: int, tol: float = 1e-2, one_hot_threshold: float = 0.9):
+    def __init__(self, n_layers: int, tol: float = 1e-2, one_hot_threshold: float = 0.9, spectral_tokens: int | None = SPECTRAL_TOKENS):
         self.names = [pattern_hook(layer) for layer in range(n_layers)]
+        self.layer_of = {name: layer for layer, name in enumerate(self.names)}
         self.tol = tol
         self.one_hot_threshold = one_hot_threshold
-        self._doc_index: list[np.ndarray] = []
-        self._values: list[np.ndarray] = []
+        self.spectral_tokens = spectral_tokens
+        self._rows: dict[int, np.ndarray] = {}  # doc -> [layer, head, metric]
+        self._read: dict[int, np.ndarray] = {}  # doc -> [layer] bool
 
-    def update(self, batch: Batch) -> None:
-        """Add the pattern statistics of one batch's documents, every layer and head."""
-        per_layer = []
-        for layer, name in enumerate(self.names):
-            try:
-                stats = pattern_statistics(batch.activations[name], batch.mask, self.tol, self.one_hot_threshold)
-            except ValueError as err:
-                raise ValueError(f"layer {layer}: {err}") from err
-            per_layer.append(torch.stack([stats[m] for m in PATTERN_METRICS], dim=-1))  # [batch, head, metric]
-        values = einops.rearrange(torch.stack(per_layer), "layer b head metric -> b layer head metric")
-        self._values.append(values.cpu().numpy())
-        self._doc_index.append(batch.doc_index.cpu().numpy())
+    def read(self, batch: Batch, name: str, pattern: torch.Tensor) -> None:
+        """Add the statistics of one layer's patterns ``[batch, head, pos, pos]`` of one batch's documents."""
+        layer = self.layer_of[name]
+        try:
+            stats = pattern_statistics(pattern, batch.mask, self.tol, self.one_hot_threshold, self.spectral_tokens)
+        except ValueError as err:
+            raise ValueError(f"layer {layer}: {err}") from err
+        values = torch.stack([stats[m] for m in PATTERN_METRICS], dim=-1).cpu().numpy()  # [batch, head, metric]
+        for b, doc in enumerate(batch.doc_index.tolist()):
+            if doc not in self._rows:
+                self._rows[doc] = np.full((len(self.names),) + values.shape[1:], np.nan)
+                self._read[doc] = np.zeros(len(self.names), dtype=bool)
+            self._rows[doc][layer] = values[b]
+            self._read[doc][layer] = True
 
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """``(doc_index [doc], values [doc, layer, head, metric])`` of every document read, in document order."""
-        if not self._values:
+        if not self._rows:
             raise ValueError("attention: no documents were read (empty data?)")
-        doc_index = np.concatenate(self._doc_index)
-        order = np.argsort(doc_index, kind="stable")  # batch order (by length) must not change the bootstrap
-        return doc_index[order], np.concatenate(self._values)[order]
+        doc_index = np.array(sorted(self._rows))  # batch order (by length) must not change the bootstrap
+        unread = [int(d) for d in doc_index if not self._read[d].all()]
+        if unread:
+            raise RuntimeError(f"attention: the pass stopped before every layer of documents {unread[:5]} was read")
+        return doc_index, np.stack([self._rows[d] for d in doc_index])
 
 
 def summarize(values: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
@@ -137,7 +148,7 @@ class PatternTask:
 
 def start_patterns(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: Memo) -> PatternTask:
     """Start the pattern statistics of one checkpoint (read from the shared pass over ``data``)."""
-    consumer = PatternStatistics(checkpoint.n_layers, config["tol"], config["one_hot_threshold"])
+    consumer = PatternStatistics(checkpoint.n_layers, config["tol"], config["one_hot_threshold"], config["spectral_tokens"])
     return PatternTask(checkpoint, consumer, config)
 
 
@@ -186,7 +197,7 @@ def attention_stats(
     """Attention-pattern statistics of every head of every checkpoint over ``data`` (tidy results frame).
 
     ``data``: anything :func:`plastiscope.load_documents` reads. ``options``: ``tol``,
-    ``one_hot_threshold``, ``n_resamples``, ``seed`` (see :data:`OPTIONS`). Checkpoints
+    ``spectral_tokens``, ``one_hot_threshold``, ``n_resamples``, ``seed`` (see :data:`OPTIONS`). Checkpoints
     that fail are reported by a warning; if all fail, an error is raised.
     """
     inputs = Inputs(data=load_documents(data))

@@ -1,6 +1,7 @@
 """Norms and ranks of a matrix from its singular values, batched over leading dimensions.
 
-One definition serves attention patterns (:mod:`.patterns`) and weight circuits
+One definition serves attention patterns (:mod:`.patterns`: the leading ``[L, L]`` block of
+each document's pattern, its first ``spectral_tokens`` tokens) and weight circuits
 (:mod:`.weights`). For singular values ``s_1 >= s_2 >= ... >= 0`` of a matrix ``A``:
 
 - Frobenius norm ``||A||_F = sqrt(sum_i s_i^2)``; spectral norm ``||A||_2 = s_1``; nuclear

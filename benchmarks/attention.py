@@ -5,7 +5,8 @@ exactly 128 tokens. Measures, in one run:
 
 1. the extra time of all pattern statistics (every layer and head, every document) over
    the forward pass that produced the patterns (target <= 0.5x): both are timed inside
-   the same ``run_pass``; the statistics' consumer times its own ``update``;
+   the same ``run_pass``; the statistics' consumer times its own reads (hook-time, layer by
+   layer); spectra over the first ``spectral_tokens`` (128) tokens, i.e. whole documents here;
 2. plastiscope (batched ``svdvals`` on ``[batch * head, q, k]``, vectorised row
    statistics) against a plain numpy loop over documents, layers and heads computing the
    same numbers (and checks that they agree): with OpenBLAS at one thread (the fair
@@ -69,19 +70,21 @@ def long_documents(n: int) -> list[str]:
 
 
 class Timed:
-    """Wraps the statistics consumer: times its updates and keeps the patterns for the baseline."""
+    """Wraps the statistics consumer: times its reads and keeps a copy of the patterns for the baseline."""
 
     def __init__(self, inner: PatternStatistics):
-        self.inner, self.names, self.needs_logits = inner, inner.names, False
+        self.inner, self.names = inner, inner.names
         self.seconds = 0.0
         self.kept: list[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]] = []
 
-    def update(self, batch) -> None:
-        """Time the statistics of one batch and keep a copy of its patterns for the baseline."""
+    def read(self, batch, name, pattern) -> None:
+        """Time the statistics of one layer of one batch and keep a copy of its pattern for the baseline."""
         start = time.perf_counter()
-        self.inner.update(batch)
+        self.inner.read(batch, name, pattern)
         self.seconds += time.perf_counter() - start
-        self.kept.append((batch.mask.clone(), {k: v.clone() for k, v in batch.activations.items()}, batch.doc_index.clone()))
+        if not self.kept or self.kept[-1][2] is not batch.doc_index:
+            self.kept.append((batch.mask.clone(), {}, batch.doc_index))
+        self.kept[-1][1][name] = pattern.clone()
 
 
 def numpy_stats(A: np.ndarray, tol: float = 1e-2, threshold: float = 0.9) -> list[float]:

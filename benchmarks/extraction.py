@@ -1,11 +1,13 @@
 """Activation streaming cost: plastiscope vs a bare ``transformers`` forward, and memory vs data size.
 
-1. Time to stream ``blocks.{l}.hook_resid_post`` and ``blocks.{l}.attn.hook_pattern`` for
-   all layers with :func:`plastiscope.activations.stream`, against a bare ``transformers``
-   forward with ``output_hidden_states=True, output_attentions=True`` (eager attention) on
-   the same model and the same padded batches. Target ratio <= 1.10.
-2. Peak resident memory of streaming N documents and 10 N documents (each in a fresh
-   process, so the peaks do not mix). Target: flat (ratio ~1).
+1. Time of a shared pass (:func:`plastiscope.activations.run_pass`) handing a consumer
+   ``blocks.{l}.hook_resid_post`` and ``blocks.{l}.attn.hook_pattern`` of every layer, at hook
+   time, against a bare ``transformers`` forward with ``output_hidden_states=True,
+   output_attentions=True`` (eager attention) on the same model and the same padded batches.
+   Target ratio <= 1.10.
+2. Peak resident memory of such a pass over N documents and 10 N documents (each in a fresh
+   process, so the peaks do not mix). Target: flat (ratio ~1). (Flat in the number of layers:
+   ``tests/test_activations.py`` and ``benchmarks/scale_context.py``.)
 
 Run: ``python benchmarks/extraction.py [--docs 256] [--repeats 3]``.
 """
@@ -23,7 +25,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from plastiscope import Checkpoint
-from plastiscope.activations import stream
+from plastiscope.activations import batches, run_pass
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.demo.tokenizer import train_tokenizer
 
@@ -46,13 +48,22 @@ def names() -> list[str]:
     return [f"blocks.{l}.hook_resid_post" for l in range(LAYERS)] + [f"blocks.{l}.attn.hook_pattern" for l in range(LAYERS)]
 
 
+class Touch:
+    """A consumer that reads one number of every activation it is handed."""
+
+    def __init__(self):
+        self.names, self.total = names(), 0.0
+
+    def read(self, batch, name, value) -> None:
+        """Touch the activation (so that it is materialised), keep nothing."""
+        self.total += float(value.flatten()[0])
+
+
 def time_plastiscope(ckpt, docs, batch_size) -> tuple[float, list]:
-    batches = []
     start = time.perf_counter()
-    for batch in stream(ckpt, docs, names(), batch_size=batch_size, progress=False):
-        batches.append((batch.tokens, batch.mask))
-        _ = sum(float(v.flatten()[0]) for v in batch.activations.values())  # touch, then drop
-    return time.perf_counter() - start, batches
+    run_pass(ckpt, docs, [Touch()], batch_size=batch_size, progress=False)
+    seconds = time.perf_counter() - start
+    return seconds, [(b.tokens, b.mask) for b in batches(ckpt, docs, batch_size, progress=False)]
 
 
 def time_transformers(model, batches) -> float:
@@ -69,8 +80,7 @@ def peak_memory_child(n_docs: int, batch_size: int) -> None:
     ckpt, docs = setup(n_docs)
     _ = ckpt.bridge  # load before measuring the baseline
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for batch in stream(ckpt, docs, names(), batch_size=batch_size, progress=False):
-        del batch
+    run_pass(ckpt, docs, [Touch()], batch_size=batch_size, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"docs": n_docs, "peak_mib": peak / 1024, "growth_mib": (peak - base) / 1024}))
 
@@ -94,7 +104,7 @@ def main() -> None:
         theirs.append(time_transformers(ckpt.hf_model, batches))
     tokens = sum(int(m.sum()) for _, m in batches)
     print(f"model: Llama {LAYERS} layers, d={D_MODEL}, {HEADS} heads; {args.docs} docs, {tokens} tokens, batch {args.batch_size}")
-    print(f"plastiscope stream (resid_post + pattern, all layers): {min(ours):.2f} s")
+    print(f"plastiscope pass (resid_post + pattern, all layers):   {min(ours):.2f} s")
     print(f"bare transformers (hidden_states + attentions):       {min(theirs):.2f} s")
     print(f"time ratio plastiscope / transformers: {min(ours) / min(theirs):.2f}  (target <= 1.10)")
 
@@ -104,7 +114,7 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         peaks.append(json.loads(out.stdout.strip().splitlines()[-1]))
     for p in peaks:
-        print(f"peak RSS streaming {p['docs']:>6} docs: {p['peak_mib']:.0f} MiB (growth during streaming {p['growth_mib']:.0f} MiB)")
+        print(f"peak RSS of a pass over {p['docs']:>6} docs: {p['peak_mib']:.0f} MiB (growth during streaming {p['growth_mib']:.0f} MiB)")
     print(f"peak memory ratio 10x data / 1x data: {peaks[1]['peak_mib'] / peaks[0]['peak_mib']:.2f}  (target: flat, ~1.0)")
 
 

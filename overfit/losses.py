@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plastiscope.activations import Batch
+from plastiscope.activations import LOGITS, Batch
 from plastiscope.losses import token_losses
 
 
@@ -48,39 +48,39 @@ class DocumentLosses:
     """Consumer of the shared pass: per-document sums of token losses, overall and per position bucket.
 
     ``n_docs`` is the size of the :class:`~plastiscope.data.Documents` the pass reads; rows are
-    placed by ``Batch.doc_index``. After the pass: :attr:`mean_loss` ``[doc]`` (NaN for
-    documents with no target token), :attr:`n_targets` ``[doc]``, :attr:`bucket_mean`
-    ``[doc, bucket]`` (NaN where a document has no token in a bucket).
+    placed by ``Batch.doc_index``. It reads the logits ``[batch, pos, vocab]`` after the forward
+    (:data:`~plastiscope.activations.LOGITS`) and turns them into losses a slice of positions at
+    a time on their device (:func:`plastiscope.losses.token_losses`, float32; sums in float64).
+    After the pass: :attr:`mean_loss` ``[doc]`` (NaN for documents with no target token),
+    :attr:`n_targets` ``[doc]``, :attr:`bucket_mean` ``[doc, bucket]`` (NaN where a document
+    has no token in a bucket).
     """
 
-    names: list[str] = []
-    needs_logits = True
+    names = [LOGITS]
 
     def __init__(self, n_docs: int, bucket_edges: Sequence[int]):
         self.bucket_edges = list(bucket_edges)
-        self._edges = torch.tensor(self.bucket_edges, dtype=torch.long)
         self.loss_sum = np.zeros(n_docs)
         self.n_targets = np.zeros(n_docs, dtype=np.int64)
         self.bucket_sum = np.zeros((n_docs, len(self.bucket_edges)))
         self.bucket_count = np.zeros((n_docs, len(self.bucket_edges)), dtype=np.int64)
         self.seen = np.zeros(n_docs, dtype=bool)
 
-    def update(self, batch: Batch) -> None:
+    def read(self, batch: Batch, name: str, logits: torch.Tensor) -> None:
         """Add one batch's token losses to its documents' sums, overall and per position bucket."""
-        if batch.logits is None:
-            raise ValueError("DocumentLosses needs logits: run the pass with return_logits / needs_logits=True")
         with torch.no_grad():
-            loss, target = token_losses(batch.logits, batch.tokens, batch.mask)  # [batch, pos-1]
-            loss, target = loss.double().cpu(), target.cpu()
-            positions = torch.arange(1, loss.shape[1] + 1)  # of the predicted token; 1 = first after BOS
+            loss, target = token_losses(logits, batch.tokens, batch.mask)  # [batch, pos-1], float32
+            loss = loss.double()
+            positions = torch.arange(1, loss.shape[1] + 1, device=loss.device)  # of the predicted token; 1 = first after BOS
+            edges = torch.tensor(self.bucket_edges, dtype=torch.long, device=loss.device)
             # positions past the last edge (user-given edges shorter than the context) go to the last bucket
-            bucket = torch.bucketize(positions, self._edges).clamp(max=len(self.bucket_edges) - 1)
+            bucket = torch.bucketize(positions, edges).clamp(max=len(self.bucket_edges) - 1)
             one_hot = F.one_hot(bucket, len(self.bucket_edges)).double()  # [pos-1, bucket]
             docs = batch.doc_index.cpu().numpy()
-            self.loss_sum[docs] += loss.sum(1).numpy()
-            self.n_targets[docs] += target.sum(1).numpy()
-            self.bucket_sum[docs] += (loss @ one_hot).numpy()
-            self.bucket_count[docs] += (target.double() @ one_hot).round().long().numpy()
+            self.loss_sum[docs] += loss.sum(1).cpu().numpy()
+            self.n_targets[docs] += target.sum(1).cpu().numpy()
+            self.bucket_sum[docs] += (loss @ one_hot).cpu().numpy()
+            self.bucket_count[docs] += (target.double() @ one_hot).round().long().cpu().numpy()
             self.seen[docs] = True
 
     @property

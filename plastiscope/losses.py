@@ -26,8 +26,11 @@ from einops import rearrange
 
 from plastiscope.data import pad
 
-# Float32 elements of one slice of logits (batch x positions x vocab) turned into losses at once: 256 MiB.
-LOGIT_BUDGET = 1 << 26
+# Float32 elements of one slice of logits (batch x positions x vocab) turned into losses at once: 64 MiB,
+# e.g. 32 positions of a 16-document batch at a 32k vocabulary; and at most 1/LOGIT_SLICES of the
+# positions, so that the work buffers stay a small fraction of the logits themselves.
+LOGIT_BUDGET = 1 << 24
+LOGIT_SLICES = 16
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,11 +40,12 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor)
     [batch, pos]`` (True on real tokens, BOS included). Returns ``(loss, target)``, both
     ``[batch, pos - 1]``: column ``p - 1`` is the loss (nats, float32) of token ``p``, 0 where
     ``target`` is False (padding). Positions are processed in slices so that the float32 work
-    buffer stays under :data:`LOGIT_BUDGET` elements. Differentiable.
+    buffers stay under :data:`LOGIT_BUDGET` elements and 1/:data:`LOGIT_SLICES` of the logits:
+    no float32 copy of the whole logits is made. Differentiable.
     """
     batch, pos, vocab = logits.shape
     target = mask[:, 1:] & mask[:, :-1]
-    step = max(1, LOGIT_BUDGET // max(1, batch * vocab))
+    step = max(1, min(LOGIT_BUDGET // max(1, batch * vocab), -(-pos // LOGIT_SLICES)))
     pieces = []
     for start in range(0, pos - 1, step):
         stop = min(pos - 1, start + step)

@@ -318,9 +318,14 @@ def run_checkpoint(
         except Exception as err:
             failures.append(failure_row(checkpoint, spec.name, err))
     for input_name in INPUT_FLAGS:
-        consumers = [c for _, task in tasks.values() for c in task.passes.get(input_name, ())]
-        if consumers:
-            run_pass(checkpoint, getattr(inputs, input_name), consumers, batch_size=batch_size, progress=progress)
+        owners = [(name, c) for name, (_, task) in tasks.items() for c in task.passes.get(input_name, ())]
+        if owners:
+            consumers = [c for _, c in owners]
+            errors = run_pass(checkpoint, getattr(inputs, input_name), consumers, batch_size=batch_size, progress=progress, isolate=True)
+            for index, err in errors.items():  # a consumer that raised fails its own analysis only
+                name = owners[index][0]
+                if tasks.pop(name, None) is not None:
+                    failures.append(failure_row(checkpoint, name, err))
     for name, (spec, task) in tasks.items():
         try:
             frame = task.finish()

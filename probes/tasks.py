@@ -216,63 +216,78 @@ class FeatureCollector:
     """A :class:`~plastiscope.activations.Consumer` keeping the residual-stream features of chosen examples.
 
     ``requests``: ``(doc, where)`` keys, ``where`` a token position (int >= 0) or a pooling
-    (``"mean"``: mean over real tokens after BOS; ``"last"``: last real token). After the pass,
-    ``features`` is ``[layer, request, d_model]`` (float32) in the order of ``requests``.
+    (``"mean"``: mean over real tokens after BOS; ``"last"``: last real token). It reads
+    ``blocks.{l}.hook_resid_post`` ``[batch, pos, d_model]`` of each layer as the forward makes
+    it, selects and pools the requested rows on the model's device in float32, and stores them
+    on the CPU: after the pass, ``features`` is ``[layer, request, d_model]`` (float32) in the
+    order of ``requests``, the input of the probe fits.
     """
-
-    needs_logits = False
 
     def __init__(self, layers: Sequence[int], requests: Sequence[tuple[int, int | str]], has_bos: bool = True):
         self.layers = list(layers)
         self.names = [f"blocks.{l}.hook_resid_post" for l in self.layers]
+        self.layer_of = {name: i for i, name in enumerate(self.names)}
         self.row = {key: r for r, key in enumerate(dict.fromkeys(requests))}
         self.by_doc: dict[int, list[tuple[int | str, int]]] = {}
         for (doc, where), r in self.row.items():
             self.by_doc.setdefault(int(doc), []).append((where, r))
         self.has_bos = has_bos
         self.features: torch.Tensor | None = None
-        self.filled = torch.zeros(len(self.row), dtype=torch.bool)
+        self.filled = torch.zeros(len(self.layers), len(self.row), dtype=torch.bool)
+        self._selected: tuple[Batch, Any] | None = None
 
-    def update(self, batch: Batch) -> None:
-        """Fill the features of the requests whose documents are in the batch, at every layer."""
-        acts = torch.stack([batch.activations[name] for name in self.names])  # [layer, batch, pos, d]
-        if self.features is None:
-            self.features = torch.zeros(len(self.layers), len(self.row), acts.shape[-1])
-        mask = batch.mask.to(acts.device)
-        lengths = mask.sum(1)  # [batch]
-        rows, batch_rows, positions, pooled = [], [], [], []  # token features / pooled features
+    def _select(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(request rows, batch rows, positions, mean-pooling weights [mean request, pos])`` of one batch
+        (position -1 marks a mean), computed once per batch; None if no request is in it."""
+        if self._selected is not None and self._selected[0] is batch:
+            return self._selected[1]
+        lengths = batch.mask.sum(1).tolist()  # [batch]
+        rows, batch_rows, positions = [], [], []
         for b, doc in enumerate(batch.doc_index.tolist()):
             for where, r in self.by_doc.get(doc, ()):
-                if isinstance(where, str):
-                    pooled.append((where, b, r))
+                if where == "mean":
+                    position = -1
+                elif where == "last":
+                    position = lengths[b] - 1
                 else:
-                    if where >= int(lengths[b]):
-                        raise ValueError(f"document {doc}: token position {where} beyond its {int(lengths[b])} tokens")
-                    rows.append(r), batch_rows.append(b), positions.append(int(where))
-        if any(where == "mean" for where, _, _ in pooled):
-            body = mask.clone()
+                    if where >= lengths[b]:
+                        raise ValueError(f"document {doc}: token position {where} beyond its {lengths[b]} tokens")
+                    position = int(where)
+                rows.append(r), batch_rows.append(b), positions.append(position)
+        selection = None
+        if rows:
+            device = batch.mask.device
+            b_index, p_index = torch.tensor(batch_rows, device=device), torch.tensor(positions, device=device)
+            body = batch.mask[b_index[p_index < 0]].float()  # [mean request, pos]
             if self.has_bos:
-                body[:, 0] = lengths == 1  # mean over the tokens after BOS (BOS alone if nothing else)
-            mean = torch.einsum("lbpd,bp->lbd", acts, body.to(acts.dtype)) / body.sum(1).clamp_min(1)[None, :, None]
-        for where, b, r in pooled:
-            rows.append(r), batch_rows.append(b), positions.append(-1 if where == "mean" else int(lengths[b]) - 1)
-        if not rows:
+                body[:, 0] = (body.sum(1) == 1).float()  # the tokens after BOS (BOS alone if nothing else)
+            selection = (torch.tensor(rows), b_index, p_index, body / body.sum(1, keepdim=True).clamp_min(1))
+        self._selected = (batch, selection)
+        return selection
+
+    def read(self, batch: Batch, name: str, acts: torch.Tensor) -> None:
+        """Store the features of the requests whose documents are in the batch, for the layer of ``acts [batch, pos, d]``."""
+        selection = self._select(batch)
+        if selection is None:
             return
-        b_index, p_index = torch.as_tensor(batch_rows), torch.as_tensor(positions)
-        features = acts[:, b_index, p_index.clamp_min(0)]  # [layer, request, d]
+        rows, b_index, p_index, weights = selection
+        if self.features is None:
+            self.features = torch.zeros(len(self.layers), len(self.row), acts.shape[-1])
+        features = acts[b_index, p_index.clamp_min(0)].float()  # [request, d]
         is_mean = p_index < 0
         if bool(is_mean.any()):
-            features[:, is_mean] = mean[:, b_index[is_mean]]
-        index = torch.as_tensor(rows)
-        self.features[:, index] = features.float().cpu()
-        self.filled[index] = True
+            pooled = acts[b_index[is_mean]].float()  # [mean request, pos, d]: the pooled documents only
+            features[is_mean] = torch.einsum("rpd,rp->rd", pooled, weights)
+        layer = self.layer_of[name]
+        self.features[layer, rows] = features.cpu()
+        self.filled[layer, rows] = True
 
     def take(self, requests: Sequence[tuple[int, int | str]]) -> torch.Tensor:
         """Features ``[layer, example, d_model]`` of ``requests`` (each must have been seen in the pass)."""
         if self.features is None:
             raise RuntimeError("no batches were seen: the forward pass did not run over the data")
         index = torch.as_tensor([self.row[key] for key in requests])
-        if not bool(self.filled[index].all()):
+        if not bool(self.filled[:, index].all()):
             raise RuntimeError("some probed documents never appeared in the forward pass")
         if len(index) and bool((index == torch.arange(int(index[0]), int(index[0]) + len(index))).all()):
             return self.features[:, int(index[0]) : int(index[0]) + len(index)]  # a view: no copy

@@ -41,6 +41,13 @@ _ADAPTIVE = "Kwon et al. 2021 (ASAM); Andriushchenko et al. 2023 (A Modern Look 
 _BASIN = "Chen et al. 2025 (arXiv 2505.17646)"
 _LANDSCAPE = "Li et al. 2018 (Visualizing the Loss Landscape)"
 
+# The spectral metrics of attention patterns: what "over each document's first tokens" means.
+_FIRST_TOKENS = (
+    "first spectral_tokens tokens (default 128), averaged over documents: exact singular values of the pattern's leading "
+    "[L, L] block, L = min(length, spectral_tokens), which under causal attention is the pattern of the document truncated "
+    "to L tokens (the whole document when it is no longer)."
+)
+
 METRICS: dict[str, MetricDoc] = {
     # probes: linear separability of representations
     "accuracy": MetricDoc(
@@ -78,13 +85,18 @@ METRICS: dict[str, MetricDoc] = {
         "Attention entropy of each query row divided by log(number of visible keys), averaged; 0 = one-hot, 1 = uniform.",
         None, "Shannon 1948 (entropy of each query row)"),
     "effective_rank": MetricDoc(
-        "Effective rank exp(H(p)) with p_i = s_i / sum(s) over the singular values s of the attention matrix.",
-        None, "Roy & Vetterli 2007"),
-    "stable_rank": MetricDoc("Stable rank ||A||_F^2 / ||A||_2^2 of the attention matrix.", None, "Rudelson & Vershynin 2007"),
-    "numerical_rank": MetricDoc("Number of singular values above a relative tolerance of the largest one.", None, ""),
-    "frobenius_norm": MetricDoc("Frobenius norm ||A||_F of the attention matrix.", None, ""),
-    "spectral_norm": MetricDoc("Largest singular value ||A||_2 of the attention matrix.", None, ""),
-    "nuclear_norm": MetricDoc("Nuclear norm ||A||_* (sum of singular values) of the attention matrix.", None, ""),
+        "Effective rank exp(H(p)), p_i = s_i / sum(s), of the singular values s of the attention pattern over each document's "
+        + _FIRST_TOKENS, None, "Roy & Vetterli 2007"),
+    "stable_rank": MetricDoc(
+        "Stable rank ||A||_F^2 / ||A||_2^2 of the attention pattern over each document's " + _FIRST_TOKENS,
+        None, "Rudelson & Vershynin 2007"),
+    "numerical_rank": MetricDoc(
+        "Number of singular values above tol (0.01) times the largest, of the attention pattern over each document's " + _FIRST_TOKENS,
+        None, ""),
+    "spectral_norm": MetricDoc("Largest singular value ||A||_2 of the attention pattern over each document's " + _FIRST_TOKENS, None, ""),
+    "nuclear_norm": MetricDoc(
+        "Sum of the singular values ||A||_* of the attention pattern over each document's " + _FIRST_TOKENS, None, ""),
+    "frobenius_norm": MetricDoc("Frobenius norm ||A||_F of each document's whole attention pattern, averaged over documents.", None, ""),
     "sink_share": MetricDoc(
         "Share of attention mass placed on the first (BOS) token: the attention-sink share.",
         None, "Xiao et al. 2023 (attention sinks)"),

@@ -18,6 +18,16 @@ TINY = dict(
 )
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped where torch sees no CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory):
     """manifest.csv of 3 tiny Llama checkpoints trained at weight decays 0, 0.1 and 1.0."""

@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from plastiscope import Checkpoint, load_documents
-from plastiscope.activations import Batch
+from plastiscope.activations import Batch, feed
 from plastiscope.attention import (
     ANALYSIS,
     PATTERN_METRICS,
@@ -180,6 +180,120 @@ def test_invalid_inputs_are_named():
         pattern_statistics(A, torch.ones(1, 4, dtype=torch.bool), tol=0)
 
 
+# ---------------------------------------------------------------------- spectra of the first tokens, cost
+SPECTRAL = ("effective_rank", "stable_rank", "numerical_rank", "spectral_norm", "nuclear_norm")
+
+
+def reference_truncated(A: np.ndarray, L: int | None) -> dict[str, float]:
+    """The documented quantities: spectral metrics of the leading [L, L] block, everything else of the whole pattern."""
+    whole = reference_stats(A)
+    if L is not None:
+        whole.update({m: v for m, v in reference_stats(A[:L, :L]).items() if m in SPECTRAL})
+    return whole
+
+
+def assert_matches(got: dict[str, float], ref: dict[str, float], where) -> None:
+    for metric in PATTERN_METRICS:
+        if np.isnan(ref[metric]):
+            assert np.isnan(got[metric]), (metric, where)
+        else:
+            assert got[metric] == pytest.approx(ref[metric], rel=2e-5, abs=1e-5), (metric, where)
+
+
+@pytest.mark.parametrize("L", [1, 7, 16, None])
+def test_spectra_of_the_first_tokens_on_hand_made_patterns(L):
+    """Flat spectra (diagonal-heavy heads, where low-rank estimates fail), low rank (sink) and random causal
+    patterns: spectral metrics equal numpy's exact SVD of the leading block, the rest numpy's on the whole pattern."""
+    g = torch.Generator().manual_seed(4)
+    n = 40
+    diagonal = 0.9 * torch.eye(n, dtype=torch.float64) + 0.1 * torch.ones(n, n, dtype=torch.float64).tril() / torch.arange(1, n + 1).view(n, 1)
+    sink = torch.zeros(n, n, dtype=torch.float64)
+    sink[:, 0] = 1
+    patterns = torch.stack([diagonal, sink, causal_softmax(n, 1, g)[0], causal_softmax(n, 1, g, scale=0.1)[0]])
+    got = pattern_statistics(patterns[None].float(), torch.ones(1, n, dtype=torch.bool), spectral_tokens=L)
+    for h, A in enumerate(patterns.numpy()):
+        assert_matches({m: float(v[0, h]) for m, v in got.items()}, reference_truncated(A, L), (L, h))
+    if L == 16:  # the flat head's ranks really are those of 16 tokens, not of 40
+        assert float(got["numerical_rank"][0, 0]) == 16 and float(got["frobenius_norm"][0, 0]) == pytest.approx(np.linalg.norm(diagonal))
+
+
+def test_spectra_of_the_first_tokens_on_a_trained_model(tiny_sweep, probe_docs):
+    """Real patterns of a trained model, padded batches: every metric against numpy on each document's own
+    pattern; the leading block is the pattern of the document truncated to its first L tokens (causality)."""
+    from plastiscope.activations import stream
+
+    ckpt, L = tiny_sweep[2], 12
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(2)]
+    seen = 0
+    for batch in stream(ckpt, probe_docs.subset(range(10)), names, batch_size=5, progress=False):
+        for name in names:
+            got = pattern_statistics(batch.activations[name], batch.mask, spectral_tokens=L)
+            for b in range(len(batch.doc_index)):
+                n = int(batch.mask[b].sum())
+                assert n > L  # truncation is exercised
+                with torch.no_grad():
+                    _, cache = ckpt.bridge.run_with_cache(batch.tokens[b : b + 1, :L], names_filter=name)
+                for h in range(ckpt.n_heads):
+                    A = batch.activations[name][b, h, :n, :n].double().numpy()
+                    np.testing.assert_allclose(A[:L, :L], cache[name][0, h].double().numpy(), atol=1e-6)
+                    assert_matches({m: float(v[b, h]) for m, v in got.items()}, reference_truncated(A, L), (name, b, h))
+                    seen += 1
+    assert seen == 10 * 2 * ckpt.n_heads
+
+
+def test_bfloat16_patterns_give_the_float32_statistics_of_their_values():
+    g = torch.Generator().manual_seed(5)
+    docs = [causal_softmax(n, 3, g) for n in (30, 12)]
+    pattern, mask = pad_batch(docs, g)
+    half = pattern.bfloat16()
+    got = pattern_statistics(half, mask, spectral_tokens=8)
+    same = pattern_statistics(half.float(), mask, spectral_tokens=8)
+    for metric in PATTERN_METRICS:
+        assert got[metric].dtype == torch.float64
+        torch.testing.assert_close(got[metric], same[metric], rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+class LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest floating-point tensor any torch operation creates (views of ``inputs`` left out)."""
+
+    def __init__(self, *inputs):
+        super().__init__()
+        self.inputs = {t.untyped_storage().data_ptr() for t in inputs}
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.untyped_storage().data_ptr() not in self.inputs:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_statistics_make_no_pattern_sized_temporaries():
+    """Every temporary stays under 1/16 of the batch's pattern (a mask product or a float32 copy would not)."""
+    g = torch.Generator().manual_seed(6)
+    docs = [causal_softmax(n, 4, g) for n in (256, 256, 200, 100)]
+    pattern, mask = pad_batch(docs, g)
+    for p in (pattern, pattern.bfloat16()):
+        with LargestOutput(p) as mode:
+            pattern_statistics(p, mask, spectral_tokens=128)
+        assert 0 < mode.largest <= p.numel() // 16, (p.dtype, mode.largest, p.numel())
+        with LargestOutput(p) as mode:
+            (p * mask[:, None, :, None]).sum()  # the test can fail: a masked copy is pattern-sized
+        assert mode.largest == p.numel()
+
+
+def test_spectral_tokens_option(tiny_sweep, probe_docs):
+    with pytest.raises(ValueError, match="spectral_tokens"):
+        attention_stats(tiny_sweep[:1], probe_docs.head(4), spectral_tokens=0, progress=False)
+    docs = probe_docs.head(6)
+    whole = attention_stats(tiny_sweep[:1], docs, spectral_tokens=None, n_resamples=20, progress=False).set_index(["metric", "layer", "head"]).sort_index()
+    short = attention_stats(tiny_sweep[:1], docs, spectral_tokens=4, n_resamples=20, progress=False).set_index(["metric", "layer", "head"]).sort_index()
+    for metric in PATTERN_METRICS:
+        same = np.allclose(whole.loc[metric, "value"], short.loc[metric, "value"])
+        assert same == (metric not in SPECTRAL), metric
+
+
 # ---------------------------------------------------------------------- streaming
 def _batch(patterns: list[torch.Tensor], doc_index: list[int], g: torch.Generator) -> Batch:
     """A Batch of hand-made patterns for two layers (layer 1 = layer 0 squared towards one-hot)."""
@@ -199,10 +313,10 @@ def test_streaming_equals_all_at_once():
     lengths = [5, 12, 3, 8, 1, 10, 7]
     docs = [causal_softmax(n, 2, g) for n in lengths]
     whole = PatternStatistics(n_layers=2)
-    whole.update(_batch(docs, list(range(len(docs))), torch.Generator().manual_seed(2)))
+    feed(whole, _batch(docs, list(range(len(docs))), torch.Generator().manual_seed(2)))
     streamed = PatternStatistics(n_layers=2)
     for part in ([5, 1], [0, 3, 6], [4, 2]):  # another order and other batches
-        streamed.update(_batch([docs[i] for i in part], part, torch.Generator().manual_seed(3)))
+        feed(streamed, _batch([docs[i] for i in part], part, torch.Generator().manual_seed(3)))
     (idx_a, a), (idx_b, b) = whole.values(), streamed.values()
     assert (idx_a == np.arange(len(docs))).all() and (idx_b == idx_a).all()
     assert a.shape == (len(docs), 2, 2, len(PATTERN_METRICS))

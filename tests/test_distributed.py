@@ -24,15 +24,16 @@ class NormTask:
         if die == "always" and checkpoint.weight_decay == 0.1 or die == "once" and not marker.exists():
             marker.touch()
             os._exit(1)  # as a kill -9 or the OOM killer would
-        self.checkpoint, self.needs_logits = checkpoint, False
+        self.checkpoint = checkpoint
         self.names = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
         self.sums, self.count = [0.0, 0.0], 0
         self.passes = {"data": [self]}
 
-    def update(self, batch):
-        for i, name in enumerate(self.names):
-            self.sums[i] += float(batch.activations[name][batch.mask].norm(dim=-1).sum())
-        self.count += int(batch.mask.sum())
+    def read(self, batch, name, acts):
+        layer = self.names.index(name)
+        self.sums[layer] += float(acts[batch.mask].norm(dim=-1).sum())
+        if layer == 0:
+            self.count += int(batch.mask.sum())
 
     def finish(self):
         return make_frame(self.checkpoint, "norm", [

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from plastiscope import Checkpoint
-from plastiscope.activations import Batch
+from plastiscope.activations import Batch, feed
 from plastiscope.data import Documents, encode
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.demo.tokenizer import train_tokenizer
@@ -160,7 +160,7 @@ def test_position_buckets_match_hand_computation():
         mask[row, :length] = True
     edges = [2, 4, 11]
     acc = DocumentLosses(5, edges)
-    acc.update(Batch(tokens=tokens, mask=mask, doc_index=torch.tensor([4, 0, 2]), activations={}, logits=logits))
+    feed(acc, Batch(tokens=tokens, mask=mask, doc_index=torch.tensor([4, 0, 2]), activations={}, logits=logits))
     logp = torch.log_softmax(logits.double(), -1)
     for row, doc, length in ((0, 4, 12), (1, 0, 5)):
         per_token = np.array([-logp[row, p - 1, tokens[row, p]].item() for p in range(1, length)])

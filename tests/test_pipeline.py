@@ -27,13 +27,11 @@ class NormTask:
         CALLS.append(checkpoint.name)
         self.checkpoint = checkpoint
         self.names = [f"blocks.{l}.hook_resid_post" for l in range(options.get("layers", 2))]
-        self.needs_logits = False
         self.norms = {n: [] for n in self.names}
         self.passes = {"data": [self]}
 
-    def update(self, batch):
-        for name in self.names:
-            self.norms[name] += batch.activations[name][batch.mask].norm(dim=-1).tolist()
+    def read(self, batch, name, acts):
+        self.norms[name] += acts[batch.mask].norm(dim=-1).tolist()
 
     def finish(self):
         return make_frame(self.checkpoint, "norm", [
