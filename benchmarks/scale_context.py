@@ -123,7 +123,7 @@ def child(d_model: int, pos: int, args: argparse.Namespace) -> dict:
         return [t % 4 for t in ids]
 
     specs = {
-        "probes": (PROBES, {"level": "token", "token_labels": token_class, "max_per_class": 64, "random_baseline": False,
+        "probes": (PROBES, {"level": "token", "token_labels": token_class, "max_examples": 256, "random_baseline": False,
                    "folds": 2, "inner_folds": 2}),
         "attention": (ATTENTION, {}),
         "overfit": (OVERFIT, {"reference": None, "memorization_max_docs": 0}),

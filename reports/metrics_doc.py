@@ -73,10 +73,6 @@ METRICS: dict[str, MetricDoc] = {
         "Fisher's criterion tr(S_W^-1 S_B) of the pooled representation (within-class scatter S_W shrunk towards a scaled "
         "identity); higher = classes more linearly separable.",
         "higher", "Fisher 1936; Ledoit & Wolf 2004 (shrinkage)"),
-    "fisher_ratio": MetricDoc(
-        "Trace ratio tr(S_B) / tr(S_W) of between- and within-class scatter of the pooled representation (not Fisher's "
-        "criterion, which is tr(S_W^-1 S_B)); higher = class means further apart relative to the spread.",
-        "higher", "Fisher 1936"),
     # attention patterns
     "entropy": MetricDoc(
         "Mean attention entropy -sum_j A_ij log A_ij over query rows (nats).",

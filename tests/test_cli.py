@@ -57,9 +57,9 @@ def test_flags_below_their_minimum(tiny_manifest, tmp_path, no_loading):
 
 def test_bad_option_value_fails_once_before_any_model_loads(tiny_manifest, tmp_path, docs, no_loading):
     bad = _analyze(tiny_manifest, tmp_path / "r", "--analyses", "probes", "--data", str(docs), "--label-column", "label",
-                   "-o", "probes.max_per_class=None")
+                   "-o", "probes.max_examples=None")
     assert bad.exit_code == 2
-    assert bad.output.count("max_per_class") == 1 and "write null (JSON), not None" in bad.output
+    assert bad.output.count("max_examples") == 1 and "write null (JSON), not None" in bad.output
     good_json = _analyze(tiny_manifest, tmp_path / "r", "--analyses", "probes", "--data", str(docs), "-o", "probes.folds=1")
     assert good_json.exit_code == 2 and good_json.output.count("option folds=1 must be an integer >= 2") == 1
     typo = _analyze(tiny_manifest, tmp_path / "r", "--analyses", "attention_weights", "-o", "overfits.x=1")

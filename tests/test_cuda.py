@@ -32,7 +32,7 @@ TOLERANCE = {
     "entropy": 0.01, "entropy_normalized": 0.005, "sink_share": 0.005, "mean_distance": 0.02, "one_hot_share": 0.02,
     "effective_rank": 0.05, "stable_rank": 0.02, "numerical_rank": 0.5, "frobenius_norm": 0.005, "spectral_norm": 0.005,
     "nuclear_norm": 0.02,
-    "accuracy": 0.05, "macro_f1": 0.05, "cross_entropy": 0.03, "selectivity_control_task": 0.05, "fisher_ratio": 0.01,
+    "accuracy": 0.05, "macro_f1": 0.05, "cross_entropy": 0.03, "selectivity_control_task": 0.05,
     "train_loss": 0.01, "val_loss": 0.01, "loss_gap": 0.005, "loss_ratio": 0.002, "train_loss_by_position": 0.01,
     "val_loss_by_position": 0.01, "loss_gap_by_position": 0.005, "mia_auc_loss": 0.05, "mia_auc_zlib": 0.05,
     "mia_auc_reference": 0.05, "mia_tpr_at_1fpr": 0.1, "exact_match_train": 0.05, "exact_match_val": 0.05,
