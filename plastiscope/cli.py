@@ -48,7 +48,8 @@ def main(
 def train_sweep_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the checkpoints and manifest.csv."),
     weight_decays: str | None = typer.Option(None, help="Comma-separated AdamW weight decays (default 0,0.1,0.3,1)."),
-    seeds: str | None = typer.Option(None, help="Comma-separated seeds (init and data order); runs differing only in seed are replicates."),
+    seeds: str | None = typer.Option(
+        None, help="Comma-separated seeds (init and data order; default 0,1); runs differing only in seed are replicates."),
     schedule: str | None = typer.Option(
         None, help="Learning-rate schedule(s) after warmup, comma-separated: cosine, linear, wsd (warmup-stable-decay), "
         "wso (warmup-stable-only: constant; also 'constant'). Default cosine."),
@@ -61,10 +62,10 @@ def train_sweep_cmd(
     save_steps: str | None = typer.Option(None, help="Comma-separated steps after which to save a checkpoint too (training dynamics)."),
     decay_all: bool = typer.Option(False, help="Decay norms and biases too (default: matrices only)."),
     workers: int = typer.Option(1, help="Runs trained at once, each in its own process on one torch thread."),
-    quick: bool = typer.Option(False, help="Smaller models, fewer steps (about a minute)."),
+    quick: bool = typer.Option(False, help="The quick demo's sweep: smaller models, fewer steps (a minute or two)."),
 ) -> None:
     """Pretrain small Llama-style models on the embedded corpus: a grid of weight decays x seeds (x schedules)."""
-    from plastiscope.demo.sweep import QUICK, ConfigError, DivergedError, TrainConfig, train_sweep
+    from plastiscope.demo.sweep import DEMO, QUICK, ConfigError, DivergedError, TrainConfig, train_sweep
 
     flags = {"weight_decays": "--weight-decays", "seeds": "--seeds", "schedules": "--schedule",
              "final_lr_fractions": "--final-lr-fraction", "decay_fraction": "--decay-fraction", "steps": "--steps",
@@ -85,7 +86,11 @@ def train_sweep_cmd(
             raise ValueError(f"{flag} {text!r}: every item must be {what}") from None
 
     try:
-        fields = dict(QUICK) if quick else {}
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out}: a file, not a folder; pass a folder (it is created if missing)")
+        if learning_rate is not None and not learning_rate > 0:
+            raise ValueError(f"--learning-rate {learning_rate}: must be a number > 0")
+        fields = dict(QUICK if quick else DEMO)
         for name, (text, kind) in lists.items():
             if text is not None:
                 fields[name] = parse_list(flags[name], text, kind)

@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 TINY = dict(
     steps=40, batch_size=16, context=48, warmup_steps=5, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-    d_mlp=64, vocab_size=512, train_docs=400, val_docs=100, eval_every=20, seeds=(0,),
+    d_mlp=64, vocab_size=512, train_docs=400, val_docs=100, eval_every=20,
 )
 
 

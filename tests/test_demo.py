@@ -13,7 +13,7 @@ from test_reports_browser import CHROMIUM, assert_clean, check_report_in_browser
 from plastiscope.demo import ANALYSIS_OPTIONS, QUICK_ANALYSIS_OPTIONS
 from plastiscope.demo import run_demo as demo
 from plastiscope.demo.corpus import load_corpus
-from plastiscope.demo.sweep import QUICK, TrainConfig
+from plastiscope.demo.sweep import DEMO, QUICK, TrainConfig
 from plastiscope.runner import Inputs, available_analyses, prepare
 
 # the tiny sweep's models fine-tune within this budget; the demo's own is larger
@@ -59,7 +59,7 @@ def test_demo_states_its_scale_and_costs(demo_dir):
 
 def test_demo_sweep_has_replicates_in_one_epoch():
     """The demo's sweeps (full and quick) train two seeds or more per weight decay, each document once."""
-    for config in (TrainConfig(), TrainConfig(**QUICK)):
+    for config in (TrainConfig(**DEMO), TrainConfig(**QUICK)):
         assert len(config.seeds) >= 2 and len(config.weight_decays) >= 3
         assert config.train_docs is None and config.steps * config.batch_size <= len(load_corpus("train"))
 

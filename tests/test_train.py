@@ -104,6 +104,9 @@ def test_grid_runs_and_names_say_what_varies():
     single = TrainConfig(weight_decays=(0.0, 0.1), seeds=(3,))
     assert [single.run_name(r) for r in single.runs()] == ["wd-0", "wd-0.1"]
     assert {r.seed for r in single.runs()} == {3}
+    assert TrainConfig(weight_decays=(0.0, 0.1), seed=3).runs() == single.runs()  # seed=N is seeds=(N,)
+    with pytest.raises(ConfigError, match="give one of them"):
+        TrainConfig(seeds=(0, 1), seed=2)
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -289,6 +292,7 @@ def test_workers_train_the_same_checkpoints(grid_manifest, tmp_path):
     (["--final-lr-fraction", "2"], "--final-lr-fraction"),
     (["--save-steps", "100000"], "--save-steps"),
     (["--learning-rate", "-1"], "--learning-rate"),
+    (["--learning-rate", "0"], "--learning-rate"),
     (["--decay-fraction", "1.5"], "--decay-fraction"),
     (["--workers", "0"], "--workers"),
 ])
@@ -297,6 +301,12 @@ def test_train_sweep_command_names_the_bad_flag(tmp_path, args, flag):
     assert result.exit_code == 2, result.output
     assert result.output.startswith(f"error: {flag}"), result.output
     assert not (tmp_path / "s" / "manifest.csv").exists()
+
+
+def test_train_sweep_command_refuses_a_file_as_out(tmp_path):
+    (tmp_path / "f").write_text("x")
+    result = CliRunner().invoke(app, ["train-sweep", "--out", str(tmp_path / "f"), "--quick"])
+    assert result.exit_code == 2 and result.output.startswith("error: --out") and (tmp_path / "f").read_text() == "x"
 
 
 def test_train_sweep_command_schedule_grid(tmp_path):

@@ -58,14 +58,14 @@ def run_demo(
     import torch
 
     from plastiscope.demo.corpus import load_corpus
-    from plastiscope.demo.sweep import QUICK, TrainConfig, scale, train_sweep
+    from plastiscope.demo.sweep import DEMO, QUICK, TrainConfig, scale, train_sweep
     from plastiscope.pipeline import analyze
     from plastiscope.reports import write_report
     from plastiscope.runner import Inputs, available_analyses
 
     torch.set_num_threads(1)
     out = Path(out)
-    config = config or (TrainConfig(**QUICK) if quick else TrainConfig())
+    config = config or TrainConfig(**(QUICK if quick else DEMO))
     n_docs = n_docs or (QUICK_N_DOCS if quick else N_DOCS)
     demo_options, options = (QUICK_ANALYSIS_OPTIONS if quick else ANALYSIS_OPTIONS), options or {}
     options = {name: {**demo_options.get(name, {}), **options.get(name, {})} for name in {**demo_options, **options}}

@@ -30,9 +30,10 @@ import csv
 import json
 import math
 import multiprocessing
+import numbers
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,7 +82,8 @@ class Run:
 class TrainConfig:
     """Everything that defines a sweep: the grid (:data:`GRID` fields) and the settings all runs share.
 
-    The defaults are the embedded demo's sweep. ``final_lr_fractions`` apply to the decaying
+    The defaults are the embedded demo's sweep with one seed (the demo trains two: :data:`DEMO`).
+    ``seed=N`` is short for ``seeds=(N,)``. ``final_lr_fractions`` apply to the decaying
     schedules (``cosine``, ``linear``, ``wsd``); a ``wso``/``constant`` run ends at the peak
     (final-LR fraction 1). ``decay_fraction`` is the share of the steps ``wsd`` decays over.
     ``train_docs=None`` takes ``steps x batch_size`` documents: each seen once. ``save_steps``
@@ -89,7 +91,8 @@ class TrainConfig:
     """
 
     weight_decays: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0,)
+    seed: int | None = None
     schedules: tuple[str, ...] = ("cosine",)
     final_lr_fractions: tuple[float, ...] = (0.1,)
     decay_fraction: float = 0.2
@@ -113,9 +116,13 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.seed is not None:
+            if tuple(self.seeds) not in ((0,), (self.seed,)):
+                raise ConfigError("seed", f"seed={self.seed!r} and seeds={self.seeds!r}: give one of them")
+            self.seeds, self.seed = (self.seed,), None
         for name in GRID + ("save_steps",):
             value = getattr(self, name)
-            values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            values = tuple(value) if isinstance(value, Iterable) and not isinstance(value, str) else (value,)
             setattr(self, name, values)
             if name != "save_steps" and not values:
                 raise ConfigError(name, "give at least one value")
@@ -150,14 +157,17 @@ class TrainConfig:
             _integer("save_steps", step, 1)
             if step >= self.steps:
                 raise ConfigError("save_steps", f"{step} is not before the last step ({self.steps}, always saved)")
-        self.save_steps = tuple(sorted(self.save_steps))
+        self.weight_decays = tuple(float(x) for x in self.weight_decays)
+        self.final_lr_fractions = tuple(float(x) for x in self.final_lr_fractions)
+        self.seeds = tuple(int(x) for x in self.seeds)
+        self.save_steps = tuple(sorted(int(x) for x in self.save_steps))
 
     def runs(self) -> list[Run]:
         """The grid's runs: schedules x final-LR fractions (decaying schedules only) x weight decays x seeds."""
         runs = []
         for schedule in self.schedules:
             fractions = (1.0,) if schedule in CONSTANT_SCHEDULES else self.final_lr_fractions
-            runs += [Run(float(wd), int(seed), schedule, float(f)) for f in fractions for wd in self.weight_decays for seed in self.seeds]
+            runs += [Run(wd, seed, schedule, f) for f in fractions for wd in self.weight_decays for seed in self.seeds]
         return runs
 
     def run_name(self, run: Run) -> str:
@@ -174,21 +184,22 @@ class TrainConfig:
 
     def identity(self, run: Run, data: dict[str, str]) -> dict[str, Any]:
         """Everything a trained run depends on, as JSON stores it: a finished run with the same identity is reused."""
-        shared = {k: v for k, v in asdict(self).items() if k not in GRID + ("save_steps", "extra")}
+        shared = {k: v for k, v in asdict(self).items() if k not in GRID + ("seed", "save_steps", "extra")}
         return json.loads(json.dumps({**shared, **self.extra, **asdict(run), "data": data}))
 
 
-QUICK = dict(weight_decays=(0.0, 0.1, 1.0), steps=300, batch_size=32, warmup_steps=30, d_model=32, d_mlp=96,
-             val_docs=200, eval_every=100)
+DEMO = dict(seeds=(0, 1))  # the demo's sweep: the defaults, two seeds per weight decay
+QUICK = dict(weight_decays=(0.0, 0.1, 1.0), seeds=(0, 1), steps=300, batch_size=32, warmup_steps=30, d_model=32, d_mlp=96,
+             val_docs=200, eval_every=100)  # the quick demo's
 
 
 def _integer(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ConfigError(name, f"{value!r} must be an integer >= {low}")
 
 
 def _real(name: str, value: Any, low: float, high: float | None) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (high is not None and value > high):
         span = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
         raise ConfigError(name, f"{value!r} must be a number {span}")
