@@ -67,23 +67,27 @@ def train_sweep_cmd(
     """Pretrain small Llama-style models on the embedded corpus: a grid of weight decays x seeds (x schedules)."""
     from plastiscope.demo.sweep import DEMO, QUICK, ConfigError, DivergedError, TrainConfig, train_sweep
 
+    examples = {"--weight-decays": "0,0.1,1", "--seeds": "0,1", "--schedule": "cosine,wsd,wso", "--final-lr-fraction": "0.1,0",
+                "--save-steps": "100,200"}
     flags = {"weight_decays": "--weight-decays", "seeds": "--seeds", "schedules": "--schedule",
              "final_lr_fractions": "--final-lr-fraction", "decay_fraction": "--decay-fraction", "steps": "--steps",
              "warmup_steps": "--warmup-steps", "learning_rate": "--learning-rate", "save_steps": "--save-steps",
              "workers": "--workers"}
-    lists = {"weight_decays": (weight_decays, float), "seeds": (seeds, int), "schedules": (schedule, str),
-             "final_lr_fractions": (final_lr_fraction, float), "save_steps": (save_steps, int)}
+    lists = {"weight_decays": (weight_decays, float, "a weight decay"), "seeds": (seeds, int, "a seed"),
+             "schedules": (schedule, str, "a schedule"), "final_lr_fractions": (final_lr_fraction, float, "a fraction"),
+             "save_steps": (save_steps, int, "a step")}
 
-    def parse_list(flag: str, text: str, kind: type) -> tuple:
-        """``"0,0.1,1"`` -> (0.0, 0.1, 1.0); a clear error names ``flag`` and what is wrong."""
-        items = [x.strip() for x in text.split(",")]
-        if not all(items):
-            raise ValueError(f"{flag} {text!r}: an empty item; write comma-separated values, e.g. {flag} 0,0.1,1")
-        try:
-            return tuple(kind(x) for x in items)
-        except ValueError:
-            what = {float: "a number", int: "an integer"}.get(kind, kind.__name__)
-            raise ValueError(f"{flag} {text!r}: every item must be {what}") from None
+    def parse_list(flag: str, text: str, kind: type, noun: str) -> tuple:
+        """``"0,0.1,1"`` -> (0.0, 0.1, 1.0); a clear error names ``flag`` and the item that is not ``noun``."""
+        values = []
+        for item in (x.strip() for x in text.split(",")):
+            try:
+                if not item:
+                    raise ValueError(item)
+                values.append(kind(item))
+            except ValueError:
+                raise ValueError(f"{flag}: {item!r} is not {noun}; write comma-separated values, e.g. {flag} {examples[flag]}") from None
+        return tuple(values)
 
     try:
         if out.exists() and not out.is_dir():
@@ -91,9 +95,9 @@ def train_sweep_cmd(
         if learning_rate is not None and not learning_rate > 0:
             raise ValueError(f"--learning-rate {learning_rate}: must be a number > 0")
         fields = dict(QUICK if quick else DEMO)
-        for name, (text, kind) in lists.items():
+        for name, (text, kind, noun) in lists.items():
             if text is not None:
-                fields[name] = parse_list(flags[name], text, kind)
+                fields[name] = parse_list(flags[name], text, kind, noun)
         numbers = {"decay_fraction": decay_fraction, "steps": steps, "warmup_steps": warmup_steps, "learning_rate": learning_rate}
         fields.update({k: v for k, v in numbers.items() if v is not None}, decay_all=decay_all)
         manifest = train_sweep(out, TrainConfig(**fields), workers=workers)
