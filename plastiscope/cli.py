@@ -61,49 +61,68 @@ def main(
 @app.command("train-sweep")
 def train_sweep_cmd(
     out: Path = typer.Option(..., "--out", help="Folder for the checkpoints and manifest.csv."),
-    weight_decays: str = typer.Option("0,0.01,0.1,0.3,1", help="Comma-separated AdamW weight decays."),
-    steps: int | None = typer.Option(None, min=1, help="Optimizer steps per run."),
-    schedule: str = typer.Option("cosine", help="Learning-rate schedule after warmup: cosine or constant."),
-    learning_rate: float | None = typer.Option(None, help="Peak learning rate (> 0)."),
-    seed: int = typer.Option(0, help="Seed shared by every run (init and data order)."),
+    weight_decays: str | None = typer.Option(None, help="Comma-separated AdamW weight decays (default 0,0.1,0.3,1)."),
+    seeds: str | None = typer.Option(
+        None, help="Comma-separated seeds (init and data order; default 0,1); runs differing only in seed are replicates."),
+    schedule: str | None = typer.Option(
+        None, help="Learning-rate schedule(s) after warmup, comma-separated: cosine, linear, wsd (warmup-stable-decay), "
+        "wso (warmup-stable-only: constant; also 'constant'). Default cosine."),
+    final_lr_fraction: str | None = typer.Option(
+        None, help="Final learning rate as a fraction of the peak, comma-separated (decaying schedules; default 0.1)."),
+    decay_fraction: float | None = typer.Option(None, help="wsd: share of the steps the learning rate decays over (default 0.2)."),
+    steps: int | None = typer.Option(None, help="Optimizer steps per run."),
+    warmup_steps: int | None = typer.Option(None, help="Linear warmup steps."),
+    learning_rate: float | None = typer.Option(None, help="Peak learning rate."),
+    save_steps: str | None = typer.Option(None, help="Comma-separated steps after which to save a checkpoint too (training dynamics)."),
     decay_all: bool = typer.Option(False, help="Decay norms and biases too (default: matrices only)."),
-    quick: bool = typer.Option(False, help="Smaller models, fewer steps (about a minute)."),
+    workers: int = typer.Option(1, help="Runs trained at once, each in its own process on one torch thread."),
+    quick: bool = typer.Option(False, help="The quick demo's sweep: smaller models, fewer steps (a minute or two)."),
 ) -> None:
-    """Pretrain small Llama-style models on the embedded corpus, one per weight decay."""
-    from plastiscope.demo.sweep import QUICK, TrainConfig, train_sweep
+    """Pretrain small Llama-style models on the embedded corpus: a grid of weight decays x seeds (x schedules)."""
+    from plastiscope.demo.sweep import DEMO, QUICK, ConfigError, DivergedError, TrainConfig, train_sweep
+
+    examples = {"--weight-decays": "0,0.1,1", "--seeds": "0,1", "--schedule": "cosine,wsd,wso", "--final-lr-fraction": "0.1,0",
+                "--save-steps": "100,200"}
+    flags = {"weight_decays": "--weight-decays", "seeds": "--seeds", "schedules": "--schedule",
+             "final_lr_fractions": "--final-lr-fraction", "decay_fraction": "--decay-fraction", "steps": "--steps",
+             "warmup_steps": "--warmup-steps", "learning_rate": "--learning-rate", "save_steps": "--save-steps",
+             "workers": "--workers"}
+    lists = {"weight_decays": (weight_decays, float, "a weight decay"), "seeds": (seeds, int, "a seed"),
+             "schedules": (schedule, str, "a schedule"), "final_lr_fractions": (final_lr_fraction, float, "a fraction"),
+             "save_steps": (save_steps, int, "a step")}
+
+    def parse_list(flag: str, text: str, kind: type, noun: str) -> tuple:
+        """``"0,0.1,1"`` -> (0.0, 0.1, 1.0); a clear error names ``flag`` and the item that is not ``noun``."""
+        values = []
+        for item in (x.strip() for x in text.split(",")):
+            try:
+                if not item:
+                    raise ValueError(item)
+                values.append(kind(item))
+            except ValueError:
+                raise ValueError(f"{flag}: {item!r} is not {noun}; write comma-separated values, e.g. {flag} {examples[flag]}") from None
+        return tuple(values)
 
     try:
         _folder(out, "--out")
-        decays = tuple(_weight_decay(x) for x in weight_decays.split(","))
         if learning_rate is not None and not learning_rate > 0:
             raise ValueError(f"--learning-rate {learning_rate}: must be a number > 0")
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"--schedule {schedule!r}: choose cosine or constant")
-        fields = dict(QUICK) if quick else {}
-        fields.update(weight_decays=decays, schedule=schedule, seed=seed, decay_all=decay_all)
-        if steps is not None:
-            fields["steps"] = steps
-        if learning_rate is not None:
-            fields["learning_rate"] = learning_rate
-        manifest = train_sweep(out, TrainConfig(**fields))
+        fields = dict(QUICK if quick else DEMO)
+        for name, (text, kind, noun) in lists.items():
+            if text is not None:
+                fields[name] = parse_list(flags[name], text, kind, noun)
+        numbers = {"decay_fraction": decay_fraction, "steps": steps, "warmup_steps": warmup_steps, "learning_rate": learning_rate}
+        fields.update({k: v for k, v in numbers.items() if v is not None}, decay_all=decay_all)
+        manifest = train_sweep(out, TrainConfig(**fields), workers=workers)
+    except ConfigError as err:
+        _fail(ValueError(f"{flags.get(err.field, err.field)}: {err.reason}"))
+    except DivergedError as err:
+        _fail(err)
     except Exception as err:
         if _bad_input(err):
             _fail(err)
         raise
     typer.echo(str(manifest))
-
-
-def _weight_decay(text: str) -> float:
-    """One entry of ``--weight-decays``: a finite number >= 0."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"--weight-decays: {text.strip()!r} is not a weight decay; write numbers >= 0 separated by commas, e.g. 0,0.1,1")
-    return value
 
 
 @app.command()
@@ -265,12 +284,15 @@ def compare(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("plastiscope-demo"), "--out", help="Folder for the sweep, results and report."),
-    quick: bool = typer.Option(False, help="Smaller models and data (about a minute)."),
+    quick: bool = typer.Option(False, help="Smaller models, less data, fewer documents analysed (a few minutes)."),
+    workers: int = typer.Option(2, help="Runs trained at once, each in its own process on one torch thread."),
 ) -> None:
     """Train the embedded sweep (or reuse it), analyze it with every analysis, write the report."""
     from plastiscope.demo import run_demo
 
-    path = run_demo(out, quick=quick)
+    if workers < 1:
+        _fail(ValueError(f"--workers {workers}: at least 1"))
+    path = run_demo(out, quick=quick, workers=workers)
     typer.echo(f"report: {path.resolve()}")
 
 

@@ -5,10 +5,11 @@
   not on norms and biases, as nanoGPT and Han et al. 2026 (arXiv 2602.11137) do;
   ``decay_all=True`` decays every parameter.
 - :func:`learning_rate` is the schedule: linear warmup, then ``cosine`` or ``linear`` decay to
-  ``final_fraction`` of the peak, ``wsd`` (warmup-stable-decay: constant, then a linear decay
-  over the last ``decay_fraction`` of the steps to ``final_fraction``), or ``wso``
-  (Warmup-Stable-Only, Yano et al. 2026, arXiv 2603.16127: constant after warmup; ``constant``
-  names the same schedule).
+  ``final_fraction`` of the peak, ``wsd`` (warmup-stable-decay, Hu et al. 2024, arXiv
+  2404.06395: constant, then a linear decay over the last ``decay_fraction`` of the steps to
+  ``final_fraction``), or ``wso`` (Warmup-Stable-Only, Yano et al. 2026, arXiv 2603.16127:
+  constant after warmup; ``constant`` names the same schedule). A decaying schedule reaches
+  ``final_fraction * peak`` at the last step taken.
 - :func:`train` runs the loop: a batch, the loss (:func:`plastiscope.losses.sequence_loss`),
   backward, gradient-norm clipping, a step; it stops at the first non-finite loss.
 """
@@ -53,24 +54,34 @@ def learning_rate(
 ) -> float:
     """Learning rate at ``step`` (0-based) of ``steps``: linear warmup to ``peak``, then ``schedule``.
 
-    ``cosine``/``linear``: decay from ``peak`` to ``final_fraction * peak`` over the steps after
-    warmup. ``wsd``: ``peak`` until the last ``decay_fraction`` of all steps, then a linear decay
-    to ``final_fraction * peak``. ``wso``/``constant``: ``peak`` after warmup.
+    Warmup: ``peak * (step + 1) / warmup_steps`` for the first ``warmup_steps`` steps.
+    ``cosine``/``linear``: decay from ``peak`` (at ``step == warmup_steps``) to
+    ``final_fraction * peak`` at the last step (``steps - 1``). ``wsd``: ``peak`` until the last
+    ``decay_fraction`` of all steps, then a linear decay to ``final_fraction * peak`` at the
+    last step. ``wso``/``constant``: ``peak`` after warmup.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose from {', '.join(SCHEDULES)}")
+    if not 0 <= final_fraction <= 1:
+        raise ValueError(f"final_fraction {final_fraction}: a fraction of the peak, between 0 and 1")
+    if not 0 <= decay_fraction <= 1:
+        raise ValueError(f"decay_fraction {decay_fraction}: a fraction of the steps, between 0 and 1")
+    if not 0 <= warmup_steps <= steps:
+        raise ValueError(f"warmup_steps {warmup_steps}: between 0 and steps ({steps})")
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
+    last = steps - 1
     if schedule in ("wso", "constant"):
         return peak
     if schedule == "wsd":
         decay_start = max(warmup_steps, steps - int(round(decay_fraction * steps)))
-        progress = (step - decay_start) / max(1, steps - decay_start) if step >= decay_start else 0.0
-        return peak * (1 - (1 - final_fraction) * progress)
-    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
-    if schedule == "linear":
-        return peak * (1 - (1 - final_fraction) * progress)
-    return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+        progress = (step - decay_start) / max(1, last - decay_start) if step >= decay_start else 0.0
+    else:
+        progress = (step - warmup_steps) / max(1, last - warmup_steps)
+    progress = min(progress, 1.0)
+    if schedule == "cosine":
+        return peak * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (1 - (1 - final_fraction) * progress)
 
 
 def train(

@@ -10,8 +10,14 @@ import pytest
 from conftest import TINY
 from test_reports_browser import CHROMIUM, assert_clean, check_report_in_browser
 
+from plastiscope.demo import ANALYSIS_OPTIONS, QUICK_ANALYSIS_OPTIONS
 from plastiscope.demo import run_demo as demo
-from plastiscope.demo.sweep import TrainConfig
+from plastiscope.demo.corpus import load_corpus
+from plastiscope.demo.sweep import DEMO, QUICK, TrainConfig
+from plastiscope.runner import Inputs, available_analyses, prepare
+
+# the tiny sweep's models fine-tune within this budget; the demo's own is larger
+TEST_OPTIONS = {"plasticity": {"steps": 30, "train_docs": 512, "eval_docs": 128}}
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +25,7 @@ def demo_dir(tmp_path_factory, tiny_manifest):
     out = tmp_path_factory.mktemp("demo")
     shutil.copytree(tiny_manifest.parent, out / "sweep")  # the tiny sweep is reused, not retrained
     config = TrainConfig(weight_decays=(0.0, 0.1, 1.0), **TINY)
-    report = demo(out, progress=False, config=config, n_docs=80)
+    report = demo(out, progress=False, config=config, n_docs=80, options=TEST_OPTIONS, workers=1)
     return out, report
 
 
@@ -38,6 +44,34 @@ def test_demo_runs_every_analysis(demo_dir):
         assert needle in text, needle
 
 
+def test_demo_states_its_scale_and_costs(demo_dir):
+    out, _ = demo_dir
+    manifest = pd.read_csv(out / "sweep" / "manifest.csv")
+    record = json.loads((out / "demo.json").read_text())
+    scale = record["scale"]
+    assert scale["runs"] == 3 and scale["parameters"] == manifest["parameters"].iloc[0]
+    assert scale["tokens"] == round(manifest["tokens"].mean())
+    assert scale["tokens_per_parameter"] == pytest.approx(manifest["tokens"].mean() / manifest["parameters"].iloc[0], abs=0.01)
+    assert json.loads((out / "results" / "run.json").read_text())["config"]["scale"] == scale
+    assert set(record["seconds"]) == set(record["cpu_seconds"]) == {"train", "analyze", "report"}
+    assert record["options"]["plasticity"] == {**ANALYSIS_OPTIONS["plasticity"], **TEST_OPTIONS["plasticity"]}
+
+
+def test_demo_sweep_has_replicates_in_one_epoch():
+    """The demo's sweeps (full and quick) train two seeds or more per weight decay, each document once."""
+    for config in (TrainConfig(**DEMO), TrainConfig(**QUICK)):
+        assert len(config.seeds) >= 2 and len(config.weight_decays) >= 3
+        assert config.train_docs is None and config.steps * config.batch_size <= len(load_corpus("train"))
+
+
+def test_demo_analysis_options_are_valid():
+    docs = load_corpus("finetune", 50)
+    inputs = Inputs(data=docs, train_data=docs, val_data=docs, finetune_data=docs)
+    for options in (ANALYSIS_OPTIONS, QUICK_ANALYSIS_OPTIONS):
+        specs, configs = prepare(available_analyses(), inputs, options)
+        assert {"probes", "plasticity", "landscape", "overfit"} <= {s.name for s in specs}
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (make browser)")
 def test_demo_report_in_browser(demo_dir, tmp_path):
     out, report = demo_dir
@@ -45,3 +79,19 @@ def test_demo_report_in_browser(demo_dir, tmp_path):
     check = check_report_in_browser(report, tmp_path)
     assert_clean(check, report, expected)
     assert check.sort_changed_order
+
+
+def test_parallel_analysis_fills_the_cache_with_the_sequential_results(tiny_manifest, tmp_path):
+    """Two processes, each analysing a share of the checkpoints, leave every piece in the cache; the
+    table read from it is the one a single process computes."""
+    from plastiscope.demo import fill_cache
+    from plastiscope.pipeline import analyze
+
+    inputs = Inputs(data=load_corpus("probe", 24))
+    names = ["attention", "attention_weights"]
+    fill_cache(tiny_manifest, tmp_path / "parallel", names, inputs, {}, workers=2, progress=False)
+    assert len(list((tmp_path / "parallel" / "cache").glob("*.parquet"))) == 3 * 2
+    parallel, _ = analyze(tiny_manifest, tmp_path / "parallel", names, inputs, progress=False)
+    sequential, _ = analyze(tiny_manifest, tmp_path / "sequential", names, inputs, progress=False)
+    key = ["checkpoint", "analysis", "metric", "layer", "head"]
+    pd.testing.assert_frame_equal(parallel.sort_values(key).reset_index(drop=True), sequential.sort_values(key).reset_index(drop=True))
