@@ -1,4 +1,4 @@
-"""Build the embedded corpus shipped in ``plastiscope/corpus/`` from WordNet 3.0.
+"""Build the embedded corpus shipped in ``plastiscope/demo/corpus/`` from WordNet 3.0.
 
 Run once by maintainers, never at run time::
 
@@ -37,7 +37,7 @@ LEXNAMES = (
 ).split()
 POS = {"n": "noun", "v": "verb", "a": "adj", "s": "adj", "r": "adv"}
 FINETUNE_LEXNAMES = {"noun.food", "noun.plant", "verb.weather"}
-OUT = Path(__file__).resolve().parents[1] / "plastiscope" / "corpus"
+OUT = Path(__file__).resolve().parents[1] / "plastiscope" / "demo" / "corpus"
 
 
 def split_of(synset_id: str, lexname: str) -> str:
