@@ -53,8 +53,8 @@ Two kinds of direction (variant column ``direction``): ``"random"``, ``n_directi
 directions (the most-case landscape), and ``"worst_case"``, the direction of norm ``sigma
 sqrt(d)`` found by ``worst_case_steps`` steps of norm-constrained gradient ascent at each
 ``sigma`` on the objective's loss (the worst-case landscape; for accuracy, whose gradient is
-zero almost everywhere, the surrogate is the softmax cross-entropy of the rank-classification
-scores, :func:`rank_loss_pieces`; a local search, so its drop is a lower bound on the worst
+zero almost everywhere, the surrogate is the clipped margin of rank classification,
+:func:`rank_loss_pieces`; a local search, so its drop is a lower bound on the worst
 case).
 
 - ``basin_curve`` (variant columns ``objective``, ``direction``, ``sigma``): the score at
@@ -100,11 +100,10 @@ on error. Random directions and probes are drawn on the CPU from generators seed
 ``seed`` and moved to the device: every checkpoint of a sweep sees the same draws, on any
 device. Hessian-vector products, gradients and losses run over micro-batches of at most
 ``micro_batch_tokens`` padded tokens (at least one document each): the product of a
-token-weighted mean loss is the token-weighted sum of the micro-batches' products. When the
-batch fits in one micro-batch its gradient graph is kept across products (one backward each);
-otherwise each product rebuilds it per micro-batch (about 1.5x the time, a micro-batch's
-memory). Double backward through attention needs PyTorch's math attention kernel (the fused
-ones have no second derivative), so products run under it.
+token-weighted mean loss is the token-weighted sum of the micro-batches' products, each
+rebuilt per product (memory: one micro-batch's double-backward graph). Double backward
+through attention needs PyTorch's math attention kernel (the fused ones have no second
+derivative), so products run under it.
 """
 
 from __future__ import annotations
@@ -217,21 +216,25 @@ def _share_of_rank_loss(model: Any, tokens: torch.Tensor, mask: torch.Tensor, pa
     def piece() -> torch.Tensor:
         loss, _ = token_losses(model(tokens, attention_mask=mask.long()).logits, tokens, mask)
         scores = rearrange(-(loss * part).sum(1), "(doc candidate) -> doc candidate", doc=len(truth))
-        return F.cross_entropy(scores, truth, reduction="sum") / total
+        true = scores.gather(1, rearrange(truth, "doc -> doc 1"))
+        best_other = scores.masked_fill(F.one_hot(truth, scores.shape[1]).bool(), -torch.inf).amax(1, keepdim=True)
+        return (best_other - true).clamp(max=0).sum() / total
 
     return piece
 
 
 def rank_loss_pieces(model: Any, task: DownstreamTask, tokenizer: Any, n_ctx: int, rows: Sequence[int], pad_id: int,
                      max_tokens: int) -> list[Loss]:
-    """Micro-batch shares of the mean cross-entropy of rank classification over documents ``rows`` of ``task``.
+    """Micro-batch shares of the mean clipped rank-classification margin over documents ``rows`` of ``task``.
 
-    Each candidate label ``c`` of a document scores the summed log-probability of its tokens
-    after ``text + cue``, as :func:`plastiscope.downstream.label_accuracy` scores it; the loss
-    is ``logsumexp_c score_c - score_true`` (the softmax cross-entropy of those scores),
-    averaged over the documents; the pieces sum to it. Accuracy is the share of documents whose
-    true score is the largest, so raising this loss is what lowers accuracy: the worst-case
-    search's surrogate. A micro-batch holds every candidate of its documents.
+    Each candidate label ``c`` of a document scores the summed log-probability ``s_c`` of its
+    tokens after ``text + cue``, as :func:`plastiscope.downstream.label_accuracy` scores it; a
+    document's margin is ``max_{c != true} s_c - s_true`` (negative while it is classified
+    right) and the loss is ``min(margin, 0)``, averaged over the documents (the margin loss of
+    Carlini & Wagner 2017); the pieces sum to it. Raising it flips right documents to wrong
+    ones and ignores documents already wrong, so it attacks accuracy itself, where a
+    cross-entropy could grow without bound on the wrong ones: the worst-case search's
+    surrogate. A micro-batch holds every candidate of its documents.
     """
     device = next(model.parameters()).device
     candidates = sorted(set(task.labels))
@@ -392,23 +395,27 @@ class LandscapeTask:
                 boot: dict[str, int]) -> list[dict[str, Any]]:
         cfg, sigmas = self.config, self.config["sigmas"]
         objectives = self._objectives(model, pieces, pad_id)
+        if not (cfg["n_directions"] or cfg["worst_case_steps"]):
+            return []
+        base = {name: o[0]() for name, o in objectives.items()}  # sigma = 0: the checkpoint itself, scored once
         records: list[dict[str, Any]] = []
         if cfg["n_directions"]:
             generator = torch.Generator().manual_seed(cfg["seed"])
-            curves = {name: np.zeros((cfg["n_directions"], len(sigmas))) for name in objectives}
+            curves = {name: np.tile(base[name], (cfg["n_directions"], len(sigmas))) for name in objectives}
             for k in range(cfg["n_directions"]):
                 direction = gaussian_direction(params, generator)
-                scores = perturbed_scores({name: o[0] for name, o in objectives.items()}, params, direction, sigmas)
+                scores = perturbed_scores({name: o[0] for name, o in objectives.items()}, params, direction, sigmas[1:])
                 for name in objectives:
-                    curves[name][k] = scores[name]
+                    curves[name][k, 1:] = scores[name]
                 del direction
             for name, (_, _, higher, tau) in objectives.items():
                 records += basin_records(name, "random", sigmas, curves[name], higher, tau, boot)
         if cfg["worst_case_steps"]:
             for name, (score, gradient, higher, tau) in objectives.items():
                 generator = torch.Generator().manual_seed(cfg["seed"] + 1)
-                curve, _ = worst_case_scores(gradient, score, params, sigmas, cfg["worst_case_steps"], generator,
-                                             until=beyond_basin(score(), higher, tau))
+                curve, _ = worst_case_scores(gradient, score, params, sigmas[1:], cfg["worst_case_steps"], generator,
+                                             until=beyond_basin(base[name], higher, tau))
+                curve = np.concatenate([[base[name]], curve])
                 records += basin_records(name, "worst_case", sigmas[: len(curve)], curve[None], higher, tau, boot)
         for r in records:
             if r["metric"] == "basin_sigma" and r["censored"]:

@@ -311,7 +311,7 @@ def _quadratic_score(a: np.ndarray, params: list[torch.Tensor]):
 
     def gradient():
         value = loss()
-        return float(value), list(torch.autograd.grad(value, params))
+        return float(value.detach()), list(torch.autograd.grad(value, params))
 
     return (lambda: float(loss().detach())), gradient
 
@@ -424,7 +424,7 @@ def test_perturbations_restore_weights_bit_exactly_also_on_error():
 
     def gradient():
         value = model(x).pow(2).mean()
-        return float(value), list(torch.autograd.grad(value, params))
+        return float(value.detach()), list(torch.autograd.grad(value, params))
 
     calls.clear()
     with pytest.raises(RuntimeError):
@@ -450,14 +450,14 @@ def _label_accuracy_by_hand(model, task: DownstreamTask, tokenizer, n_ctx: int, 
     return correct / len(rows)
 
 
-def test_rank_loss_is_the_cross_entropy_of_rank_classification_scores(tiny_sweep):
+def test_rank_loss_is_the_clipped_margin_of_rank_classification(tiny_sweep):
     checkpoint = tiny_sweep[0]
     model, tokenizer = checkpoint.hf_model, checkpoint.tokenizer
     task = DownstreamTask.from_documents(load_corpus("finetune", 300), "topic")
     rows = list(np.random.default_rng(2).permutation(300)[:10])
     candidates = sorted(set(task.labels))
     reserve = label_reserve(task, tokenizer)
-    expected = 0.0
+    expected, right = 0.0, 0
     with torch.no_grad():  # transformers' own labels= loss, candidate by candidate
         for i in rows:
             scores = []
@@ -467,11 +467,15 @@ def test_rank_loss_is_the_cross_entropy_of_rank_classification_scores(tiny_sweep
                 labels = torch.full_like(tokens, -100)
                 labels[0, at:] = tokens[0, at:]
                 scores.append(-float(model(tokens, labels=labels).loss) * (len(ids) - at))
-            expected += (np.logaddexp.reduce(scores) - scores[candidates.index(task.labels[i])]) / len(rows)
+            true = candidates.index(task.labels[i])
+            margin = max(s for c, s in enumerate(scores) if c != true) - scores[true]
+            expected += min(margin, 0.0) / len(rows)
+            right += margin < 0
     for budget in (10**6, 40):
         pieces = rank_loss_pieces(model, task, tokenizer, checkpoint.n_ctx, rows, tokenizer.pad_token_id, budget)
         assert len(pieces) == (1 if budget > 1000 else len(pieces)) and (budget > 1000 or len(pieces) > 3)
         assert float(sum(p().detach() for p in pieces)) == pytest.approx(expected, rel=1e-5)
+    assert 0 < right < len(rows)  # some documents right (they count), some wrong (they do not)
 
 
 SMALL = {"n_docs": 8, "lanczos_steps": 12, "trace_probes": 3, "sigmas": [0.0, 0.001, 0.01, 0.05, 0.2], "n_directions": 2,
