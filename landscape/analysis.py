@@ -11,8 +11,8 @@ mode (no dropout).
 
 - ``hessian_max_eigenvalue`` / ``hessian_min_eigenvalue``: the largest / smallest eigenvalue
   of ``H`` from one Lanczos run (:func:`~.hessian.lanczos_extremes`; at most
-  ``lanczos_steps`` products, fewer once both extreme Ritz residuals are below
-  ``lanczos_tol`` times the largest ``|Ritz value|``). ``n``: documents of the batch; details
+  ``lanczos_steps`` products, fewer once each reported extreme's Ritz residual is below
+  ``lanczos_tol`` times its magnitude). ``n``: documents of the batch; details
   ``residual`` (the Ritz residual ``|beta_k s_k|``: an eigenvalue of ``H`` lies within it of
   ``value``; a convergence measure, never an interval) and ``steps`` (products run). No
   interval: the batch is fixed, the estimate deterministic up to its residual. A negative
@@ -148,7 +148,7 @@ OPTIONS = OptionTable({
     "micro_batch_tokens": Option(8192, Integer(1), "padded tokens per micro-batch of products, gradients and losses "
                                  "(at least one document); at 1B parameters and 2048-token documents on an 80 GB GPU: 2048"),
     "lanczos_steps": Option(40, Integer(0), "Lanczos steps (Hessian-vector products) at most, per operator (0: no eigenvalues)"),
-    "lanczos_tol": Option(1e-3, Real(0, None), "stop once both extreme Ritz residuals are below this times the largest |Ritz value|"),
+    "lanczos_tol": Option(1e-3, Real(0, None), "stop once each reported extreme's Ritz residual is below this times its magnitude"),
     "trace_probes": Option(10, Integer(0), "Hutchinson probes per trace (0: no traces)"),
     "sigmas": Option([0.0, 1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1],
                      ListOf(Real(0, None), min_len=2, increasing=True), "noise scales of the basins, from 0 (weight units)"),
@@ -367,7 +367,7 @@ class LandscapeTask:
                    minimum: bool) -> list[dict[str, Any]]:
         cfg, records = self.config, []
         if cfg["lanczos_steps"]:
-            extremes = lanczos_extremes(operator, params, cfg["lanczos_steps"], cfg["lanczos_tol"], cfg["seed"])
+            extremes = lanczos_extremes(operator, params, cfg["lanczos_steps"], cfg["lanczos_tol"], cfg["seed"], minimum)
             records += eigenvalue_records(prefix, extremes, n_docs, minimum)
         if cfg["trace_probes"]:
             value, low, high, n = mean_ci(hutchinson_samples(operator, params, cfg["trace_probes"], cfg["seed"]), **boot)

@@ -403,7 +403,7 @@ def test_perturbations_restore_weights_bit_exactly_also_on_error():
     before = [p.detach().clone() for p in params]
     x = torch.randn(8, 6)
     direction = gaussian_direction(params, torch.Generator().manual_seed(0))
-    scores = perturbed_scores({"s": lambda: float(model(x).sum())}, params, direction, [0.0, 0.3, 1.7])
+    scores = perturbed_scores({"s": lambda: float(model(x).sum().detach())}, params, direction, [0.0, 0.3, 1.7])
     with torch.no_grad():  # independent: a copy moved by hand
         moved = _MLP()
         for q, p, u in zip(moved.parameters(), before, direction):
