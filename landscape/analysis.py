@@ -62,7 +62,7 @@ case).
   mean over directions, with a bootstrap 95 % interval over them (``n`` directions), an
   estimate of the expected score under Gaussian weight noise of scale ``sigma``; worst case:
   the one search's score (``n`` = 1, no interval), up to the first ``sigma`` past the basin's
-  edge (the search stops there: beyond it the worst case only gets worse). The default grid
+  edge (the search stops there: the radius is found). The default grid
   is log-spaced (1, 2, 5 per decade) from ``1e-6`` to ``0.1``: worst-case basins are orders of
   magnitude narrower than random ones and shrink like ``1 / sqrt(d)``.
 - ``basin_sigma`` (variant columns ``objective``, ``direction``): the basin radius, the largest
@@ -79,11 +79,14 @@ case).
 run it selects. Chen et al.'s bound (randomized smoothing: a ``[0, 1]`` score smoothed by
 ``N(0, sigma^2 I)`` is ``1 / (sqrt(2 pi) sigma)``-Lipschitz) says the Gaussian-smoothed
 accuracy drops by at most ``finetune_displacement / (sqrt(2 pi) sigma)`` during that
-fine-tuning. Both are measured in the same units over the same parameters, so
-``finetune_displacement / (sqrt(2 pi) basin_sigma)`` (objective ``accuracy``, direction
-``random``) bounds the smoothed accuracy a fine-tuning run can lose beyond the ``tau`` already
-lost to the smoothing itself: well below 1, the run stayed inside the basin; above 1, the bound
-says nothing. The bound holds for the bounded 0-1 score only, not for the loss. Note the
+fine-tuning. Both are measured in the same units over the same parameters, so with
+``sigma = basin_sigma`` (objective ``accuracy``, direction ``random``), where the smoothing
+itself costs at most ``tau``, the smoothed accuracy after fine-tuning is at least the
+checkpoint's accuracy minus ``tau`` minus ``finetune_displacement / (sqrt(2 pi) basin_sigma)``.
+That last quantity, in accuracy units, is what a report can show for each checkpoint: at or
+below ``tau`` the run stayed within the basin's guarantee; at 1 or more the bound says nothing
+(the wider the basin, the further fine-tuning may move under the same guarantee). The bound
+holds for the bounded 0-1 score only, not for the loss. Note the
 scales: ``sigma`` is a per-weight standard deviation and the displacement a norm over ``d``
 weights, so a displacement equal to ``sigma sqrt(d)`` is one noise draw's length.
 
@@ -140,6 +143,8 @@ Loss = Callable[[], torch.Tensor]
 def _check(config: dict[str, Any]) -> dict[str, Any]:
     if config["sigmas"][0] != 0:
         raise ValueError(f"sigmas must start at 0 and increase strictly (at least two), got {config['sigmas']!r}")
+    if not any(config[k] for k in ("lanczos_steps", "trace_probes", "n_directions", "worst_case_steps")):
+        raise ValueError("lanczos_steps, trace_probes, n_directions and worst_case_steps are all 0: nothing to measure")
     return config
 
 

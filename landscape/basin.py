@@ -1,7 +1,8 @@
 """Basins as Chen et al. define them: the score under Gaussian weight noise, along random and worst-case directions.
 
 Chen, Dong, Wei, Huang, Zhang, Su, Zhu, "Unveiling the Basin-Like Loss Landscape in Large
-Language Models" (arXiv 2505.17646). A score ``S`` of the weights (a 0-1 benchmark score such
+Language Models" (arXiv 2505.17646; its sections on the most-case and worst-case landscapes,
+and its theoretical analysis for the bound below). A score ``S`` of the weights (a 0-1 benchmark score such
 as a downstream task's accuracy, or the loss) is followed along a direction ``u`` rescaled to
 the norm of a standard Gaussian in ``d`` dimensions, ``||u|| = sqrt(d)``, so that ``theta +
 sigma u`` is as far from ``theta`` as Gaussian noise ``N(0, sigma^2 I)`` is and ``sigma`` reads

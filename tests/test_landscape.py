@@ -560,6 +560,8 @@ def test_landscape_refuses_bad_options_and_inputs(tiny_sweep):
         prepare(["landscape"], inputs, {"landscape": {"sigmas": [0.01, 0.1]}})
     with pytest.raises(ValueError, match="unknown option"):
         prepare(["landscape"], inputs, {"landscape": {"n_probes": 3}})
+    with pytest.raises(ValueError, match="nothing to measure"):
+        prepare(["landscape"], inputs, {"landscape": {"lanczos_steps": 0, "trace_probes": 0, "n_directions": 0, "worst_case_steps": 0}})
     with pytest.raises(ValueError, match="accuracy_tau"):
         prepare(["landscape"], inputs, {"landscape": {"accuracy_tau": 1.5}})
     from plastiscope.landscape import start
