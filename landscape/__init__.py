@@ -1,29 +1,47 @@
-"""landscape: sharpness and basin size of the pretraining loss at a checkpoint (analysis ``"landscape"``).
+"""landscape: sharpness and basins of a checkpoint's loss and downstream accuracy (analysis ``"landscape"``).
 
 Flatter minima and wider basins are the usual explanations of why some checkpoints adapt
-better. :data:`ANALYSIS` measures the Hessian's extreme eigenvalues and trace (:mod:`.hessian`)
-and the loss along random directions (:mod:`.basin`) on a fixed batch of training documents;
-see :mod:`.analysis` for the metrics.
+better. :data:`ANALYSIS` measures the Hessian's extreme eigenvalues and trace, raw and
+scale-invariant (adaptive), by Lanczos and Hutchinson on Hessian-vector products
+(:mod:`.hessian`), and basins under Gaussian weight noise along random and worst-case directions
+(:mod:`.basin`); see :mod:`.analysis` for the metrics.
 """
 
-from .analysis import ANALYSIS, OPTIONS, LandscapeTask, batch_loss_fn, eigenvalue_records, fixed_batch
-from .basin import basin_radius, filter_normalized_direction, loss_curve, restored
-from .hessian import dominant_eigenvalue, eigenvalue_extremes, hutchinson_samples, hvp_operator, top_eigenvalue
+from .analysis import (
+    ANALYSIS,
+    OPTIONS,
+    VARIANTS,
+    LandscapeTask,
+    fixed_batch,
+    landscape,
+    loss_pieces,
+    micro_batches,
+    rank_loss_pieces,
+    start,
+)
+from .basin import basin_sigma, drops, gaussian_direction, perturbed_scores, restored, worst_case_scores
+from .hessian import Extremes, adaptive_operator, hutchinson_samples, hvp_operator, lanczos_extremes
 
 __all__ = [
     "ANALYSIS",
     "OPTIONS",
+    "VARIANTS",
+    "Extremes",
     "LandscapeTask",
-    "basin_radius",
-    "batch_loss_fn",
-    "dominant_eigenvalue",
-    "eigenvalue_extremes",
-    "eigenvalue_records",
-    "filter_normalized_direction",
+    "adaptive_operator",
+    "basin_sigma",
+    "drops",
     "fixed_batch",
+    "gaussian_direction",
     "hutchinson_samples",
     "hvp_operator",
-    "loss_curve",
+    "rank_loss_pieces",
+    "lanczos_extremes",
+    "landscape",
+    "loss_pieces",
+    "micro_batches",
+    "perturbed_scores",
     "restored",
-    "top_eigenvalue",
+    "start",
+    "worst_case_scores",
 ]

@@ -1,4 +1,5 @@
-"""Sharpness and basin size: checked against exact Hessians (numpy / torch.autograd.functional) and hand cases."""
+"""Sharpness and basins: checked against exact Hessians (torch.autograd.functional + numpy), scipy's eigsh,
+closed forms (quadratics, linear classifiers, products) and transformers' own losses."""
 
 from __future__ import annotations
 
@@ -8,31 +9,47 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.stats import norm
 from torch.func import functional_call
 
+from plastiscope import Checkpoint
+from plastiscope.checkpoint import trainable_copy
+from plastiscope.data import DataError, pad
 from plastiscope.demo.corpus import load_corpus
+from plastiscope.downstream import DownstreamTask, label_reserve, labelled_ids
 from plastiscope.landscape import (
-    basin_radius,
-    batch_loss_fn,
-    dominant_eigenvalue,
-    eigenvalue_records,
-    filter_normalized_direction,
+    OPTIONS,
+    adaptive_operator,
+    basin_sigma,
+    drops,
     fixed_batch,
+    gaussian_direction,
     hutchinson_samples,
     hvp_operator,
-    loss_curve,
-    top_eigenvalue,
+    lanczos_extremes,
+    loss_pieces,
+    micro_batches,
+    perturbed_scores,
+    rank_loss_pieces,
+    worst_case_scores,
 )
+from plastiscope.landscape.basin import mean_basin_sigma
+from plastiscope.losses import sequence_loss
 from plastiscope.runner import Inputs, run_analyses
 
+STEPS, TOL = OPTIONS.options["lanczos_steps"].default, OPTIONS.options["lanczos_tol"].default
 
-def _quadratic(seed: int = 0, spectrum=(5.0, 3.0, 2.0, 1.0, 0.5, -0.5, 0.1)) -> tuple[np.ndarray, list[torch.Tensor], callable]:
-    """loss(x) = 0.5 x^T A x (Hessian A, eigenvalues ``spectrum``) with x split over parameters of shapes (2, 2) and (3,)."""
+
+def _quadratic(spectrum, seed: int = 0) -> tuple[np.ndarray, list[torch.Tensor], callable]:
+    """loss(x) = 0.5 x^T A x (Hessian A, eigenvalues ``spectrum``), x split over a matrix and a vector parameter."""
+    n = len(spectrum)
     rng = np.random.default_rng(seed)
-    q, _ = np.linalg.qr(rng.normal(size=(7, 7)))
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
     a = q @ np.diag(spectrum) @ q.T
     a = (a + a.T) / 2
-    x = [torch.randn(2, 2, dtype=torch.float64, requires_grad=True), torch.randn(3, dtype=torch.float64, requires_grad=True)]
+    x = [torch.randn(n // 2, 2, dtype=torch.float64, requires_grad=True),
+         torch.randn(n - 2 * (n // 2), dtype=torch.float64, requires_grad=True)]
     at = torch.tensor(a)
 
     def loss():
@@ -42,191 +59,539 @@ def _quadratic(seed: int = 0, spectrum=(5.0, 3.0, 2.0, 1.0, 0.5, -0.5, 0.1)) -> 
     return a, x, loss
 
 
+def _relative(value: float, exact: float) -> float:
+    return abs(value - exact) / abs(exact)
+
+
 def test_hvp_is_hessian_times_vector_on_a_quadratic():
-    a, params, loss = _quadratic()
-    hvp = hvp_operator(loss, params)
+    a, params, loss = _quadratic(np.linspace(-1, 3, 7))
+    hvp = hvp_operator([loss], params)
     v = [torch.randn_like(p) for p in params]
     hv = torch.cat([h.reshape(-1) for h in hvp(v)]).numpy()
     np.testing.assert_allclose(hv, a @ torch.cat([x.reshape(-1) for x in v]).numpy(), rtol=1e-10, atol=1e-12)
 
 
-def test_power_iteration_finds_top_eigenvalue_of_a_quadratic():
-    a, params, loss = _quadratic()
-    exact = np.linalg.eigvalsh(a)[-1]
-    value, iterations, change = top_eigenvalue(hvp_operator(loss, params), params, max_iter=500, tol=1e-10, seed=1)
-    assert value == pytest.approx(exact, rel=1e-6)
-    assert 1 < iterations < 500 and change <= 1e-10 * abs(value) * 1.01
-    # a short run is an underestimate bracketed by its last change (Rayleigh quotient <= top eigenvalue)
-    short, n, change = top_eigenvalue(hvp_operator(loss, params), params, max_iter=3, tol=0.0, seed=1)
-    assert n == 3 and short <= exact + 1e-12 and change > 0
-
-
-def test_top_eigenvalue_is_the_largest_even_when_a_negative_one_dominates():
-    a, params, loss = _quadratic(seed=2, spectrum=(-6.0, 4.0, 1.0, 0.5, -2.0, 0.2, 3.0))
-    hvp = hvp_operator(loss, params)
-    dominant, _, _ = dominant_eigenvalue(hvp, params, max_iter=2000, tol=1e-12, seed=0)
-    assert dominant == pytest.approx(np.linalg.eigvalsh(a)[0], rel=1e-6)  # -6: largest magnitude
-    value, iterations, _ = top_eigenvalue(hvp, params, max_iter=2000, tol=1e-12, seed=0)
-    assert value == pytest.approx(np.linalg.eigvalsh(a)[-1], rel=1e-5)  # 4: the top one, via the shifted run
-    # a top eigenvalue small against the negative one: the shifted run must not stop on the shift's scale
-    a, params, loss = _quadratic(seed=3, spectrum=(-100.0, 1.0, 0.5, 0.0, 0.0, 0.0, 0.0))
-    value, iterations, change = top_eigenvalue(hvp_operator(loss, params), params, max_iter=5000, tol=1e-7, seed=0)
-    assert value == pytest.approx(1.0, rel=1e-4) and change <= 1e-7 * 1.01
-
-
-def test_eigenvalue_rows_report_a_negative_dominant_eigenvalue_and_refuse_an_unconverged_top():
-    (top,) = eigenvalue_records((12.0, 9, 0.006), None, tol=1e-3, n_docs=16)
-    assert top["metric"] == "hessian_top_eigenvalue" and top["iterations"] == 9 and top["n"] == 16
-    assert top["value"] == 12.0 and "ci_low" not in top  # a convergence range is no interval
-    assert top["relative_change"] == pytest.approx(0.0005)
-    top, low = eigenvalue_records((3.0, 30, 0.001), (-50.0, 8, 0.01), tol=1e-3, n_docs=16)  # shifted run converged
-    assert top["value"] == 3.0 and top["iterations"] == 30
-    assert low["metric"] == "hessian_min_eigenvalue" and low["value"] == -50.0 and low["iterations"] == 8
-    top, low = eigenvalue_records((1e-4, 28, 5e-6), (-449.0, 8, 0.1), tol=1e-3, n_docs=16)  # not converged: no number
-    assert math.isnan(top["value"]) and top["iterations"] == 28 and low["value"] == -449.0
-
-
 class _MLP(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.a = torch.nn.Linear(3, 5)
-        self.b = torch.nn.Linear(5, 2)
+        self.a = torch.nn.Linear(6, 24)
+        self.b = torch.nn.Linear(24, 4)
 
     def forward(self, x):
         return self.b(torch.tanh(self.a(x)))
 
 
-def _mlp_problem():
-    torch.manual_seed(0)
-    model = _MLP().double()  # 32 parameters
-    x, y = torch.randn(20, 3, dtype=torch.float64), torch.randn(20, 2, dtype=torch.float64)
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
+def _exact_hessian(model: torch.nn.Module, params: dict[str, torch.Tensor], loss_of_outputs) -> np.ndarray:
+    """The exact Hessian of ``loss_of_outputs(model)`` w.r.t. the named ``params`` (torch.autograd.functional.hessian)."""
+    names = list(params)
+    shapes, sizes = [params[n].shape for n in names], [params[n].numel() for n in names]
 
     def flat_loss(theta):
         pieces = dict(zip(names, (t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes))))
-        return F.mse_loss(functional_call(model, pieces, (x,)), y)
+        return loss_of_outputs(lambda *args, **kwargs: functional_call(model, pieces, args, kwargs))
 
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    exact = torch.autograd.functional.hessian(flat_loss, theta).numpy()
+    theta = torch.cat([params[n].detach().reshape(-1) for n in names])
+    return torch.autograd.functional.hessian(flat_loss, theta).numpy()
+
+
+def _mlp_problem():
+    torch.manual_seed(0)
+    model = _MLP().double()  # 268 parameters, trained a little so it sits near (not at) a minimum
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randn(64, 4, dtype=torch.float64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        optimizer.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        optimizer.step()
+    exact = _exact_hessian(model, dict(model.named_parameters()), lambda f: F.mse_loss(f(x), y))
     return model, x, y, exact
 
 
-def test_hutchinson_trace_and_power_iteration_match_exact_hessian_of_an_mlp():
+def test_lanczos_matches_the_exact_hessian_of_an_mlp_within_its_residuals():
     model, x, y, exact = _mlp_problem()
     params = list(model.parameters())
-    hvp = hvp_operator(lambda: F.mse_loss(model(x), y), params)
-    samples = hutchinson_samples(hvp, params, n_probes=1500, seed=0)
-    # Var(v^T H v) for Rademacher v is 2 (||H||_F^2 - sum_i H_ii^2)
-    sd = math.sqrt(2 * ((exact**2).sum() - (np.diag(exact) ** 2).sum()) / len(samples))
-    assert abs(samples.mean() - np.trace(exact)) < 4 * sd
-    assert np.std(samples) > 0  # really a stochastic estimate, not the exact diagonal
     eigenvalues = np.linalg.eigvalsh(exact)
-    value, _, _ = dominant_eigenvalue(hvp, params, max_iter=1000, tol=1e-12, seed=0)
-    assert value == pytest.approx(eigenvalues[np.argmax(np.abs(eigenvalues))], rel=1e-5)
-    value, _, _ = top_eigenvalue(hvp, params, max_iter=1000, tol=1e-12, seed=0)
-    assert value == pytest.approx(eigenvalues[-1], rel=1e-5)
+    assert eigenvalues[0] < 0 < eigenvalues[-1]  # an indefinite Hessian: both ends matter
+    result = lanczos_extremes(hvp_operator([lambda: F.mse_loss(model(x), y)], params), params, STEPS, TOL, seed=0)
+    assert _relative(result.max_value, eigenvalues[-1]) < 1e-6
+    # near a minimum the most negative eigenvalue is tiny (here -0.4 % of the top one) and sits in a cluster
+    # around 0: Lanczos resolves it to a fraction of the spectrum's scale, and its residual says it is unresolved
+    scale = np.abs(eigenvalues).max()
+    assert abs(result.min_value - eigenvalues[0]) < 0.02 * scale and result.min_residual > abs(eigenvalues[0] - result.min_value)
+    assert result.steps == STEPS  # not converged to lanczos_tol: it ran every step
+    # the reported error bound holds: an eigenvalue lies within the residual of each Ritz value
+    for value, residual in ((result.max_value, result.max_residual), (result.min_value, result.min_residual)):
+        assert np.min(np.abs(eigenvalues - value)) <= residual + 1e-9
+    # Ritz values lie inside the spectrum (interlacing): the estimates approach the extremes from inside
+    assert eigenvalues[0] - 1e-9 <= result.min_value and result.max_value <= eigenvalues[-1] + 1e-9
+    # more steps, a smaller residual and error
+    longer = lanczos_extremes(hvp_operator([lambda: F.mse_loss(model(x), y)], params), params, 120, 0.0, seed=0)
+    assert longer.max_value == pytest.approx(eigenvalues[-1], rel=1e-8) and longer.min_value == pytest.approx(eigenvalues[0], rel=1e-6)
 
 
-def test_filter_normalized_direction_has_the_weights_filter_norms():
+@pytest.mark.parametrize("case", ["small eigengap", "negative eigenvalue dominates", "isolated top over a wide bulk"])
+def test_lanczos_finds_both_extremes_where_power_iteration_is_slow(case):
+    rng = np.random.default_rng(1)
+    spectrum = {
+        "small eigengap": np.concatenate([[10.0, 9.9], rng.uniform(-1, 5, 298)]),
+        "negative eigenvalue dominates": np.concatenate([[-100.0, 1.0], rng.uniform(-0.5, 0.9, 298)]),
+        "isolated top over a wide bulk": np.concatenate([[36.1, 35.0], rng.normal(0, 3, 598)]),
+    }[case]
+    a, params, loss = _quadratic(spectrum, seed=2)
+    exact = np.linalg.eigvalsh(a)
+    result = lanczos_extremes(hvp_operator([loss], params), params, STEPS, TOL, seed=0)
+    assert _relative(result.max_value, exact[-1]) < 0.02, (result, exact[-1])
+    assert _relative(result.min_value, exact[0]) < 0.02, (result, exact[0])
+    # the residual is no interval but a bound on the distance to some eigenvalue
+    assert np.min(np.abs(exact - result.max_value)) <= result.max_residual + 1e-9
+
+
+def test_lanczos_on_a_tiny_transformers_few_parameters_matches_the_exact_hessian(tiny_sweep):
+    checkpoint = tiny_sweep[0]
+    model = trainable_copy(checkpoint.hf_model).double().eval()
+    ids = fixed_batch(checkpoint, load_corpus("train", 40), 8)
+    tokens, mask = pad(ids, checkpoint.tokenizer.pad_token_id)
+    named = dict(model.named_parameters())
+    chosen = {n: named[n] for n in ("model.layers.1.input_layernorm.weight", "model.layers.1.self_attn.k_proj.weight",
+                                    "model.norm.weight")}
+    exact = _exact_hessian(model, chosen, lambda f: sequence_loss(f, tokens, mask))
+    eigenvalues = np.linalg.eigvalsh((exact + exact.T) / 2)
+    params = list(chosen.values())
+    result = lanczos_extremes(hvp_operator([lambda: sequence_loss(model, tokens, mask)], params), params, STEPS, TOL, seed=3)
+    assert _relative(result.max_value, eigenvalues[-1]) < 0.02 and _relative(result.min_value, eigenvalues[0]) < 0.02
+
+
+def _flat_operator(operator, params) -> LinearOperator:
+    shapes, sizes = [p.shape for p in params], [p.numel() for p in params]
+
+    def matvec(x):
+        flat = torch.tensor(np.asarray(x).ravel(), dtype=params[0].dtype)
+        return torch.cat([h.reshape(-1) for h in operator([t.reshape(s) for t, s in zip(torch.split(flat, sizes), shapes)])]).double().numpy()
+
+    n = sum(sizes)
+    return LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+
+
+def test_lanczos_agrees_with_scipy_eigsh_on_a_whole_tiny_llama(tiny_sweep):
+    checkpoint = tiny_sweep[1]
+    model = trainable_copy(checkpoint.hf_model).eval()  # float32, every parameter
+    ids = fixed_batch(checkpoint, load_corpus("train", 40), 16)
+    params = list(model.parameters())
+    hvp = hvp_operator(loss_pieces(model, ids, checkpoint.tokenizer.pad_token_id, 8192), params)
+    flat = _flat_operator(hvp, params)
+    top = eigsh(flat, k=1, which="LA", tol=1e-6, return_eigenvectors=False)[0]
+    bottom = eigsh(flat, k=1, which="SA", tol=1e-6, return_eigenvectors=False)[0]
+    result = lanczos_extremes(hvp, params, STEPS, TOL, seed=0)
+    assert _relative(result.max_value, top) < 0.02 and _relative(result.min_value, bottom) < 0.02
+    adaptive = adaptive_operator(hvp, params)
+    top = eigsh(_flat_operator(adaptive, params), k=1, which="LA", tol=1e-6, return_eigenvectors=False)[0]
+    assert _relative(lanczos_extremes(adaptive, params, STEPS, TOL, seed=0).max_value, top) < 0.02
+
+
+def test_hutchinson_raw_and_adaptive_traces_match_the_exact_hessian_of_an_mlp():
+    model, x, y, exact = _mlp_problem()
+    params = list(model.parameters())
+    scale = np.abs(torch.cat([p.detach().reshape(-1) for p in params]).numpy())
+    hvp = hvp_operator([lambda: F.mse_loss(model(x), y)], params)
+    for operator, matrix in ((hvp, exact), (adaptive_operator(hvp, params), scale[:, None] * exact * scale[None, :])):
+        samples = hutchinson_samples(operator, params, n_probes=1500, seed=0)
+        # Var(v^T A v) for Rademacher v is 2 (||A||_F^2 - sum_i A_ii^2)
+        sd = math.sqrt(2 * ((matrix**2).sum() - (np.diag(matrix) ** 2).sum()) / len(samples))
+        assert abs(samples.mean() - np.trace(matrix)) < 4 * sd
+        assert np.std(samples) > 0  # a stochastic estimate, not the exact diagonal
+
+
+class _Product(torch.nn.Module):
+    """y = sum_i u_i w_i x_i: the two factors of a product, rescalable as u -> c u, w -> w / c."""
+
+    def __init__(self, u: torch.Tensor, w: torch.Tensor):
+        super().__init__()
+        self.u, self.w = torch.nn.Parameter(u.clone()), torch.nn.Parameter(w.clone())
+
+    def forward(self, x):
+        return x @ (self.u * self.w)
+
+
+def test_adaptive_sharpness_is_invariant_to_rescaling_a_product_and_has_its_closed_form():
     torch.manual_seed(0)
-    modules = torch.nn.ModuleList([torch.nn.Linear(4, 3), torch.nn.Embedding(10, 4), torch.nn.LayerNorm(4), torch.nn.Conv2d(2, 3, 3)])
-    params = list(modules.parameters())
-    direction = filter_normalized_direction(params, torch.Generator().manual_seed(0))
-    for p, d in zip(params, direction):
-        assert d.shape == p.shape
-        if p.dim() < 2:
-            assert torch.count_nonzero(d) == 0  # biases and norm gains are not perturbed (Li et al. 2018)
-        else:
-            rows_p = p.detach().numpy().reshape(p.shape[0], -1)
-            rows_d = d.numpy().reshape(p.shape[0], -1)
-            np.testing.assert_allclose(np.linalg.norm(rows_d, axis=1), np.linalg.norm(rows_p, axis=1), rtol=1e-5)
-            assert not np.allclose(rows_d / np.linalg.norm(rows_d, axis=1, keepdims=True),
-                                   rows_p / np.linalg.norm(rows_p, axis=1, keepdims=True))  # a new direction
-    again = filter_normalized_direction(params, torch.Generator().manual_seed(0))
-    assert all(torch.equal(a, b) for a, b in zip(direction, again))  # seeded: the same for every checkpoint
+    k = 5
+    x = torch.randn(200, k, dtype=torch.float64)
+    target = torch.tensor([1.5, -0.7, 0.4, 2.0, 1.1], dtype=torch.float64)
+    y = x @ target
+    # at the minimum u * w = target: H = J^T J / n with J = [x w, x u]; scaled by |theta| it becomes
+    # [[M, S M S'], ...] with M = diag(|t|) C diag(|t|), C = x^T x / n: eigenvalues 2 eig(M) and 0, trace 2 tr(M)
+    c = (x.T @ x / len(x)).numpy()
+    m = np.abs(target.numpy())[:, None] * c * np.abs(target.numpy())[None, :]
+    raw, adaptive = [], []
+    for scale in (torch.ones(k), torch.tensor([3.0, 0.2, 1.0, 7.0, 0.5])):
+        scale = scale.double()
+        model = _Product(torch.sign(target) * scale, torch.abs(target) / scale)
+        params = list(model.parameters())
+        hvp = hvp_operator([lambda model=model: 0.5 * ((model(x) - y) ** 2).mean()], params)
+        raw.append(lanczos_extremes(hvp, params, 40, 1e-10, seed=0).max_value)
+        result = lanczos_extremes(adaptive_operator(hvp, params), params, 40, 1e-10, seed=0)
+        assert result.max_value == pytest.approx(2 * np.linalg.eigvalsh(m)[-1], rel=1e-8)
+        assert result.min_value == pytest.approx(0.0, abs=1e-8)
+        adaptive.append(hutchinson_samples(adaptive_operator(hvp, params), params, n_probes=400, seed=0))
+    np.testing.assert_allclose(adaptive[0], adaptive[1], rtol=1e-10)  # the same probes give the same samples
+    sign = np.sign(target.numpy())
+    full = np.block([[m, m * sign[None, :]], [sign[:, None] * m, sign[:, None] * m * sign[None, :]]])
+    sd = math.sqrt(2 * ((full**2).sum() - (np.diag(full) ** 2).sum()) / 400)
+    assert abs(np.mean(adaptive[0]) - 2 * np.trace(m)) < 4 * sd  # Hutchinson's mean around tr = 2 tr(M)
+    assert raw[1] > 5 * raw[0]  # raw curvature follows the rescaling
 
 
-def test_loss_curve_follows_the_direction_and_restores_weights_bit_exactly():
-    model, x, y, _ = _mlp_problem()
-    model.float()
-    x, y = x.float(), y.float()
+def test_adaptive_sharpness_is_invariant_when_a_tiny_llamas_query_and_key_are_rescaled(tiny_sweep):
+    checkpoint = tiny_sweep[2]
+    ids = fixed_batch(checkpoint, load_corpus("train", 40), 12)
+    pad_id = checkpoint.tokenizer.pad_token_id
+    values = []
+    for c in (1.0, 4.0):
+        model = trainable_copy(checkpoint.hf_model).double().eval()
+        attention = model.model.layers[0].self_attn
+        with torch.no_grad():  # attention scores q . k are unchanged by W_Q -> c W_Q, W_K -> W_K / c (RoPE is linear)
+            attention.q_proj.weight.mul_(c)
+            attention.k_proj.weight.div_(c)
+        pieces = loss_pieces(model, ids, pad_id, 8192)
+        params = list(model.parameters())
+        hvp = hvp_operator(pieces, params)
+        loss = float(sum(p().detach() for p in pieces))
+        # the same start vector and the same operator: the same Krylov sequence, whether converged or not
+        adaptive = lanczos_extremes(adaptive_operator(hvp, params), params, 15, 0.0, seed=0)
+        trace = hutchinson_samples(adaptive_operator(hvp, params), params, n_probes=3, seed=0)
+        # curvature along a fixed direction in W_K alone: v^T H v
+        generator = torch.Generator().manual_seed(7)
+        v = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).double() * (p is attention.k_proj.weight) for p in params]
+        raw = sum(float((h * x).sum()) for h, x in zip(hvp(v), v))
+        values.append((loss, adaptive.max_value, raw, trace))
+    (loss0, adaptive0, raw0, trace0), (loss1, adaptive1, raw1, trace1) = values
+    assert loss1 == pytest.approx(loss0, rel=1e-10)
+    assert raw1 == pytest.approx(16 * raw0, rel=1e-6)  # raw curvature along W_K grows like c^2
+    assert adaptive1 == pytest.approx(adaptive0, rel=1e-6)
+    np.testing.assert_allclose(trace1, trace0, rtol=1e-6)
+
+
+def test_micro_batches_give_the_loss_and_the_products_of_the_whole_batch(tiny_sweep):
+    assert micro_batches([5, 3, 9, 2, 2, 2], 12) == [[0, 1], [2], [3, 4, 5]]
+    assert micro_batches([20, 3], 10) == [[0], [1]]  # a document longer than the budget is a micro-batch of its own
+    checkpoint = tiny_sweep[0]
+    model = trainable_copy(checkpoint.hf_model).eval()
+    ids = fixed_batch(checkpoint, load_corpus("train", 60), 20)
+    assert len({len(x) for x in ids}) > 3  # documents of different lengths: token weights matter
+    pad_id = checkpoint.tokenizer.pad_token_id
+    whole, parts = loss_pieces(model, ids, pad_id, 10**6), loss_pieces(model, ids, pad_id, 3 * max(len(x) for x in ids))
+    assert len(whole) == 1 and len(parts) >= 5
+    tokens, mask = pad(ids, pad_id)
+    reference = float(sequence_loss(model, tokens, mask).detach())
+    assert float(sum(p().detach() for p in parts)) == pytest.approx(reference, rel=1e-5)
+    params = list(model.parameters())
+    v = [torch.randn_like(p) for p in params]
+    one, many = hvp_operator(whole, params)(v), hvp_operator(parts, params)(v)
+    flat_one, flat_many = torch.cat([h.reshape(-1) for h in one]), torch.cat([h.reshape(-1) for h in many])
+    assert float((flat_one - flat_many).norm() / flat_one.norm()) < 1e-4
+
+
+def test_gaussian_direction_has_a_standard_gaussians_norm_and_is_seeded():
+    params = [torch.zeros(30, 7), torch.zeros(11)]
+    direction = gaussian_direction(params, torch.Generator().manual_seed(4))
+    d = 30 * 7 + 11
+    assert math.sqrt(sum(float((u**2).sum()) for u in direction)) == pytest.approx(math.sqrt(d), rel=1e-6)
+    again = gaussian_direction(params, torch.Generator().manual_seed(4))
+    assert all(torch.equal(a, b) for a, b in zip(direction, again))
+    other = gaussian_direction(params, torch.Generator().manual_seed(5))
+    assert not torch.allclose(direction[0], other[0])
+
+
+def _quadratic_score(a: np.ndarray, params: list[torch.Tensor]):
+    at = torch.tensor(a)
+
+    def loss():
+        flat = torch.cat([p.reshape(-1) for p in params])
+        return 0.5 * flat @ at @ flat
+
+    def gradient():
+        value = loss()
+        return float(value.detach()), list(torch.autograd.grad(value, params))
+
+    return (lambda: float(loss().detach())), gradient
+
+
+def test_random_basin_of_a_quadratic_matches_the_expected_drop_under_gaussian_noise():
+    d = 400
+    spectrum = np.random.default_rng(0).gamma(2.0, 1.0, d)
+    a, params, _ = _quadratic(spectrum, seed=1)
+    with torch.no_grad():
+        for p in params:
+            p.zero_()  # the minimum, L = 0
+    score, _ = _quadratic_score(a, params)
+    sigmas = np.linspace(0, 0.1, 41)
+    generator = torch.Generator().manual_seed(0)
+    curves = np.array([perturbed_scores({"loss": score}, params, gaussian_direction(params, generator), sigmas)["loss"]
+                       for _ in range(30)])
+    # E over directions of norm sigma sqrt(d): 1/2 sigma^2 d E[u^T A u] = 1/2 sigma^2 tr A
+    np.testing.assert_allclose(curves.mean(0)[1:], 0.5 * sigmas[1:] ** 2 * np.trace(a), rtol=0.05)
+    tau = 0.05
+    found = float(mean_basin_sigma(sigmas, drops(curves, higher_is_better=False), tau))
+    assert found == pytest.approx(math.sqrt(2 * tau / np.trace(a)), rel=0.03)
+    assert all(torch.count_nonzero(p) == 0 for p in params)  # restored
+
+
+def test_worst_case_basin_of_a_quadratic_follows_its_top_eigenvector():
+    d = 300
+    spectrum = np.concatenate([[8.0, 5.0], np.random.default_rng(3).uniform(-1, 3, d - 2)])
+    a, params, _ = _quadratic(spectrum, seed=4)
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
+    score, gradient = _quadratic_score(a, params)
+    sigmas = np.linspace(0, 0.01, 51)
+    curve, direction = worst_case_scores(gradient, score, params, sigmas, steps=8, generator=torch.Generator().manual_seed(0))
+    top = np.linalg.eigh(a)[1][:, -1]
+    u = torch.cat([x.reshape(-1) for x in direction]).numpy()
+    assert abs(u @ top) / np.linalg.norm(u) > 0.999  # the worst direction of a quadratic is its top eigenvector
+    np.testing.assert_allclose(curve[5:], 0.5 * sigmas[5:] ** 2 * d * 8.0, rtol=1e-3)
+    tau = 0.02
+    found, censored = basin_sigma(sigmas, drops(curve, higher_is_better=False), tau)
+    assert not censored and found == pytest.approx(math.sqrt(2 * tau / (d * 8.0)), rel=0.02)
+    # ``until`` ends the search after the first sigma past the basin's edge
+    short, _ = worst_case_scores(gradient, score, params, sigmas, steps=8, generator=torch.Generator().manual_seed(0),
+                                 until=lambda s: s > tau)
+    assert len(short) == np.argmax(curve > tau) + 1 and short[-1] > tau >= short[-2]
+    assert all(torch.count_nonzero(p) == 0 for p in params)
+
+
+def test_accuracy_basin_of_a_linear_classifier_matches_its_closed_form():
+    d, n = 500, 300
+    rng = np.random.default_rng(0)
+    w = torch.tensor(rng.normal(size=d) * 0.05)
+    x = torch.tensor(rng.normal(size=(n, d)))
+    margin = (x @ w).numpy()
+    labels = np.sign(margin + rng.normal(scale=0.2, size=n))  # some documents misclassified at sigma = 0
+    params = [torch.nn.Parameter(w.clone())]
+
+    def accuracy() -> float:
+        with torch.no_grad():
+            return float(np.mean(np.sign((x @ params[0]).numpy()) == labels))
+
+    sigmas = np.array([0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2])
+    generator = torch.Generator().manual_seed(1)
+    curves = np.array([perturbed_scores({"acc": accuracy}, params, gaussian_direction(params, generator), sigmas)["acc"]
+                       for _ in range(40)])
+    # sign((w + eps) . x) with eps ~ N(0, sigma^2 I): eps . x ~ N(0, sigma^2 ||x||^2), so
+    # P(correct) = Phi(y w.x / (sigma ||x||))
+    norms = np.linalg.norm(x.numpy(), axis=1)
+    expected = [np.mean(margin * labels > 0)] + [np.mean(norm.cdf(labels * margin / (s * norms))) for s in sigmas[1:]]
+    np.testing.assert_allclose(curves.mean(0), expected, atol=0.02)
+    assert expected[-1] < expected[0] - 0.15  # the score really degrades on this grid
+
+
+def test_basin_sigma_hand_cases():
+    assert basin_sigma([0, 1, 2, 3], [0.0, 0.05, 0.25, 1.0], 0.1) == pytest.approx((1.25, False))
+    assert basin_sigma([0, 1, 2], [0.0, 0.01, 0.1], 0.1) == (2.0, True)  # drop <= tau stays inside: censored
+    assert basin_sigma([0, 1, 2], [0.0, 0.0, -0.5], 0.1) == (2.0, True)  # better than at 0: inside
+    assert basin_sigma([0, 1, 2], [0.0, 0.02, math.nan], 0.1) == (1.0, False)  # diverged: last finite sigma
+    assert basin_sigma([0, 0.5, 1], [0.0, 0.3, 1.0], 0.1) == pytest.approx((0.5 / 3, False))
+    assert basin_sigma([0, 1, 2, 3], [0.0, 0.2, 0.0, 0.0], 0.1)[0] == pytest.approx(0.5)  # the first crossing counts
+    np.testing.assert_allclose(drops(np.array([[0.8, 0.7, 0.2]]), higher_is_better=True), [[0.0, 0.1, 0.6]], atol=1e-12)
+    np.testing.assert_allclose(drops(np.array([2.0, 2.5]), higher_is_better=False), [0.0, 0.5])
+
+
+def test_perturbations_restore_weights_bit_exactly_also_on_error():
+    torch.manual_seed(0)
+    model = _MLP()
     params = list(model.parameters())
     before = [p.detach().clone() for p in params]
-    direction = filter_normalized_direction(params, torch.Generator().manual_seed(3))
-    radii = [0.0, 0.1, 0.37, 1.3]
-    with torch.no_grad():
-        reference = []
-        for r in radii:  # independent: a copy moved by hand
-            moved = _MLP()
-            for q, p, d in zip(moved.parameters(), params, direction):
-                q.copy_(p + r * d)
-            reference.append(float(F.mse_loss(moved(x), y)))
-    curve = loss_curve(lambda: F.mse_loss(model(x), y), params, direction, radii)
-    np.testing.assert_allclose(curve, reference, rtol=1e-5)
+    x = torch.randn(8, 6)
+    direction = gaussian_direction(params, torch.Generator().manual_seed(0))
+    scores = perturbed_scores({"s": lambda: float(model(x).sum().detach())}, params, direction, [0.0, 0.3, 1.7])
+    with torch.no_grad():  # independent: a copy moved by hand
+        moved = _MLP()
+        for q, p, u in zip(moved.parameters(), before, direction):
+            q.copy_(p + 1.7 * u)
+        assert scores["s"][2] == pytest.approx(float(moved(x).sum()), rel=1e-5)
     assert all(torch.equal(p, b) for p, b in zip(params, before))
-
     calls = []
 
-    def failing():
+    def failing() -> float:
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise RuntimeError("boom")
-        return torch.tensor(0.0)
+        return 0.0
 
     with pytest.raises(RuntimeError):
-        loss_curve(failing, params, direction, radii)
-    assert all(torch.equal(p, b) for p, b in zip(params, before))  # restored on error too
+        perturbed_scores({"s": failing}, params, direction, [0.0, 0.3, 1.7])
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+    def gradient():
+        value = model(x).pow(2).mean()
+        return float(value.detach()), list(torch.autograd.grad(value, params))
+
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        worst_case_scores(gradient, failing, params, [0.0, 0.1, 0.2], 2, torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
 
 
-def test_basin_radius_hand_cases():
-    assert basin_radius([0, 1, 2, 3], [1.0, 1.05, 1.25, 2.0], 0.1) == pytest.approx((1.25, False))
-    assert basin_radius([0, 1, 2], [1.0, 1.01, 1.02], 0.1) == (2.0, True)  # never rises: censored
-    assert basin_radius([0, 1, 2], [1.0, 1.0, 0.5], 0.1) == (2.0, True)  # falls: still inside
-    assert basin_radius([0, 1, 2], [1.0, 1.02, math.nan], 0.1) == (1.0, False)  # diverged: last finite radius
-    assert basin_radius([0, 0.5, 1], [2.0, 2.3, 3.0], 0.1) == pytest.approx((0.5 / 3, False))
-    # the first crossing counts, not a later dip back
-    assert basin_radius([0, 1, 2, 3], [0.0, 0.2, 0.0, 0.0], 0.1)[0] == pytest.approx(0.5)
+def _label_accuracy_by_hand(model, task: DownstreamTask, tokenizer, n_ctx: int, rows) -> float:
+    """Rank classification recomputed with transformers' own ``labels=`` loss, candidate by candidate."""
+    candidates = sorted(set(task.labels))
+    reserve = label_reserve(task, tokenizer)
+    correct = 0
+    with torch.no_grad():
+        for i in rows:
+            scores = []
+            for c in candidates:
+                ids, at = labelled_ids(tokenizer, task.documents.texts[i], task.label_name, c, n_ctx, reserve)
+                tokens = torch.tensor([ids])
+                labels = torch.full_like(tokens, -100)
+                labels[0, at:] = tokens[0, at:]
+                scores.append(-float(model(tokens, labels=labels).loss) * (len(ids) - at))
+            correct += candidates[int(np.argmax(scores))] == task.labels[i]
+    return correct / len(rows)
+
+
+def test_rank_loss_is_the_clipped_margin_of_rank_classification(tiny_sweep):
+    checkpoint = tiny_sweep[0]
+    model, tokenizer = checkpoint.hf_model, checkpoint.tokenizer
+    task = DownstreamTask.from_documents(load_corpus("finetune", 300), "topic")
+    rows = list(np.random.default_rng(2).permutation(300)[:10])
+    candidates = sorted(set(task.labels))
+    reserve = label_reserve(task, tokenizer)
+    expected, right = 0.0, 0
+    with torch.no_grad():  # transformers' own labels= loss, candidate by candidate
+        for i in rows:
+            scores = []
+            for c in candidates:
+                ids, at = labelled_ids(tokenizer, task.documents.texts[i], task.label_name, c, checkpoint.n_ctx, reserve)
+                tokens = torch.tensor([ids])
+                labels = torch.full_like(tokens, -100)
+                labels[0, at:] = tokens[0, at:]
+                scores.append(-float(model(tokens, labels=labels).loss) * (len(ids) - at))
+            true = candidates.index(task.labels[i])
+            margin = max(s for c, s in enumerate(scores) if c != true) - scores[true]
+            expected += min(margin, 0.0) / len(rows)
+            right += margin < 0
+    for budget in (10**6, 40):
+        pieces = rank_loss_pieces(model, task, tokenizer, checkpoint.n_ctx, rows, tokenizer.pad_token_id, budget)
+        assert len(pieces) == (1 if budget > 1000 else len(pieces)) and (budget > 1000 or len(pieces) > 3)
+        assert float(sum(p().detach() for p in pieces)) == pytest.approx(expected, rel=1e-5)
+    assert 0 < right < len(rows)  # some documents right (they count), some wrong (they do not)
+
+
+SMALL = {"n_docs": 8, "lanczos_steps": 12, "trace_probes": 3, "sigmas": [0.0, 0.001, 0.01, 0.05, 0.2], "n_directions": 2,
+         "worst_case_steps": 1, "basin_docs": 16, "n_resamples": 200, "label_column": "topic"}
 
 
 def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
-    train = load_corpus("train", 400)
-    options = {"n_docs": 8, "power_iterations": 6, "trace_probes": 4, "n_directions": 2, "radii": [0.0, 0.5, 1.0, 2.0],
-               "n_resamples": 200}
-    results, failures = run_analyses(tiny_sweep, ["landscape"], Inputs(train_data=train), options={"landscape": options},
-                                     progress=False)
+    train, finetune = load_corpus("train", 400), load_corpus("finetune", 400)
+    before = {c.name: {k: v.clone() for k, v in c.hf_model.state_dict().items()} for c in tiny_sweep}
+    results, failures = run_analyses(tiny_sweep, ["landscape"], Inputs(train_data=train, finetune_data=finetune),
+                                     options={"landscape": SMALL}, progress=False)
     assert failures.empty, failures.to_dict("records")
-    assert set(results.analysis) == {"landscape"}
     assert sorted(results.weight_decay.unique()) == [0.0, 0.1, 1.0]
+    metrics = {"hessian_max_eigenvalue", "hessian_min_eigenvalue", "hessian_trace", "adaptive_max_eigenvalue", "adaptive_trace",
+               "basin_curve", "basin_sigma"}
+    assert set(results.metric) == metrics
     for name, group in results.groupby("checkpoint"):
-        metrics = group.set_index("metric")
-        eig = metrics.loc["hessian_top_eigenvalue"]
-        assert 2 <= eig.iterations <= 2 * 6 and eig.n == 8 and np.isnan(eig.ci_low) and eig.value > 0
-        trace = metrics.loc["hessian_trace"]
-        assert trace.n == 4 and np.isfinite(trace.value)
-        curves = group[group.metric == "basin_curve_loss"]
-        assert len(curves) == 2 * 4 and set(curves.radius) == {0.0, 0.5, 1.0, 2.0} and set(curves.direction) == {0, 1}
-        radius = metrics.loc["basin_radius"]
-        assert radius.n == 2 and 0 < radius.value <= 2.0
-        # the curve at radius 0 is the batch loss, recomputed here from the logits
         checkpoint = tiny_sweep[name]
-        tokens, mask = fixed_batch(checkpoint, train, 8)
+        model = checkpoint.hf_model
+        assert all(torch.equal(v, before[name][k]) for k, v in model.state_dict().items())  # weights left as they were
+        one = group[~group.metric.isin(["basin_curve", "basin_sigma"])].set_index("metric")
+        for metric in ("hessian_max_eigenvalue", "hessian_min_eigenvalue", "adaptive_max_eigenvalue"):
+            row = one.loc[metric]
+            assert row.n == 8 and np.isnan(row.ci_low) and 1 <= row.steps <= 12 and row.residual >= 0 and row.variant == ""
+        assert one.loc["hessian_max_eigenvalue"].value > max(0, one.loc["hessian_min_eigenvalue"].value)
+        for metric in ("hessian_trace", "adaptive_trace"):
+            assert one.loc[metric].n == 3 and one.loc[metric].ci_low <= one.loc[metric].value <= one.loc[metric].ci_high
+        curves = group[group.metric == "basin_curve"]
+        random = curves[curves.direction == "random"]
+        assert len(random) == 2 * 5 and set(random.objective) == {"loss", "accuracy"} and set(random.n) == {2}
+        assert set(random.sigma) == set(SMALL["sigmas"])
+        assert "objective=loss, direction=random, sigma=0.01" in set(random.variant)
+        worst = curves[curves.direction == "worst_case"]
+        assert set(worst.n) == {1} and worst.ci_low.isna().all() and set(worst.objective) == {"loss", "accuracy"}
+        # sigma = 0 is the checkpoint itself: the batch loss (from the logits) and the task's accuracy (by hand)
+        ids = fixed_batch(checkpoint, train, 8)
+        tokens, mask = pad(ids, checkpoint.tokenizer.pad_token_id)
         with torch.no_grad():
-            logits = checkpoint.hf_model(tokens, attention_mask=mask.long()).logits
+            logits = model(tokens, attention_mask=mask.long()).logits
         losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
         expected = float(losses[mask[:, 1:]].mean())
-        assert curves[curves.radius == 0].value.to_numpy() == pytest.approx([expected] * 2, rel=1e-5)
-        with torch.no_grad():
-            assert float(batch_loss_fn(checkpoint.hf_model, tokens, mask)()) == pytest.approx(expected, rel=1e-5)
+        at_zero = curves[curves.sigma == 0].set_index(["objective", "direction"]).value
+        assert at_zero["loss", "random"] == pytest.approx(expected, rel=1e-5)
+        assert at_zero["loss", "worst_case"] == pytest.approx(expected, rel=1e-5)
+        task = DownstreamTask.from_documents(finetune, "topic")
+        rows = np.random.default_rng(0).permutation(len(finetune))[:16]
+        assert at_zero["accuracy", "random"] == pytest.approx(_label_accuracy_by_hand(model, task, checkpoint.tokenizer,
+                                                                                       checkpoint.n_ctx, rows))
+        radii = group[group.metric == "basin_sigma"].set_index(["objective", "direction"])
+        assert len(radii) == 4 and set(radii.variant) >= {"objective=accuracy, direction=worst_case"}
+        for (objective, direction), row in radii.iterrows():
+            assert 0 < row.value <= 0.2 and row.tau == (0.1 if objective == "loss" else 0.05)
+            assert row.n == (2 if direction == "random" else 1)
+        # the worst case is never wider than the random basin on the loss
+        assert radii.loc[("loss", "worst_case")].value <= radii.loc[("loss", "random")].value
         checkpoint.unload()
 
 
-def test_landscape_rejects_bad_options(tiny_sweep):
+def test_landscape_of_a_bfloat16_checkpoint_runs_in_a_float32_copy(tiny_sweep):
+    train = load_corpus("train", 100)
+    options = {k: v for k, v in SMALL.items() if k not in ("label_column", "basin_docs")} | {"worst_case_steps": 0}
+    path = tiny_sweep[0].path
+    low = Checkpoint.from_pretrained(path, name="bf16").to(dtype="bfloat16")
+    reference = Checkpoint.from_pretrained(path, name="rounded")
+    with torch.no_grad():  # the same weights as the bf16 model holds, in float32
+        for p in reference.hf_model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    frames = []
+    for checkpoint in (low, reference):
+        results, failures = run_analyses([checkpoint], ["landscape"], Inputs(train_data=train), {"landscape": options}, progress=False)
+        assert failures.empty, failures.to_dict("records")
+        frames.append(results.set_index(["metric", "variant"]).value)
+    assert next(low.hf_model.parameters()).dtype == torch.bfloat16  # the checkpoint itself is untouched
+    np.testing.assert_allclose(frames[0].sort_index().to_numpy(), frames[1].sort_index().to_numpy(), rtol=1e-4)
+
+
+def test_landscape_refuses_bad_options_and_inputs(tiny_sweep):
     from plastiscope.runner import prepare
 
     inputs = Inputs(train_data=load_corpus("train", 10))
-    with pytest.raises(ValueError, match="radii"):
-        prepare(["landscape"], inputs, {"landscape": {"radii": [0.5, 1.0]}})
+    with pytest.raises(ValueError, match="sigmas"):
+        prepare(["landscape"], inputs, {"landscape": {"sigmas": [0.01, 0.1]}})
     with pytest.raises(ValueError, match="unknown option"):
         prepare(["landscape"], inputs, {"landscape": {"n_probes": 3}})
+    with pytest.raises(ValueError, match="nothing to measure"):
+        prepare(["landscape"], inputs, {"landscape": {"lanczos_steps": 0, "trace_probes": 0, "n_directions": 0, "worst_case_steps": 0}})
+    with pytest.raises(ValueError, match="accuracy_tau"):
+        prepare(["landscape"], inputs, {"landscape": {"accuracy_tau": 1.5}})
+    from plastiscope.landscape import start
+    from plastiscope.memo import Memo
+    from plastiscope.options import validate
+
+    config = validate("landscape", OPTIONS, {"label_column": "topic"})
+    with pytest.raises(ValueError, match="finetune-data"):
+        start(tiny_sweep[0], inputs, config, Memo())
+    finetune = load_corpus("finetune", 50)
+    unlabelled = type(finetune)(finetune.texts, {}, "plain.txt")
+    with pytest.raises(DataError, match="no column 'topic'"):
+        start(tiny_sweep[0], Inputs(train_data=inputs.train_data, finetune_data=unlabelled), config, Memo())
+    one_label = type(finetune)(finetune.texts, {"topic": ["plant"] * len(finetune)}, "one.jsonl")
+    with pytest.raises(ValueError, match="two distinct"):
+        start(tiny_sweep[0], Inputs(train_data=inputs.train_data, finetune_data=one_label), config, Memo())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_landscape_on_cuda_matches_the_cpu(tiny_sweep):
+    train, finetune = load_corpus("train", 100), load_corpus("finetune", 200)
+    path = tiny_sweep[0].path
+    frames = []
+    for device in ("cpu", "cuda"):
+        checkpoint = Checkpoint.from_pretrained(path, name="same").to(device=device)
+        results, failures = run_analyses([checkpoint], ["landscape"], Inputs(train_data=train, finetune_data=finetune),
+                                         {"landscape": SMALL}, progress=False)
+        assert failures.empty, failures.to_dict("records")
+        if device == "cuda":
+            assert next(checkpoint.hf_model.parameters()).is_cuda
+        frames.append(results.set_index(["metric", "variant"]).value.sort_index())
+    np.testing.assert_allclose(frames[1].to_numpy(), frames[0].to_numpy(), rtol=2e-3, atol=1e-5)
