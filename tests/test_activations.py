@@ -224,10 +224,13 @@ def test_peak_memory_does_not_grow_with_layers():
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc/self/clear_refs to reset the peak resident memory")
     here = str(Path(__file__).parent)
-    growth = {}
-    for layers in (2, 8):
+    def growth_of(layers: int) -> int:
         out = subprocess.run([sys.executable, "-c", PEAK_CHILD, str(layers), here], capture_output=True, text=True, check=True)
-        growth[layers] = json.loads(out.stdout.strip().splitlines()[-1])["growth"]
+        return json.loads(out.stdout.strip().splitlines()[-1])["growth"]
+
+    # the least of two fresh processes: an allocator's occasional spike is not the pass's memory,
+    # while caching layers would add its 50 MB to every run
+    growth = {layers: min(growth_of(layers) for _ in range(2)) for layers in (2, 8)}
     pattern_bytes = 4 * 8 * 512 * 512 * 4
     assert growth[2] > pattern_bytes  # the forward's own transients are measured at all
     assert growth[8] < 1.3 * growth[2], growth  # caching 8 layers would add 6 more patterns (+50 MB)
