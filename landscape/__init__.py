@@ -19,7 +19,7 @@ from .analysis import (
     rank_loss_pieces,
     start,
 )
-from .basin import basin_sigma, drops, gaussian_direction, perturbed_scores, restored, worst_case_scores
+from .basin import basin_sigma, drops, gaussian_direction, perturbed_scores, restored, worst_case_scores, worst_so_far
 from .hessian import Extremes, adaptive_operator, hutchinson_samples, hvp_operator, lanczos_extremes
 
 __all__ = [
@@ -44,4 +44,5 @@ __all__ = [
     "restored",
     "start",
     "worst_case_scores",
+    "worst_so_far",
 ]

@@ -61,8 +61,9 @@ case).
   ``theta + sigma u``, for every ``sigma`` of the grid ``sigmas``. Random directions: the
   mean over directions, with a bootstrap 95 % interval over them (``n`` directions), an
   estimate of the expected score under Gaussian weight noise of scale ``sigma``; worst case:
-  the one search's score (``n`` = 1, no interval), up to the first ``sigma`` past the basin's
-  edge (the search stops there: the radius is found). The default grid
+  the worst score the one search found within radius ``sigma`` (the ball of radius ``sigma``
+  holds every smaller one, so the curve never recovers; ``n`` = 1, no interval), up to the
+  first ``sigma`` past the basin's edge (the search stops there: the radius is found). The default grid
   is log-spaced (1, 2, 5 per decade) from ``1e-6`` to ``0.1``: worst-case basins are orders of
   magnitude narrower than random ones and shrink like ``1 / sqrt(d)``.
 - ``basin_sigma`` (variant columns ``objective``, ``direction``): the basin radius, the largest
@@ -132,7 +133,7 @@ from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci, mean_ci
 
-from .basin import basin_sigma, drops, gaussian_direction, mean_basin_sigma, perturbed_scores, worst_case_scores
+from .basin import basin_sigma, drops, gaussian_direction, mean_basin_sigma, perturbed_scores, worst_case_scores, worst_so_far
 from .hessian import Extremes, Operator, Vectors, adaptive_operator, hutchinson_samples, hvp_operator, lanczos_extremes
 
 NAME = "landscape"
@@ -420,7 +421,7 @@ class LandscapeTask:
                 generator = torch.Generator().manual_seed(cfg["seed"] + 1)
                 curve, _ = worst_case_scores(gradient, score, params, sigmas[1:], cfg["worst_case_steps"], generator,
                                              until=beyond_basin(base[name], higher, tau))
-                curve = np.concatenate([[base[name]], curve])
+                curve = worst_so_far(np.concatenate([[base[name]], curve]), higher)
                 records += basin_records(name, "worst_case", sigmas[: len(curve)], curve[None], higher, tau, boot)
         for r in records:
             if r["metric"] == "basin_sigma" and r["censored"]:

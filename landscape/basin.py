@@ -134,6 +134,17 @@ def worst_case_scores(
     return np.array(out), direction
 
 
+def worst_so_far(curve: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """``[sigma]`` the worst score of ``curve [sigma]`` at any ``sigma`` up to each one.
+
+    The worst case within a ball of radius ``sigma`` includes every smaller ball's, so the
+    worst-case curve never recovers; a local search (on a chance-level score, say) can land
+    on better scores at a larger ``sigma`` than it found at a smaller one.
+    """
+    curve = np.asarray(curve, dtype=float)
+    return np.minimum.accumulate(curve) if higher_is_better else np.maximum.accumulate(curve)
+
+
 def drops(curves: np.ndarray, higher_is_better: bool) -> np.ndarray:
     """``[..., sigma]`` drop of each curve from its value at ``sigma = 0`` (the first column), positive when worse."""
     curves = np.asarray(curves, dtype=float)

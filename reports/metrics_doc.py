@@ -39,7 +39,6 @@ _MEMO = "Carlini et al. 2022 (Quantifying Memorization)"
 _HESSIAN = "Yao et al. 2020 (PyHessian); raw curvature scales with 1/||w||^2: Dinh et al. 2017"
 _ADAPTIVE = "Kwon et al. 2021 (ASAM); Andriushchenko et al. 2023 (A Modern Look at Sharpness)"
 _BASIN = "Chen et al. 2025 (arXiv 2505.17646)"
-_LANDSCAPE = "Li et al. 2018 (Visualizing the Loss Landscape)"
 
 # The spectral metrics of attention patterns: what "over each document's first tokens" means.
 _FIRST_TOKENS = (
@@ -142,9 +141,6 @@ METRICS: dict[str, MetricDoc] = {
         "Largest Hessian eigenvalue of the pretraining loss: raw sharpness. It rises as weight decay shrinks the weights, "
         "so it does not compare flatness across weight decays.",
         None, _HESSIAN),
-    "hessian_top_eigenvalue": MetricDoc(
-        "Largest Hessian eigenvalue of the pretraining loss (power iteration): raw sharpness, not comparable across weight decays.",
-        None, _HESSIAN),
     "hessian_min_eigenvalue": MetricDoc("Smallest (most negative) Hessian eigenvalue of the pretraining loss.", None, _HESSIAN),
     "hessian_trace": MetricDoc(
         "Hutchinson estimate of the Hessian trace of the pretraining loss: raw, rises as the weights shrink (not flatness "
@@ -163,9 +159,6 @@ METRICS: dict[str, MetricDoc] = {
         None, _BASIN),
     "basin_curve": MetricDoc("The objective under weight noise of each scale sigma (the curve the basin radius is read from).",
                              None, _BASIN),
-    "basin_curve_loss": MetricDoc("Loss along filter-normalised random directions at each radius.", None, _LANDSCAPE),
-    "basin_radius": MetricDoc("Radius along filter-normalised random directions where the loss first rises by a threshold.",
-                              None, _LANDSCAPE),
 }
 
 _MATRIX_STATS = {

@@ -52,16 +52,15 @@ def probe_docs():
     return load_corpus("probe", 200)
 
 
-# Small options for every analysis: a few seconds per checkpoint. Options an analysis does not
-# declare are left out, so the fixtures keep working while analyses gain and rename options.
+# Small options for every analysis: a few seconds per checkpoint.
 SMALL_OPTIONS = {
     "probes": {"label_column": "pos", "folds": 3, "inner_folds": 2, "Cs": [1.0]},
     "attention": {"n_resamples": 100},
     "overfit": {"prefix_tokens": 8, "continuation_tokens": 8, "memorization_max_docs": 32, "n_resamples": 100},
     "plasticity": {"label_column": "topic", "steps": 4, "batch_size": 8, "learning_rates": [1e-3, 3e-3], "eval_docs": 24,
                    "select_docs": 12, "train_docs": 64, "n_resamples": 100},
-    "landscape": {"n_docs": 8, "power_iterations": 6, "trace_probes": 4, "n_directions": 2, "radii": [0.0, 0.5, 1.0, 2.0],
-                  "n_resamples": 100},
+    "landscape": {"n_docs": 8, "lanczos_steps": 8, "trace_probes": 4, "n_directions": 2, "worst_case_steps": 1,
+                  "sigmas": [0.0, 1e-4, 1e-3, 1e-2, 0.1], "label_column": "topic", "basin_docs": 16, "n_resamples": 100},
 }
 
 
@@ -69,13 +68,10 @@ def analyze_every(manifest, out):
     """Run every registered analysis on ``manifest`` into the results folder ``out`` with :data:`SMALL_OPTIONS`."""
     from plastiscope.demo.corpus import load_corpus
     from plastiscope.pipeline import analyze
-    from plastiscope.runner import Inputs, available_analyses, get_analysis
+    from plastiscope.runner import Inputs, available_analyses
 
     names = available_analyses()
-    options = {}
-    for name in names:
-        declared = get_analysis(name).options.options
-        options[name] = {k: v for k, v in SMALL_OPTIONS.get(name, {}).items() if k in declared}
+    options = {name: SMALL_OPTIONS.get(name, {}) for name in names}  # an option an analysis no longer has is refused
     inputs = Inputs(data=load_corpus("probe", 120), train_data=load_corpus("train", 400).head(64),
                     val_data=load_corpus("validation", 164).subset(range(100, 164)), finetune_data=load_corpus("finetune"))
     results, failures = analyze(manifest, out, names, inputs, options, progress=False)

@@ -33,6 +33,7 @@ from plastiscope.landscape import (
     perturbed_scores,
     rank_loss_pieces,
     worst_case_scores,
+    worst_so_far,
 )
 from plastiscope.landscape.basin import mean_basin_sigma
 from plastiscope.losses import sequence_loss
@@ -336,6 +337,13 @@ def test_random_basin_of_a_quadratic_matches_the_expected_drop_under_gaussian_no
     assert all(torch.count_nonzero(p) == 0 for p in params)  # restored
 
 
+def test_worst_case_curve_keeps_the_worst_score_found_within_each_radius():
+    accuracy = [0.28, 0.28, 0.67, 0.25, 0.72, 0.0]
+    assert worst_so_far(accuracy, higher_is_better=True).tolist() == [0.28, 0.28, 0.28, 0.25, 0.25, 0.0]
+    loss = [2.9, 3.1, 3.0, 3.4]
+    assert worst_so_far(loss, higher_is_better=False).tolist() == [2.9, 3.1, 3.1, 3.4]
+
+
 def test_worst_case_basin_of_a_quadratic_follows_its_top_eigenvector():
     d = 300
     spectrum = np.concatenate([[8.0, 5.0], np.random.default_rng(3).uniform(-1, 3, d - 2)])
@@ -510,6 +518,9 @@ def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
         assert "objective=loss, direction=random, sigma=0.01" in set(random.variant)
         worst = curves[curves.direction == "worst_case"]
         assert set(worst.n) == {1} and worst.ci_low.isna().all() and set(worst.objective) == {"loss", "accuracy"}
+        for objective, sign in (("loss", 1), ("accuracy", -1)):  # the worst found within a growing ball never recovers
+            along = sign * worst[worst.objective == objective].sort_values("sigma").value.to_numpy()
+            assert np.all(np.diff(along) >= 0), (objective, along)
         # sigma = 0 is the checkpoint itself: the batch loss (from the logits) and the task's accuracy (by hand)
         ids = fixed_batch(checkpoint, train, 8)
         tokens, mask = pad(ids, checkpoint.tokenizer.pad_token_id)

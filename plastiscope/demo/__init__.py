@@ -36,7 +36,7 @@ QUICK_ANALYSIS_OPTIONS = {
     "probes": {"label_column": "pos", "mdl": False},
     "overfit": {"prefix_tokens": 16, "continuation_tokens": 8, "memorization_max_docs": 128},
     "plasticity": {"label_column": "topic", "steps": 40, "train_docs": 640, "select_docs": 64, "eval_docs": 256},
-    "landscape": {"power_iterations": 10, "trace_probes": 4, "n_directions": 2},
+    "landscape": {"lanczos_steps": 10, "trace_probes": 4, "n_directions": 2, "worst_case_steps": 1},
 }
 N_DOCS = 1000
 QUICK_N_DOCS = 300
