@@ -1,4 +1,4 @@
-"""The ``plastiscope`` command: train-sweep, analyze, report, compare, demo.
+"""The ``plastiscope`` command: train-sweep, analyze, report, compare, options, demo.
 
 Exit codes:
 
@@ -279,6 +279,27 @@ def compare(
             _fail(err)
         raise
     typer.echo(format_agreement(table))
+
+
+@app.command()
+def options(
+    analysis: str | None = typer.Argument(None, help="One analysis (default: every analysis)."),
+) -> None:
+    """List each analysis's options (``-o ANALYSIS.KEY=VALUE``): default, what a value must be, what it means."""
+    import json
+
+    from plastiscope.runner import available_analyses, get_analysis
+
+    if analysis is not None:
+        try:
+            get_analysis(analysis)
+        except ValueError as err:
+            _fail(err)
+    names = [analysis] if analysis is not None else available_analyses()
+    for name in names:
+        typer.echo(name)
+        for key, option in get_analysis(name).options.options.items():
+            typer.echo(f"  {name}.{key}={json.dumps(option.default)}  ({option.constraint.description}) {option.doc}")
 
 
 @app.command()

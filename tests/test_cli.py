@@ -93,3 +93,17 @@ def test_exit_code_3_when_some_checkpoint_fails(tiny_manifest, tmp_path):
     result = _analyze(root / "manifest.csv", out, "--analyses", "attention_weights")
     assert result.exit_code == 0, result.output
     assert not (out / "failures.csv").exists() and set(load_results(out)["checkpoint"]) == {"wd-0", "wd-0.1", "wd-1"}
+
+
+def test_options_lists_every_declared_option_with_its_default():
+    from plastiscope.runner import available_analyses, get_analysis
+
+    listed = runner.invoke(app, ["options"])
+    assert listed.exit_code == 0, listed.output
+    for name in available_analyses():
+        for key, option in get_analysis(name).options.options.items():
+            assert f"{name}.{key}={json.dumps(option.default)} " in listed.output
+    one = runner.invoke(app, ["options", "overfit"])
+    assert one.exit_code == 0 and "overfit.prefix_tokens=" in one.output and "probes." not in one.output
+    bad = runner.invoke(app, ["options", "overfits"])
+    assert bad.exit_code == 2 and "unknown analysis 'overfits'" in bad.output
