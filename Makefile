@@ -15,9 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,ray]"
 	touch $@
 
-# The demo: 4 weight decays x 2 seeds of a 100k-parameter Llama, 20 tokens per parameter in one epoch, trained
+# The demo: 4 weight decays x 2 seeds of a 78k-parameter Llama, 20 tokens per parameter in one epoch, trained
 # two runs at a time (one process and one torch thread each), every analysis in two processes, the report.
-# About 8 minutes on two quiet cores; demo.json records the seconds each part took. A rerun reuses everything.
+# demo.json records the seconds each part took (README: measured times). A rerun reuses everything.
 demo: install
 	$(VENV)/bin/plastiscope demo --out $(DEMO_OUT)
 

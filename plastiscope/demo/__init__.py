@@ -7,8 +7,8 @@ the report.
 
 The sweep, in the regime of Han et al. 2026 (arXiv 2602.11137: compute-optimal, single epoch,
 AdamW, cosine) at a size two CPU cores train in minutes: weight decays 0, 0.1, 0.3 and 1 x seeds
-0 and 1 of a Llama-style model of 100,080 parameters (2 layers, width 48, a 512-token BPE
-vocabulary; 50,928 without the embeddings), 900 steps of 64 glosses: about 2.0M tokens, 20 per
+0 and 1 of a Llama-style model of 77,640 parameters (2 layers, width 40, a 512-token BPE
+vocabulary; 36,680 without the embeddings), 700 steps of 64 glosses: about 1.56M tokens, 20 per
 parameter, every gloss seen once; peak learning rate 1e-2, cosine to a tenth. ``quick``: weight
 decays 0, 0.1 and 1 x 2 seeds of 57,504 parameters, 300 steps of 32 glosses (about 6 tokens per
 parameter).
