@@ -71,7 +71,9 @@ case).
   mean over directions for random ones) stays ``<= tau`` (``accuracy_tau`` or ``loss_tau``,
   detail ``tau``), interpolated linearly on the grid. Detail ``censored``: True when the drop
   never exceeds ``tau`` on the grid, so the radius is at least the value given (the grid's
-  last ``sigma``). Random directions: bootstrap 95 % interval over directions (``n``); the
+  last ``sigma``). Detail ``below_grid``: True when the drop exceeds ``tau`` already at the
+  grid's first ``sigma > 0``, so the radius is interpolated between 0 and that ``sigma`` (add
+  smaller sigmas to resolve it). Random directions: bootstrap 95 % interval over directions (``n``); the
   documents are fixed (the same for every checkpoint), so the interval does not cover their
   sampling. Higher is better: a wider basin.
 
@@ -323,8 +325,9 @@ def basin_records(
                         "sigma": float(sigma)} | variant)
     radius, censored = basin_sigma(sigmas, drop.mean(axis=0), tau)
     _, low, high = bootstrap_ci(drop, statistic=lambda d: mean_basin_sigma(sigmas, d, tau), **boot)
+    below_grid = not censored and radius <= sigmas[1]  # past tau already at the grid's first sigma > 0
     records.append({"metric": "basin_sigma", "value": radius, "ci_low": float(low), "ci_high": float(high), "n": len(curves),
-                    "tau": tau, "censored": censored} | variant)
+                    "tau": tau, "censored": censored, "below_grid": below_grid} | variant)
     return records
 
 

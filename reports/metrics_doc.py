@@ -155,7 +155,8 @@ METRICS: dict[str, MetricDoc] = {
     "basin_sigma": MetricDoc(
         "Basin radius sigma: the largest scale of weight noise (Gaussian, rescaled to a standard Gaussian's norm; random or "
         "worst-case directions, variant 'direction') under which the expected drop of the objective (variant 'objective') "
-        "stays within the threshold; wider = more room to fine-tune.",
+        "stays within the threshold; wider = more room to fine-tune. Sigma is in weight units: weights that weight decay "
+        "shrinks are moved relatively more by the same sigma, so across weight decays read it beside adaptive sharpness.",
         None, _BASIN),
     "basin_curve": MetricDoc("The objective under weight noise of each scale sigma (the curve the basin radius is read from).",
                              None, _BASIN),

@@ -72,9 +72,10 @@ PANELS = (
           "run the overfit analysis (--train-data and --val-data)"),
     Panel("sharpness", "Sharpness: adaptive max eigenvalue", "landscape", "adaptive_max_eigenvalue", "fall",
           "related work (Kwon et al. 2021; Andriushchenko et al. 2023), not Han et al.",
-          "run the landscape analysis (--train-data)"),
+          "run the landscape analysis (--train-data) with lanczos_steps > 0"),
     Panel("basin", "Basin radius σ (loss, random directions)", "landscape", "basin_sigma", "rise",
-          "related work (Chen et al. 2025), not Han et al.", "run the landscape analysis (--train-data)",
+          "related work (Chen et al. 2025), not Han et al.",
+          "run the landscape analysis (--train-data) with n_directions > 0",
           (("objective", "loss"), ("direction", "random"))),
 )
 

@@ -35,6 +35,7 @@ from plastiscope.landscape import (
     worst_case_scores,
     worst_so_far,
 )
+from plastiscope.landscape.analysis import basin_records
 from plastiscope.landscape.basin import mean_basin_sigma
 from plastiscope.losses import sequence_loss
 from plastiscope.runner import Inputs, run_analyses
@@ -335,6 +336,14 @@ def test_random_basin_of_a_quadratic_matches_the_expected_drop_under_gaussian_no
     found = float(mean_basin_sigma(sigmas, drops(curves, higher_is_better=False), tau))
     assert found == pytest.approx(math.sqrt(2 * tau / np.trace(a)), rel=0.03)
     assert all(torch.count_nonzero(p) == 0 for p in params)  # restored
+
+
+def test_a_basin_narrower_than_the_grid_is_flagged():
+    boot = {"n_resamples": 50, "seed": 0}
+    narrow = basin_records("loss", "worst_case", [0.0, 0.01, 0.1], np.array([[3.0, 3.5, 4.0]]), False, 0.1, boot)[-1]
+    assert narrow["value"] == pytest.approx(0.002) and narrow["below_grid"] and not narrow["censored"]
+    resolved = basin_records("loss", "worst_case", [0.0, 0.01, 0.1], np.array([[3.0, 3.05, 3.5]]), False, 0.1, boot)[-1]
+    assert resolved["value"] == pytest.approx(0.01 + 0.09 * 0.05 / 0.45) and not resolved["below_grid"]
 
 
 def test_worst_case_curve_keeps_the_worst_score_found_within_each_radius():
