@@ -15,16 +15,16 @@ analysis or extra column appears without report code changes.
   metric table for Jupyter; :func:`export_figures` — figure files and their data.
 - :func:`association_table` — every series against the axis and the outcome, with intervals
   and multiple-comparison-aware p-values.
-- :func:`sweep_agreement` / :func:`write_agreement` — how a proxy sweep ranks configurations
+- :func:`sweep_agreement` / :func:`format_agreement` / :func:`write_agreement` — how a proxy sweep ranks configurations
   against a target sweep (Spearman with intervals, top-k decision regret).
 - :func:`describe_metric` / ``METRICS`` — the metric definitions shown in the methods section.
 """
 
-from plastiscope.reports.agreement import sweep_agreement, write_agreement
+from plastiscope.reports.agreement import format_agreement, sweep_agreement, write_agreement
 from plastiscope.reports.batch import write_reports
 from plastiscope.reports.correlate import association_table
 from plastiscope.reports.metrics_doc import METRICS, MetricDoc, describe_metric
 from plastiscope.reports.report import export_figures, figures, summary, write_report
 
 __all__ = ["write_report", "write_reports", "figures", "summary", "export_figures", "association_table", "sweep_agreement",
-           "write_agreement", "describe_metric", "METRICS", "MetricDoc"]
+           "format_agreement", "write_agreement", "describe_metric", "METRICS", "MetricDoc"]
