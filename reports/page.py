@@ -153,11 +153,13 @@ def best_html(prep: Prepared, best: Best) -> str:
         head = f"<p class='ps-tradeoff'><b>Best before fine-tuning</b> by {esc(name)}: {_config(first)}. "
         if len(found):
             worse = found.iloc[0]
-            ref = best.after.set_index("_config").loc[first["_config"], "value"]
+            ref = best.after.set_index("_config").loc[first["_config"]]
             others = f" ({len(found) - 1} more such configuration(s))" if len(found) > 1 else ""
+            unsettled = _overlap(means.set_index("_config").loc[worse["_config"]], first) or _overlap(worse, ref)
+            note = "; their seed ranges overlap before or after, so it is not settled" if unsettled else ""
             parts.append(head + f"<b class='ps-flag'>Trade-off</b> (Han et al.): <code>{esc(worse['_config_label'])}</code> is worse "
                          f"before fine-tuning ({esc(name)} {worse['before']:.4g} vs {first['value']:.4g}) but better after it "
-                         f"({worse['value']:.4g} vs {ref:.4g}){esc(others)}.</p>")
+                         f"({worse['value']:.4g} vs {ref['value']:.4g}){esc(note)}{esc(others)}.</p>")
         elif first["_config"] == top["_config"]:
             parts.append(head + "No trade-off: the best before fine-tuning is also the best after it.</p>")
         else:

@@ -180,6 +180,17 @@ def test_best_after_finetuning_and_the_tradeoff(tmp_path):
     assert re.search(r"Best after fine-tuning.*?<code>weight_decay=1</code> 1\.6", decision)
     assert re.search(r"Best before fine-tuning</b> by validation loss: <code>weight_decay=0</code> 3", decision)
     assert "Trade-off" in decision and "(validation loss 3.4 vs 3) but better after it (1.6 vs 2.4)" in decision
+    assert "not settled" not in decision
+    # two seeds per configuration: a trade-off within the seeds' ranges is flagged as not settled
+    seeds, wds = [0, 1] * 3, [0.0, 0.0, 0.1, 0.1, 1.0, 1.0]
+    close = _frame({"downstream_loss_after": [2.40, 2.50, 2.38, 2.48, 2.60, 2.70], "val_loss": [3.0, 3.2, 3.1, 3.3, 3.5, 3.6]},
+                   wds=wds, seeds=seeds)
+    noisy = re.search(r"id='decision'>(.*?)</div>", _text(write_report(close, tmp_path / "c.html")), re.S).group(1)
+    assert "Trade-off" in noisy and "their seed ranges overlap before or after, so it is not settled" in noisy
+    apart = _frame({"downstream_loss_after": [2.40, 2.41, 2.00, 2.01, 2.60, 2.70], "val_loss": [3.0, 3.01, 3.5, 3.51, 3.8, 3.9]},
+                   wds=wds, seeds=seeds)
+    settled = re.search(r"id='decision'>(.*?)</div>", _text(write_report(apart, tmp_path / "s.html")), re.S).group(1)
+    assert "Trade-off" in settled and "not settled" not in settled
     aligned = _text(write_report(_frame({"downstream_loss_after": val, "val_loss": val}), tmp_path / "a.html"))
     assert "No trade-off" in aligned and "Trade-off</b>" not in aligned
     absent = _text(write_report(_frame({"val_loss": val, "loss_gap": after}), tmp_path / "n.html"))
