@@ -95,9 +95,9 @@ def child(d_model: int, pos: int, args: argparse.Namespace) -> dict:
     from plastiscope.runner import Inputs
 
     torch.set_num_threads(1)
-    tokenizer = train_tokenizer(load_corpus("train", 2000).texts, 2048)
+    tokenizer = train_tokenizer(load_corpus("train", 20000).texts, args.vocab)  # a tokenizer that fills the vocabulary
     config = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=d_model, intermediate_size=256 * round(8 * d_model / 3 / 256), num_hidden_layers=args.layers,
+        vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=256 * round(8 * d_model / 3 / 256), num_hidden_layers=args.layers,
         num_attention_heads=args.heads, num_key_value_heads=args.heads, max_position_embeddings=pos,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
