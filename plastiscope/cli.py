@@ -13,9 +13,11 @@ Exit codes:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -35,11 +37,24 @@ def _folder(path: Path, flag: str) -> None:
         raise ValueError(f"{flag} {path}: a file, not a folder; pass a folder (it is created if missing)")
 
 
-def _bad_input(err: Exception) -> bool:
+@contextlib.contextmanager
+def _bad_input_exits() -> Iterator[None]:
+    """Bad input raised inside (a missing file, a broken checkpoint or data file, a bad value) ends the command
+    with exit code 2 and its one-line reason; anything else propagates."""
     from plastiscope.checkpoint import CheckpointError
     from plastiscope.data import DataError
 
-    return isinstance(err, (CheckpointError, DataError, FileNotFoundError, ValueError, KeyError))
+    try:
+        yield
+    except (CheckpointError, DataError, FileNotFoundError, ValueError, KeyError) as err:
+        _fail(err)
+
+
+def _existing_results(paths: list[Path]) -> None:
+    """Refuse a results folder that does not exist, with the command that makes it."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such results folder; run `plastiscope analyze ... --out {missing[0]}` first")
 
 
 @app.callback()
@@ -103,25 +118,22 @@ def train_sweep_cmd(
                 raise ValueError(f"{flag}: {item!r} is not {noun}; write comma-separated values, e.g. {flag} {examples[flag]}") from None
         return tuple(values)
 
-    try:
-        _folder(out, "--out")
-        if learning_rate is not None and not learning_rate > 0:
-            raise ValueError(f"--learning-rate {learning_rate}: must be a number > 0")
-        fields = dict(QUICK if quick else DEMO)
-        for name, (text, kind, noun) in lists.items():
-            if text is not None:
-                fields[name] = parse_list(flags[name], text, kind, noun)
-        numbers = {"decay_fraction": decay_fraction, "steps": steps, "warmup_steps": warmup_steps, "learning_rate": learning_rate}
-        fields.update({k: v for k, v in numbers.items() if v is not None}, decay_all=decay_all)
-        manifest = train_sweep(out, TrainConfig(**fields), workers=workers)
-    except ConfigError as err:
-        _fail(ValueError(f"{flags.get(err.field, err.field)}: {err.reason}"))
-    except DivergedError as err:
-        _fail(err)
-    except Exception as err:
-        if _bad_input(err):
+    with _bad_input_exits():
+        try:
+            _folder(out, "--out")
+            if learning_rate is not None and not learning_rate > 0:
+                raise ValueError(f"--learning-rate {learning_rate}: must be a number > 0")
+            fields = dict(QUICK if quick else DEMO)
+            for name, (text, kind, noun) in lists.items():
+                if text is not None:
+                    fields[name] = parse_list(flags[name], text, kind, noun)
+            numbers = {"decay_fraction": decay_fraction, "steps": steps, "warmup_steps": warmup_steps, "learning_rate": learning_rate}
+            fields.update({k: v for k, v in numbers.items() if v is not None}, decay_all=decay_all)
+            manifest = train_sweep(out, TrainConfig(**fields), workers=workers)
+        except ConfigError as err:
+            _fail(ValueError(f"{flags.get(err.field, err.field)}: {err.reason}"))
+        except DivergedError as err:
             _fail(err)
-        raise
     typer.echo(str(manifest))
 
 
@@ -168,7 +180,7 @@ def analyze(
     from plastiscope.pipeline import analyze as run
     from plastiscope.runner import Inputs
 
-    try:
+    with _bad_input_exits():
         _folder(out, "--out")
         if pooling not in ("mean", "last"):
             raise ValueError(f"--pooling {pooling!r}: choose mean or last")
@@ -189,10 +201,6 @@ def analyze(
                                 config={"source": str(source), "max_docs": max_docs, "text_column": text_column,
                                         "device": device, "dtype": dtype, "device_map": device_map},
                                 executor=executor, executor_options=ray_options if executor == "ray" else None)
-    except Exception as err:
-        if _bad_input(err):
-            _fail(err)
-        raise
     for row in failures.itertuples():
         typer.echo(f"skipped {row.checkpoint} ({row.analysis}): {row.error}", err=True)
     typer.echo(f"{len(results)} rows -> {out / 'metrics.parquet'}")
@@ -228,26 +236,20 @@ def report(
     """Write self-contained HTML reports (plotly embedded, opens offline)."""
     from plastiscope import reports
 
-    try:
+    with _bad_input_exits():
         if (out is None) == (out_dir is None):
             raise ValueError("pass exactly one of --out FILE or --out-dir DIR")
         if out is not None and out.is_dir():
             raise ValueError(f"--out {out}: a folder; --out names the HTML file to write (or use --out-dir {out})")
         if out_dir is not None:
             _folder(out_dir, "--out-dir")
-        missing = [str(r) for r in results if not r.exists()]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]}: no such results folder; run `plastiscope analyze ... --out {missing[0]}` first")
+        _existing_results(results)
         formats = tuple(f for f in format.split(",") if f)
         if out is not None:
             source = results[0] if len(results) == 1 else results
             path = reports.write_report(source, out, group_by=group_by, formats=tuple(f for f in formats if f != "html"), x=x)
         else:
             path = reports.write_reports(results, out_dir, group_by=group_by, formats=formats, x=x)
-    except Exception as err:
-        if _bad_input(err):
-            _fail(err)
-        raise
     typer.echo(str(path))
 
 
@@ -265,19 +267,13 @@ def compare(
     from plastiscope import reports
     from plastiscope.reports.agreement import format_agreement
 
-    try:
-        missing = [str(r) for r in (proxy, target) if not r.exists()]
-        if missing:
-            raise FileNotFoundError(f"{missing[0]}: no such results folder; run `plastiscope analyze ... --out {missing[0]}` first")
+    with _bad_input_exits():
+        _existing_results([proxy, target])
         table = reports.sweep_agreement(proxy, target, key, by=by, top_k=top_k)
         if out is not None:
             typer.echo(f"report: {reports.write_agreement(table, out)}")
         if csv is not None:
             table.to_csv(csv, index=False)
-    except Exception as err:
-        if _bad_input(err):
-            _fail(err)
-        raise
     typer.echo(format_agreement(table))
 
 
@@ -291,10 +287,8 @@ def options(
     from plastiscope.runner import available_analyses, get_analysis
 
     if analysis is not None:
-        try:
+        with _bad_input_exits():
             get_analysis(analysis)
-        except ValueError as err:
-            _fail(err)
     names = [analysis] if analysis is not None else available_analyses()
     for name in names:
         typer.echo(name)
