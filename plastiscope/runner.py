@@ -41,6 +41,7 @@ from plastiscope.activations import Consumer, run_pass
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents
 from plastiscope.memo import FileHashes, Memo, using_file_hashes
+from plastiscope.metrics import Metric
 from plastiscope.options import OptionTable, validate
 from plastiscope.results import ResultsStore, identity, stamp, tidy
 
@@ -90,7 +91,8 @@ class Analysis:
       (``task``, ``pooling``, ...): every other extra column is per-row detail;
     - ``fingerprint(options) -> dict``: what the results depend on besides the checkpoint, the
       options and the inputs (e.g. the content hash of a reference model an option names);
-      it becomes part of the cache key, computed once per run before any model loads.
+      it becomes part of the cache key, computed once per run before any model loads;
+    - ``metrics``: the declared metrics (:mod:`plastiscope.metrics`), recorded with its results.
     """
 
     name: str
@@ -100,6 +102,7 @@ class Analysis:
     variants: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
     fingerprint: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    metrics: tuple[Metric, ...] = ()
 
 
 # name -> "module:attribute"; imported lazily so one analysis never breaks another.
