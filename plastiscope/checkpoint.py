@@ -32,7 +32,8 @@ import json
 import math
 import re
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,65 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be used: the message names the path and the fix."""
 
 
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Everything that makes a folder checkpoint what it is, picklable and hashable: what another
+    process needs to rebuild it (:meth:`checkpoint`), built by :meth:`Checkpoint.spec`.
+
+    ``path`` is the model folder (for a Hugging Face cache checkpoint, the snapshot its revision
+    resolved to); ``repo``, ``revision`` and ``cache_dir`` say where in the cache it came from.
+    ``hyperparameters`` are ``(key, value)`` pairs without ``weight_decay`` (lists frozen to
+    tuples, mappings to sorted pairs); ``dtype`` is a torch dtype's name (``"float32"``);
+    ``device_map`` is ``None``, a string (``"auto"``) or a mapping frozen to sorted pairs.
+    """
+
+    name: str
+    weight_decay: float
+    hyperparameters: tuple[tuple[str, Any], ...] = ()
+    path: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    cache_dir: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    device_map: str | tuple[tuple[str, Any], ...] | None = None
+
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint this spec describes, placed on its device, dtype and device map (not loaded yet).
+
+        A spec with a ``repo`` and no ``path`` resolves its revision in the cache now.
+        """
+        path = Path(self.path) if self.path is not None else None
+        if path is None and self.repo is not None:
+            path = hf_snapshot(self.repo, self.revision or "main", self.cache_dir)
+        if path is None:
+            raise CheckpointError(f"{self.name}: the spec names no folder (path) nor cache repository (repo); give one")
+        dtype = getattr(torch, self.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError(f"{self.name}: dtype {self.dtype!r} is not a torch dtype; choose from {', '.join(DTYPES)}")
+        device_map = dict(self.device_map) if isinstance(self.device_map, tuple) else self.device_map
+        checkpoint = Checkpoint(self.name, self.weight_decay, {k: _thaw(v) for k, v in self.hyperparameters}, path=path,
+                                device=self.device, dtype=dtype)  # fmt: skip
+        checkpoint.device_map = device_map
+        checkpoint.repo, checkpoint.revision = self.repo, self.revision
+        checkpoint.cache_dir = Path(self.cache_dir) if self.cache_dir is not None else None
+        return checkpoint
+
+
+def _freeze(value: Any) -> Any:
+    """A hashable stand-in for a hyperparameter or device-map value: lists to tuples, mappings to sorted pairs."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple, set)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """Tuples back to lists (a hyperparameter read from JSON or YAML is a list, never a tuple)."""
+    return [_thaw(v) for v in value] if isinstance(value, tuple) else value
+
+
 class Checkpoint:
     """One model of a sweep: ``name``, ``weight_decay``, ``hyperparameters``; the model loads lazily.
 
@@ -90,6 +150,10 @@ class Checkpoint:
         self.device = device
         self.dtype = dtype
         self.device_map: str | dict | None = None
+        # where in the Hugging Face cache a folder came from (from_hf_cache): repository, revision, cache folder
+        self.repo: str | None = None
+        self.revision: str | None = None
+        self.cache_dir: Path | None = None
         self._model = model  # in-memory model handed over from a notebook
         self._tokenizer = tokenizer
         self._bridge = None
@@ -159,9 +223,12 @@ class Checkpoint:
         label = hyperparameters.get("label")
         name = name or (str(label) if label not in (None, "") and not _isnan(label) else f"{repo}@{revision}")
         try:
-            return cls.from_pretrained(snapshot, weight_decay=weight_decay, name=name, **hyperparameters)
+            checkpoint = cls.from_pretrained(snapshot, weight_decay=weight_decay, name=name, **hyperparameters)
         except CheckpointError as err:
             raise CheckpointError(f"{repo}@{revision}: {err}") from None
+        checkpoint.repo, checkpoint.revision = str(repo), str(revision)
+        checkpoint.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        return checkpoint
 
     @classmethod
     def from_model(
@@ -180,6 +247,24 @@ class Checkpoint:
             raise CheckpointError("from_model: weight_decay is required (pass weight_decay=...)")
         name = name or hyperparameters.get("label") or f"model-{id(model):x}"
         return cls(name, weight_decay, hyperparameters, model=model, tokenizer=tokenizer)
+
+    def spec(self) -> CheckpointSpec:
+        """What another process needs to rebuild this checkpoint (:meth:`CheckpointSpec.checkpoint`).
+
+        Folders and Hugging Face cache revisions only: an in-memory model (:meth:`from_model`)
+        cannot travel to another process (save it with ``save_pretrained`` and use the folder).
+        """
+        if self.path is None:
+            raise CheckpointError(
+                f"{self.where}: an in-memory model cannot be rebuilt in another process; save it with "
+                f"model.save_pretrained(folder) and tokenizer.save_pretrained(folder), then use Checkpoint.from_pretrained(folder)"
+            )
+        hyper = tuple((str(k), _freeze(v)) for k, v in self.hyperparameters.items() if k != "weight_decay")
+        return CheckpointSpec(
+            name=self.name, weight_decay=self.weight_decay, hyperparameters=hyper, path=str(self.path), repo=self.repo,
+            revision=self.revision, cache_dir=str(self.cache_dir) if self.cache_dir is not None else None,
+            device=str(self.device), dtype=str(self.dtype).removeprefix("torch."), device_map=_freeze(self.device_map),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ loading
     def to(self, device: str | None = None, dtype: str | torch.dtype | None = None, device_map: str | dict | None = None) -> Checkpoint:

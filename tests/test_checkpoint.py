@@ -238,3 +238,32 @@ def test_manifest_syntax_errors_name_the_line(tmp_path):
     (tmp_path / "n.csv").write_text("path,weight_decay\na,0.1,extra\n")
     with pytest.raises(CheckpointError, match=r"n.csv:2: 3 fields where the header has 2"):
         Sweep.from_manifest(tmp_path / "n.csv")
+
+
+def test_spec_round_trips_every_field_through_pickle(good_folder, tmp_path):
+    """A checkpoint's spec survives pickling and rebuilds a checkpoint with every field equal, device_map included."""
+    import pickle
+
+    from plastiscope.checkpoint import CheckpointSpec
+
+    ckpt = Checkpoint.from_pretrained(good_folder, weight_decay=0.3, label="wd0.3", seed=7, step=100, tags=["a", "b"])
+    ckpt.to(device="cpu", dtype="bfloat16", device_map={"model.embed_tokens": "cpu", "lm_head": 0})
+    ckpt.repo, ckpt.revision, ckpt.cache_dir = "org/model", "step100", tmp_path / "hub"
+    spec = ckpt.spec()
+    assert isinstance(spec, CheckpointSpec) and hash(spec) == hash(pickle.loads(pickle.dumps(spec)))
+    back = pickle.loads(pickle.dumps(spec))
+    assert back == spec
+    rebuilt = back.checkpoint()
+    fields = ("name", "weight_decay", "hyperparameters", "path", "repo", "revision", "cache_dir", "device", "dtype", "device_map")
+    for field in fields:
+        assert getattr(rebuilt, field) == getattr(ckpt, field), field
+    assert rebuilt.device_map == {"model.embed_tokens": "cpu", "lm_head": 0} and rebuilt.dtype is torch.bfloat16
+    assert rebuilt.hyperparameters["tags"] == ["a", "b"] and rebuilt.spec() == spec
+    assert rebuilt._bridge is None  # not loaded until used
+
+
+def test_spec_of_in_memory_model_is_refused(tokenizer):
+    model = ARCHITECTURES["gpt2"](len(tokenizer)).eval()
+    ckpt = Checkpoint.from_model(model, tokenizer, weight_decay=0.1, name="mem")
+    with pytest.raises(ValueError, match="in-memory model cannot be rebuilt in another process.*save_pretrained"):
+        ckpt.spec()

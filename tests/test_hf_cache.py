@@ -125,3 +125,19 @@ def test_manifest_rows_from_the_cache(hub, tmp_path):
     assert sweep.errors[0]["checkpoint"] == f"{REPO}@step9" and "no ref for revision 'step9'" in sweep.errors[0]["error"]
     (tmp_path / "both.csv").write_text(f"path,repo,weight_decay\nx,{REPO},0\n")
     assert "has both 'path' and 'repo'" in Sweep.from_manifest(tmp_path / "both.csv").errors[0]["error"]
+
+
+def test_spec_of_a_cache_revision_rebuilds_it(hub):
+    """The spec keeps repository, revision and cache folder; without a path it resolves the revision again."""
+    import dataclasses
+    import pickle
+
+    from plastiscope import Checkpoint
+
+    cache, _ = hub
+    ckpt = Checkpoint.from_hf_cache(REPO, "step1000", cache_dir=cache, weight_decay=0.01)
+    spec = pickle.loads(pickle.dumps(ckpt.spec()))
+    assert (spec.repo, spec.revision, spec.cache_dir) == (REPO, "step1000", str(cache))
+    assert spec.path == str(cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / _commit(1))
+    assert spec.checkpoint().spec() == spec
+    assert dataclasses.replace(spec, path=None).checkpoint().spec() == spec
