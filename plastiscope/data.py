@@ -14,6 +14,12 @@ list of strings. Files are UTF-8 (a byte that is not names its line). CSV follow
 the sign of an unbalanced quote); TSV has no quoting at all (a quote is a character), so one
 stray quote never merges rows. A row with more or fewer fields than the header, a JSONL line
 that is not an object or lacks the text field are errors naming the line.
+
+**Fine-tuning records.** Records without the text column but with ``prompt`` and ``response``
+fields, or a chat ``messages`` list (``[{"role": ..., "content": ...}, ...]`` ending with an
+``assistant`` message), are prompt/response documents (supervised fine-tuning data): the text
+is the prompt followed by the response (:func:`render_messages` writes a chat as plain text) and
+the fields stay as columns, from which :mod:`plastiscope.downstream` builds the sequences.
 """
 
 from __future__ import annotations
@@ -206,12 +212,50 @@ def read_table(path: Path, text: str, delimiter: str) -> list[tuple[int, dict[st
     return rows
 
 
+SFT_COLUMNS = (("prompt", "response"), ("messages",))
+
+
+def sft_columns(columns: Sequence[str]) -> tuple[str, ...] | None:
+    """The prompt/response columns present (``("prompt", "response")`` or ``("messages",)``), or None."""
+    return next((c for c in SFT_COLUMNS if all(name in columns for name in c)), None)
+
+
+def render_messages(messages: Sequence[dict[str, str]]) -> tuple[str, str]:
+    """``(prompt, response)`` of a chat without a chat template: ``"{role}: {content}\n"`` per earlier message,
+    then ``"{role}: "`` of the last one (the prompt), and the last message's content (the response)."""
+    prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages[:-1]) + f"{messages[-1]['role']}: "
+    return prompt, messages[-1]["content"]
+
+
+def _check_sft(record: dict[str, Any], columns: tuple[str, ...], where: str) -> str:
+    """The plain text of a prompt/response or chat record (prompt then response); a clear error for a malformed one."""
+    if columns == ("messages",):
+        messages = record.get("messages")
+        ok = isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages)
+        if not ok:
+            raise DataError(f'{where}: "messages" must be a non-empty list of {{"role": ..., "content": ...}} objects with text values')
+        if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+            raise DataError(f'{where}: the last message must be a non-empty "assistant" message (the response fine-tuning learns)')
+        return "".join(render_messages(messages))
+    prompt, response = record.get("prompt"), record.get("response")
+    if not isinstance(prompt, str) or not isinstance(response, str) or not response.strip():
+        raise DataError(f'{where}: "prompt" and "response" must be texts and the response non-empty')
+    return prompt + response
+
+
 def _from_records(records: list[dict[str, Any]], text_column: str, source: str, lines: Sequence[int] | None = None) -> Documents:
     names: list[str] = []
     for record in records:
         names += [k for k in record if k not in names]
+    sft = sft_columns(names) if text_column not in names else None
+    if sft is not None:  # prompt/response or chat records: the text is prompt + response, the columns stay
+        texts = [_check_sft(r, sft, f"{source}:{lines[i]}" if lines is not None else f"{source} (row {i + 1})")
+                 for i, r in enumerate(records)]
+        return Documents(texts, {n: [r.get(n) for r in records] for n in names}, source)
     if records and text_column not in names:
-        raise DataError(f"{source}: no text column {text_column!r}; columns are {sorted(names)} (pass --text-column / text_column=)")
+        raise DataError(f"{source}: no text column {text_column!r}; columns are {sorted(names)} (pass --text-column / text_column=, "
+                        f"or give prompt/response or chat messages fields for fine-tuning)")
     texts = []
     for i, record in enumerate(records):
         where = f"{source}:{lines[i]}" if lines is not None else f"{source} (row {i + 1})"

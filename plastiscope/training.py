@@ -87,7 +87,7 @@ def learning_rate(
 def train(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    batch: Callable[[int], tuple[torch.Tensor, ...]],
     steps: int,
     lr: Callable[[int], float] | None = None,
     clip: float | None = 1.0,
@@ -97,7 +97,9 @@ def train(
     """Train ``model`` for ``steps`` steps; return the loss of every step taken.
 
     ``batch(step) -> (tokens, mask)`` gives each step's batch ``[batch, pos]`` (on the model's
-    device); ``lr(step)`` the learning rate (None keeps the optimizer's); ``clip`` the gradient
+    device); ``(tokens, mask, loss_mask)`` trains on the tokens where ``loss_mask`` is True only
+    (a response-only loss, :func:`plastiscope.losses.sequence_loss`); ``lr(step)`` the learning
+    rate (None keeps the optimizer's); ``clip`` the gradient
     norm bound; ``autocast`` a lower-precision dtype for the forward (master weights stay as they
     are); ``on_step(step, loss)`` is called after each step. Stops early, with the non-finite
     loss as the last entry, when the loss diverges. The model is left in eval mode.
@@ -110,10 +112,10 @@ def train(
         if lr is not None:
             for group in optimizer.param_groups:
                 group["lr"] = lr(step)
-        tokens, mask = batch(step)
+        tokens, mask, *loss_mask = batch(step)
         context = torch.autocast(device_type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
         with context:
-            loss = sequence_loss(model, tokens, mask)
+            loss = sequence_loss(model, tokens, mask, *loss_mask)
         history.append(float(loss.detach()))
         if not math.isfinite(history[-1]):
             break
