@@ -3,17 +3,31 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= plastiscope-demo
 
-.PHONY: install demo demo-quick test browser bench
+LOCK := constraints.txt
+
+.PHONY: install demo demo-quick test browser bench lock
 
 install: $(VENV)/.installed
 
-# torch first, pinned to the CPU build on disk: a bare `torch` requirement would pull a CUDA build.
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions the tests passed with (constraints.txt); torch first, pinned to the CPU build on disk:
+# a bare `torch` requirement would pull a CUDA build.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,ray]"
+	$(PY) -m pip install -q -c $(LOCK) torch==2.13.0
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev,ray]"
 	touch $@
+
+# Regenerate constraints.txt: resolve pyproject.toml's ranges afresh in a throwaway environment and record what
+# was installed. Then run `make test` (it reinstalls from the new file) before committing it.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q torch==2.13.0
+	.lock-venv/bin/python -m pip install -q ".[dev,ray]"
+	{ sed -n '1,2p' $(LOCK); .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^plastiscope==' \
+	  | sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv
 
 # The demo: 4 weight decays x 2 seeds of a 78k-parameter Llama, 20 tokens per parameter in one epoch, trained
 # two runs at a time (one process and one torch thread each), every analysis in two processes, the report.

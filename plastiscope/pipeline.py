@@ -14,15 +14,17 @@ import importlib.metadata
 import json
 import logging
 import platform
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from plastiscope.checkpoint import CheckpointError, Sweep
+from plastiscope.checkpoint import CheckpointError
 from plastiscope.results import ResultsStore, check_results_folder, identity
 from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, get_analysis, prepare, run_analyses
+from plastiscope.sweep import Sweep
 
 log = logging.getLogger("plastiscope")
 
@@ -50,9 +52,10 @@ def expand_analyses(names: Sequence[str | Analysis]) -> list[str | Analysis]:
 
 
 def versions() -> dict[str, str]:
-    """Installed versions of Python and the packages behind the results (those missing are left out)."""
+    """Installed versions of Python, plastiscope and every package it requires (those missing are left out)."""
     found = {"python": platform.python_version()}
-    for package in ("plastiscope", "torch", "transformers", "transformer-lens", "scikit-learn", "pandas", "plotly"):
+    required = [re.split(r"[ ;<>=!~\[]", r, maxsplit=1)[0] for r in importlib.metadata.requires("plastiscope") or [] if "extra ==" not in r]
+    for package in ("plastiscope", *required, "peft", "accelerate", "ray"):
         try:
             found[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -105,3 +105,16 @@ def test_nothing_test_only_ships_and_package_data_matches_files():
         folder = folder_of(package)
         for pattern in patterns:
             assert list(folder.glob(pattern)), f"package data {package}: {pattern} matches no file in {folder}"
+
+
+def test_the_lock_pins_every_dependency():
+    """constraints.txt (what `make` installs) names an exact version of every requirement pyproject declares."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    names = {re.split(r"[ ;<>=!~\[]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+    lines = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")]
+    pinned = {line.split("==")[0].lower().replace("_", "-") for line in lines if "==" in line}
+    assert len(pinned) == len(lines), "every line of constraints.txt is name==version"
+    assert names <= pinned, f"not pinned in constraints.txt (run `make lock`): {sorted(names - pinned)}"
