@@ -30,6 +30,7 @@ from plastiscope.activations import Batch
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
+from plastiscope.metrics import Baseline, Headline, Metric
 from plastiscope.options import Integer, Nullable, Option, OptionTable, Real
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
@@ -180,8 +181,44 @@ def start_weights(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any]
     return WeightTask(checkpoint)
 
 
-ANALYSIS = Analysis(NAME, ("data",), start_patterns, OPTIONS)
-WEIGHTS_ANALYSIS = Analysis(WEIGHTS_NAME, (), start_weights, WEIGHT_OPTIONS)
+_FIRST_TOKENS = (
+    "first spectral_tokens tokens (default 128), averaged over documents: exact singular values of the pattern's leading "
+    "[L, L] block, L = min(length, spectral_tokens), which under causal attention is the pattern of the document truncated "
+    "to L tokens (the whole document when it is no longer).")
+_CIRCUITS = "Elhage et al. 2021 (A Mathematical Framework for Transformer Circuits)"
+_SHANNON = "Shannon 1948 (entropy of each query row)"
+METRICS = (
+    Metric("entropy", "Mean attention entropy -sum_j A_ij log A_ij over query rows (nats).", "nats", None, _SHANNON),
+    Metric("entropy_normalized", "Attention entropy of each query row divided by log(number of visible keys), averaged; 0 = one-hot, "
+           "1 = uniform.", "", None, _SHANNON, (Baseline(value=1.0, label="uniform attention"),)),
+    Metric("effective_rank", "Effective rank exp(H(p)), p_i = s_i / sum(s), of the singular values s of the attention pattern over "
+           "each document's " + _FIRST_TOKENS, "", None, "Roy & Vetterli 2007"),
+    Metric("stable_rank", "Stable rank ||A||_F^2 / ||A||_2^2 of the attention pattern over each document's " + _FIRST_TOKENS, "", None,
+           "Rudelson & Vershynin 2007"),
+    Metric("numerical_rank", "Number of singular values above tol (0.01) times the largest, of the attention pattern over each "
+           "document's " + _FIRST_TOKENS),
+    Metric("spectral_norm", "Largest singular value ||A||_2 of the attention pattern over each document's " + _FIRST_TOKENS),
+    Metric("nuclear_norm", "Sum of the singular values ||A||_* of the attention pattern over each document's " + _FIRST_TOKENS),
+    Metric("frobenius_norm", "Frobenius norm ||A||_F of each document's whole attention pattern, averaged over documents."),
+    Metric("sink_share", "Share of attention mass placed on the first (BOS) token: the attention-sink share.", "fraction", None,
+           "Xiao et al. 2023 (attention sinks)"),
+    Metric("mean_distance", "Mean query-key distance in tokens, weighted by attention.", "tokens"),
+    Metric("one_hot_share", "Share of query rows whose largest attention weight exceeds a threshold (near one-hot rows).", "fraction"),
+)
+_MATRIX_STATS = {"frobenius_norm": "Frobenius norm", "spectral_norm": "largest singular value", "nuclear_norm": "sum of singular values",
+                 "effective_rank": "effective rank exp(H(s/sum s)) (Roy & Vetterli 2007)",
+                 "stable_rank": "stable rank ||M||_F^2/||M||_2^2 (Rudelson & Vershynin 2007)"}
+WEIGHT_METRIC_DECLARATIONS = (
+    *(Metric(f"{circuit}_{stat}", f"{name} circuit {matrix} of each head: {text}.", "", None, _CIRCUITS,
+             headline=Headline("attention", "Attention: W_QK effective rank", "fall", "Han et al. 2026", "run the attention analysis",
+                               order=30) if (circuit, stat) == ("qk", "effective_rank") else None)
+      for circuit, name, matrix in (("qk", "QK", "W_Q W_K^T"), ("ov", "OV", "W_V W_O")) for stat, text in _MATRIX_STATS.items()),
+    *(Metric(f"w{m}_norm", f"Frobenius norm of the head's {what} weight matrix W_{m.upper()}.", "", None, _CIRCUITS)
+      for m, what in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "output"))),
+)
+
+ANALYSIS = Analysis(NAME, ("data",), start_patterns, OPTIONS, metrics=METRICS)
+WEIGHTS_ANALYSIS = Analysis(WEIGHTS_NAME, (), start_weights, WEIGHT_OPTIONS, metrics=WEIGHT_METRIC_DECLARATIONS)
 
 
 # ---------------------------------------------------------------------- API

@@ -130,6 +130,7 @@ from plastiscope.data import Documents, encode, load_documents, pad
 from plastiscope.downstream import DownstreamTask, label_accuracy, label_reserve, labelled_ids
 from plastiscope.losses import sequence_loss, token_losses
 from plastiscope.memo import Memo
+from plastiscope.metrics import Headline, Metric
 from plastiscope.options import Integer, ListOf, Nullable, Option, OptionTable, Real, Text
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
@@ -447,8 +448,36 @@ def start(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: 
     return LandscapeTask(checkpoint, inputs.train_data, task, config)
 
 
+_HESSIAN = "Yao et al. 2020 (PyHessian); raw curvature scales with 1/||w||^2: Dinh et al. 2017"
+_ADAPTIVE = "Kwon et al. 2021 (ASAM); Andriushchenko et al. 2023 (A Modern Look at Sharpness)"
+_BASIN = "Chen et al. 2025 (arXiv 2505.17646)"
+METRICS = (
+    Metric("hessian_max_eigenvalue", "Largest Hessian eigenvalue of the pretraining loss: raw sharpness. It rises as weight decay "
+           "shrinks the weights, so it does not compare flatness across weight decays.", "", None, _HESSIAN),
+    Metric("hessian_min_eigenvalue", "Smallest (most negative) Hessian eigenvalue of the pretraining loss.", "", None, _HESSIAN),
+    Metric("hessian_trace", "Hutchinson estimate of the Hessian trace of the pretraining loss: raw, rises as the weights shrink (not "
+           "flatness across weight decays).", "", None, _HESSIAN),
+    Metric("adaptive_max_eigenvalue", "Largest eigenvalue of the Hessian rescaled by the weights' magnitudes (|w| H |w|): "
+           "scale-invariant sharpness, comparable across weight decays; lower = flatter.", "", None, _ADAPTIVE,
+           headline=Headline("sharpness", "Sharpness: adaptive max eigenvalue", "fall",
+                             "related work (Kwon et al. 2021; Andriushchenko et al. 2023), not Han et al.",
+                             "run the landscape analysis (--train-data) with lanczos_steps > 0", order=50)),
+    Metric("adaptive_trace", "Trace of the weight-rescaled Hessian (|w| H |w|): scale-invariant average curvature; lower = flatter.",
+           "", None, _ADAPTIVE),
+    Metric("basin_sigma", "Basin radius sigma: the largest scale of weight noise (Gaussian, rescaled to a standard Gaussian's norm; "
+           "random or worst-case directions, variant 'direction') under which the expected drop of the objective (variant "
+           "'objective') stays within the threshold; wider = more room to fine-tune. Sigma is in weight units: weights that weight "
+           "decay shrinks are moved relatively more by the same sigma, so across weight decays read it beside adaptive sharpness.",
+           "weight units", None, _BASIN,
+           headline=Headline("basin", "Basin radius σ (loss, random directions)", "rise", "related work (Chen et al. 2025), not Han et al.",
+                             "run the landscape analysis (--train-data) with n_directions > 0",
+                             (("objective", "loss"), ("direction", "random")), order=60)),
+    Metric("basin_curve", "The objective under weight noise of each scale sigma (the curve the basin radius is read from).", "", None,
+           _BASIN),
+)
+
 ANALYSIS = Analysis(name=NAME, inputs=("train_data",), start=start, options=OPTIONS, variants=VARIANTS,
-                    optional_inputs=("finetune_data",))
+                    optional_inputs=("finetune_data",), metrics=METRICS)
 
 
 def landscape(

@@ -75,6 +75,7 @@ from plastiscope.activations import run_pass
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
+from plastiscope.metrics import Baseline, Headline, Metric
 from plastiscope.options import Integer, ListOf, Nullable, OneOf, Option, OptionTable, Text, validate
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
@@ -455,8 +456,46 @@ def start(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: 
     return OverfitTask(checkpoint, inputs.train_data, inputs.val_data, config, memo)
 
 
+_LIRA = "Carlini et al. 2022 (Membership Inference Attacks From First Principles)"
+_MEMO = "Carlini et al. 2022 (Quantifying Memorization)"
+_BY_POSITION = " By token position (variant position_bucket: positions after BOS)."
+METRICS = (
+    Metric("train_loss", "Next-token cross-entropy (nats/token) on training documents, token-weighted (every token counts once).",
+           "nats", "lower"),
+    Metric("val_loss", "Next-token cross-entropy (nats/token) on held-out validation documents, token-weighted.", "nats", "lower",
+           role="validation_loss"),
+    Metric("train_loss_per_document", "Mean over training documents of each document's mean next-token cross-entropy (nats).",
+           "nats", "lower"),
+    Metric("val_loss_per_document", "Mean over validation documents of each document's mean next-token cross-entropy (nats).",
+           "nats", "lower"),
+    Metric("loss_gap", "Validation loss minus training loss (token-weighted): the generalization gap.", "nats", "lower",
+           "Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137)",
+           headline=Headline("overfitting", "Overfitting: loss gap (validation − training)", "fall", "Han et al. 2026",
+                             "run the overfit analysis (--train-data and --val-data)", order=40)),
+    Metric("loss_ratio", "Validation loss divided by training loss.", "ratio", "lower"),
+    Metric("train_loss_by_position", "Next-token cross-entropy (nats/token) on training documents, token-weighted." + _BY_POSITION,
+           "nats", "lower"),
+    Metric("val_loss_by_position", "Next-token cross-entropy (nats/token) on held-out validation documents, token-weighted."
+           + _BY_POSITION, "nats", "lower"),
+    Metric("loss_gap_by_position", "Validation loss minus training loss (token-weighted): the generalization gap." + _BY_POSITION,
+           "nats", "lower"),
+    Metric("mia_auc_{score}", "Membership-inference ROC AUC separating training from validation documents by the {score} score; "
+           "0.5 = no leakage, higher = more memorization.", "", "lower",
+           "Carlini et al. 2021 (Extracting Training Data from Large Language Models)", (Baseline(value=0.5, label="chance"),)),
+    Metric("mia_tpr_at_1fpr", "Membership inference: true-positive rate at 1 % false-positive rate of telling training from "
+           "validation documents by the score named in the variant; higher = more memorization.", "fraction", "lower", _LIRA,
+           (Baseline(value=0.01, label="chance (TPR = FPR)"),)),
+    Metric("exact_match_{split}", "Exact memorization ({split} documents): share of continuations reproduced token for token by "
+           "greedy decoding.", "fraction", "lower", _MEMO),
+    Metric("matched_prefix_{split}", "Memorization ({split} documents): mean number of continuation tokens greedy decoding "
+           "reproduces before the first mismatch.", "tokens", "lower", _MEMO),
+    Metric("overlap_count", "Validation documents whose normalised text also occurs in the training sample (dropped).", "documents"),
+    Metric("skipped_short_train", "Training documents too short for the exact-memorization test.", "documents"),
+    Metric("skipped_short_val", "Validation documents too short for the exact-memorization test.", "documents"),
+)
+
 ANALYSIS = Analysis(name=NAME, inputs=("train_data", "val_data"), start=start, options=OPTIONS, variants=VARIANTS,
-                    fingerprint=fingerprint)
+                    fingerprint=fingerprint, metrics=METRICS)
 
 
 # ---------------------------------------------------------------------- API

@@ -62,6 +62,7 @@ from plastiscope.data import Documents, load_documents, pad
 from plastiscope.downstream import DownstreamTask, label_accuracy, split_indices, task_ids
 from plastiscope.losses import document_losses, mean_per_document, model_device
 from plastiscope.memo import Memo
+from plastiscope.metrics import Headline, Metric
 from plastiscope.options import Integer, ListOf, Nullable, Option, OptionTable, Real, Text
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
@@ -212,7 +213,26 @@ def start(checkpoint: Checkpoint, inputs: Inputs, config: dict[str, Any], memo: 
     return PlasticityTask(checkpoint, task, config)
 
 
-ANALYSIS = Analysis(name=NAME, inputs=("finetune_data",), start=start, options=OPTIONS, variants=VARIANTS)
+_PLASTICITY = "Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137)"
+METRICS = (
+    Metric("downstream_loss_after", "Downstream-task loss (nats) after fine-tuning with the same budget for every checkpoint: the "
+           "outcome.", "nats", "lower", _PLASTICITY, role="outcome",
+           headline=Headline("outcome", "Outcome: loss after fine-tuning", "fall", "Han et al. 2026",
+                             "run the plasticity analysis (name it, with a downstream task as --finetune-data)", order=10)),
+    Metric("downstream_loss_before", "Downstream-task loss (nats) before fine-tuning.", "nats", "lower", _PLASTICITY),
+    Metric("downstream_accuracy_before", "Downstream-task accuracy (labelled tasks) before fine-tuning.", "fraction", "higher",
+           _PLASTICITY),
+    Metric("downstream_accuracy_after", "Downstream-task accuracy (labelled tasks) after fine-tuning: the outcome for labelled tasks.",
+           "fraction", "higher", _PLASTICITY, role="outcome_accuracy"),
+    Metric("plasticity_gain", "Downstream loss before minus after fine-tuning; secondary: a model that starts worse can gain more and "
+           "still end worse.", "nats", "higher", _PLASTICITY),
+    Metric("downstream_selection_loss", "Loss on the held-out selection documents after fine-tuning at the learning rate in the "
+           "variant (finetune_lr): what the learning rate is chosen by.", "nats", "lower", _PLASTICITY),
+    Metric("finetune_displacement", "Distance ||theta_ft - theta_0|| the weights move in fine-tuning, to compare with the basin radius.",
+           "weight units", None, "Chen et al. 2025 (arXiv 2505.17646)"),
+)
+
+ANALYSIS = Analysis(name=NAME, inputs=("finetune_data",), start=start, options=OPTIONS, variants=VARIANTS, metrics=METRICS)
 
 
 def plasticity(

@@ -46,6 +46,7 @@ from plastiscope.activations import run_pass
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import DataError, Documents, load_documents
 from plastiscope.memo import Memo
+from plastiscope.metrics import Baseline, Headline, Metric
 from plastiscope.options import (
     Boolean,
     Function,
@@ -222,7 +223,34 @@ def start(checkpoint: Checkpoint, inputs: Inputs, options: dict[str, Any], memo:
     return ProbesTask(checkpoint, inputs.data, options, memo)
 
 
-ANALYSIS = Analysis(name=NAME, inputs=("data",), start=start, options=OPTIONS, variants=VARIANTS)
+_PROBE = "Alain & Bengio 2016 (linear probes)"
+_CONTROL = "Hewitt & Liang 2019 (control tasks)"
+_MDL = "Voita & Titov 2020 (online codelength)"
+_ABOVE_BASELINES = (Baseline(init="random", label="random-init model"), Baseline(init="majority", label="majority class"))
+METRICS = (
+    Metric("accuracy", "Held-out accuracy of a linear probe (logistic regression) on the pooled residual stream of a layer, on the "
+           "data's own class distribution.", "fraction", "higher", _PROBE, _ABOVE_BASELINES,
+           Headline("separability", "Separability: probe accuracy", "rise", "Han et al. 2026",
+                    "run the probes analysis (--data with --label-column)", order=20)),
+    Metric("macro_f1", "Held-out macro-averaged F1 of the linear probe (each class weighted equally).", "fraction", "higher", _PROBE,
+           (Baseline(init="random", label="random-init model"),)),
+    Metric("cross_entropy", "Held-out cross-entropy (nats) of the linear probe's predicted class distribution.", "nats", "lower", _PROBE,
+           (Baseline(init="random", label="random-init model"),)),
+    Metric("selectivity_control_task", "Probe accuracy on the real task minus accuracy on a control task that gives each word type a "
+           "random label (token-level tasks only, where word types repeat); high selectivity means the representation, not the probe, "
+           "carries the labels.", "fraction", "higher", _CONTROL, (Baseline(value=0.0, label="no selectivity"),)),
+    Metric("selectivity_shuffled", "Probe accuracy on the real labels minus accuracy on shuffled labels.", "fraction", "higher", _CONTROL,
+           (Baseline(value=0.0, label="no selectivity"),)),
+    Metric("mdl_codelength", "Online (prequential) codelength in bits of transmitting the labels with probes trained on growing "
+           "prefixes of the data; shorter = more easily extractable.", "bits", "lower", _MDL),
+    Metric("mdl_compression", "Uniform codelength divided by online codelength; higher = labels more compressible from the "
+           "representation.", "ratio", "higher", _MDL, (Baseline(value=1.0, label="uniform code"),)),
+    Metric("fisher_criterion", "Fisher's criterion tr(S_W^-1 S_B) of the pooled representation (within-class scatter S_W shrunk "
+           "towards a scaled identity); higher = classes more linearly separable.", "", "higher",
+           "Fisher 1936; Ledoit & Wolf 2004 (shrinkage)", (Baseline(init="random", label="random-init model"),)),
+)
+
+ANALYSIS = Analysis(name=NAME, inputs=("data",), start=start, options=OPTIONS, variants=VARIANTS, metrics=METRICS)
 
 
 def probe_sweep(
