@@ -11,8 +11,10 @@ Sources: a plain text file (one document per line), JSONL, CSV/TSV (a text colum
 optional label columns), a ``datasets`` dataset saved with ``save_to_disk``, or a Python
 list of strings. Files are UTF-8 (a byte that is not names its line). CSV follows RFC 4180
 (quoted fields may hold commas and line breaks; a warning names records that span lines,
-the sign of an unbalanced quote); TSV has no quoting at all (a quote is a character), so one
-stray quote never merges rows. A row with more or fewer fields than the header, a JSONL line
+the sign of an unbalanced quote); a TSV is read as written: literally (a quote is a character,
+so one stray quote never merges rows), or with the quoting pandas and Python's csv module write
+when the file is such a writer's output, and refused where the two readings disagree otherwise.
+A row with more or fewer fields than the header, a JSONL line
 that is not an object or lacks the text field are errors naming the line.
 
 **Fine-tuning records.** Records without the text column but with ``prompt`` and ``response``
@@ -171,15 +173,71 @@ def read_utf8(path: Path) -> str:
 
 
 def read_table(path: Path, text: str, delimiter: str) -> list[tuple[int, dict[str, str]]]:
-    """``(line, record)`` for each row of a CSV (``delimiter=","``, RFC 4180 quoting) or TSV (``"\\t"``, no quoting).
+    """``(line, record)`` for each row of a CSV (``delimiter=","``, RFC 4180 quoting) or a TSV (``"\\t"``).
 
     Every row must have as many fields as the header; blank lines are skipped. A CSV record that
     spans lines (a quoted line break) is kept with a warning naming its lines.
+
+    A TSV has two readings: every character as it stands (the format's own rule, under which a
+    stray quote merges nothing), and the quoting that pandas' ``to_csv(sep="\\t")`` and Python's
+    ``csv`` module write (a field holding a quote, tab or line break wrapped in quotes, inner
+    quotes doubled). Where they give the same rows there is nothing to decide. Where they differ,
+    the quoted reading is taken when writing its rows back with one of those writers' quoting
+    rules reproduces the file exactly (the file is such a writer's output); the literal reading
+    when the quoted one is not even well formed (a stray quote); otherwise the file is refused,
+    naming the first line where the two readings disagree.
     """
-    tsv = delimiter == "\t"
-    quoting = {"quoting": csv.QUOTE_NONE} if tsv else {}
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, **quoting)
-    fix = ("a TSV field cannot hold a tab or a line break: fix the line or save the data as JSONL" if tsv
+    if delimiter != "\t":
+        return _parse_table(path, text, ",", csv.QUOTE_MINIMAL)
+    literal: list | DataError
+    quoted: list | None
+    try:
+        literal = _parse_table(path, text, "\t", csv.QUOTE_NONE)
+    except DataError as err:
+        literal = err
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a record spanning lines is legitimate when a writer quoted a line break
+            quoted = _parse_table(path, text, "\t", csv.QUOTE_MINIMAL)
+    except DataError:
+        quoted = None
+    if quoted is None or (not isinstance(literal, DataError) and literal == quoted):
+        if isinstance(literal, DataError):
+            raise literal
+        return literal
+    if _written_by_a_quoting_writer(text, quoted):
+        return quoted
+    if isinstance(literal, DataError):
+        raise literal
+    line = next((a[0] for a, b in zip(literal, quoted) if a != b), min(len(literal), len(quoted)) + 1)
+    raise DataError(
+        f"{path}:{line}: this TSV reads differently with and without quoting (a field starts with a quote that a csv "
+        f"writer would not have written this way); remove the quote, quote the file consistently "
+        f"(pandas' to_csv(sep='\\t') does), or save the data as JSONL"
+    )
+
+
+def _written_by_a_quoting_writer(text: str, rows: list[tuple[int, dict[str, str]]]) -> bool:
+    """Whether writing ``rows`` back as a TSV with Python's csv quoting (minimal, all or non-numeric) gives ``text``."""
+    if not rows:
+        return False
+    header = list(rows[0][1])
+    target = text.replace("\r\n", "\n").rstrip("\n")
+    for quoting in (csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC):
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter="\t", quoting=quoting, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows([[record[name] for name in header] for _, record in rows])
+        if out.getvalue().rstrip("\n") == target:
+            return True
+    return False
+
+
+def _parse_table(path: Path, text: str, delimiter: str, quoting: int) -> list[tuple[int, dict[str, str]]]:
+    """``(line, record)`` rows of a delimited ``text`` under one ``csv`` quoting rule (see :func:`read_table`)."""
+    literal = quoting == csv.QUOTE_NONE
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, quoting=quoting)
+    fix = ("a TSV field cannot hold a tab or a line break: fix the line or save the data as JSONL" if delimiter == "\t"
            else "quote fields that hold commas, quotes or line breaks (\"a, b\")")
     header: list[str] | None = None
     rows: list[tuple[int, dict[str, str]]] = []
@@ -202,12 +260,12 @@ def read_table(path: Path, text: str, delimiter: str) -> list[tuple[int, dict[st
             rows.append((start, dict(zip(header, fields))))
     except csv.Error as err:
         raise DataError(f"{path}:{reader.line_num}: {err}; {fix}") from None
-    if spanning:
+    if spanning and not literal:
         first = spanning[0]
         warnings.warn(
             f"{path}: {len(spanning)} record(s) span several lines (the first: lines {first[0]}-{first[1]}); a quoted "
             f"field may hold line breaks, but if that is not intended, an unbalanced quote there merged rows",
-            stacklevel=3,
+            stacklevel=4,
         )
     return rows
 

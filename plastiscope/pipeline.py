@@ -3,7 +3,8 @@
 ``RESULTS_DIR`` holds ``metrics.parquet`` / ``metrics.csv`` (the tidy schema of
 :mod:`plastiscope.results`: this run's results and every other valid piece of the folder, so
 one more analysis run into a folder adds to it), ``run.json`` (versions, configuration, data
-hashes; earlier runs' configurations under ``earlier``), ``failures.csv`` when some
+hashes; earlier runs' configurations under ``earlier``), ``metrics.json`` (what each metric
+means: the analyses' declarations, :mod:`plastiscope.metrics`), ``failures.csv`` when some
 (checkpoint, analysis) of this run failed, and ``cache/`` (one piece per checkpoint x
 analysis x cache key, so a rerun resumes).
 """
@@ -22,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from plastiscope.checkpoint import CheckpointError
+from plastiscope.metrics import write_declarations
 from plastiscope.results import ResultsStore, check_results_folder, identity
-from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, get_analysis, prepare, run_analyses
+from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, declarations, get_analysis, prepare, run_analyses
 from plastiscope.sweep import Sweep
 
 log = logging.getLogger("plastiscope")
@@ -105,6 +107,7 @@ def analyze(
     current.update({e["checkpoint"]: (None, {}) for e in sweep.errors})
     names = [a if isinstance(a, str) else a.name for a in analyses]
     store.write(results, failures, current=current, analyses=names)
+    write_declarations(out, declarations([a for a in analyses if not isinstance(a, str)]))
     run = {
         "versions": versions(),
         "config": {"analyses": names,

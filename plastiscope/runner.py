@@ -41,7 +41,7 @@ from plastiscope.activations import Consumer, run_pass
 from plastiscope.checkpoint import Checkpoint, Sweep
 from plastiscope.data import Documents
 from plastiscope.memo import FileHashes, Memo, using_file_hashes
-from plastiscope.metrics import Metric
+from plastiscope.metrics import Declarations, Metric, attach, declare
 from plastiscope.options import OptionTable, validate
 from plastiscope.results import ResultsStore, identity, stamp, tidy
 
@@ -138,6 +138,18 @@ def available_analyses() -> list[str]:
     return names
 
 
+def declarations(specs: Sequence[Analysis] = ()) -> Declarations:
+    """The metric declarations of every registered analysis (registry order), then of ``specs`` not registered."""
+    found = []
+    for name in REGISTRY:
+        try:
+            found.append((name, get_analysis(name).metrics))
+        except ImportError as err:  # one analysis that cannot be imported must not hide the others' declarations
+            log.warning("analysis %s: its metric declarations are not recorded (%s)", name, err)
+    found += [(s.name, s.metrics) for s in specs if s.name not in REGISTRY]
+    return declare(found)
+
+
 def as_sweep(sweep: Sweep | Checkpoint | Sequence[Checkpoint]) -> Sweep:
     """A :class:`Sweep` of one checkpoint, a list of them, or the sweep itself."""
     if isinstance(sweep, Sweep):
@@ -202,7 +214,9 @@ def run_analyses(
                 failures.append(failure_row(checkpoint, "*", err))
             finally:
                 checkpoint.unload()
-    return combine(frames, failures)
+    results, failures = combine(frames, failures)
+    attach(results, declarations(specs))  # the same record on every analysis's frame, so pd.concat keeps it
+    return results, failures
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -131,3 +131,33 @@ def test_non_utf8_byte_names_file_and_line(tmp_path, suffix):
 def test_byte_order_mark_is_not_part_of_the_header(tmp_path):
     (tmp_path / "d.csv").write_bytes("text,label\nx,1\n".encode("utf-8-sig"))
     assert load_documents(tmp_path / "d.csv", label_column="label").texts == ["x"]
+
+
+def test_tsv_written_by_pandas_or_csv_reads_as_written(tmp_path):
+    import csv as csv_module
+
+    import pandas as pd
+
+    from plastiscope.demo.corpus import load_corpus
+
+    texts = load_corpus("validation", 2000).texts
+    quoted = [t for t in texts if '"' in t]
+    assert len(quoted) > 50  # real glosses with quotation marks, e.g. 'not secured within a cover; "an unbound book"'
+    frame = pd.DataFrame({"text": texts, "label": [f"l{i % 3}" for i in range(len(texts))]})
+    frame.to_csv(tmp_path / "pandas.tsv", sep="\t", index=False)
+    with open(tmp_path / "csv.tsv", "w", newline="") as f:
+        writer = csv_module.writer(f, delimiter="\t")
+        writer.writerow(["text", "label"])
+        writer.writerows(frame.itertuples(index=False))
+    frame.to_csv(tmp_path / "all.tsv", sep="\t", index=False, quoting=csv_module.QUOTE_ALL)
+    for name in ("pandas.tsv", "csv.tsv", "all.tsv"):
+        docs = load_documents(tmp_path / name, label_column="label")
+        assert docs.texts == texts and docs.column("label") == list(frame["label"]), name
+
+
+def test_tsv_that_reads_two_ways_is_refused_naming_the_line(tmp_path):
+    rows = [f"document number {i}\tlabel{i % 3}" for i in range(20)]
+    rows[7] = '"a quoted document"\tlabel1'  # literally a quoted text, or the text without quotes: no writer wrote this
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"d.tsv:9: this TSV reads differently with and without quoting"):
+        load_documents(tmp_path / "d.tsv")
