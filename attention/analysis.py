@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from plastiscope.activations import Batch
-from plastiscope.checkpoint import Checkpoint, Sweep
+from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
 from plastiscope.metrics import Baseline, Headline, Metric
@@ -35,6 +35,7 @@ from plastiscope.options import Integer, Nullable, Option, OptionTable, Real
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci
+from plastiscope.sweep import Sweep
 
 from .patterns import PATTERN_METRICS, SPECTRAL_TOKENS, pattern_statistics
 from .weights import WEIGHT_METRICS, layer_weights, weight_statistics

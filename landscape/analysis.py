@@ -99,7 +99,7 @@ comparison).
 
 **Device and precision.** Everything runs on the checkpoint's device. Second derivatives and
 perturbations need float32 parameters: a checkpoint loaded in bfloat16 or float16 is
-evaluated in a float32 copy on its device (:func:`plastiscope.checkpoint.trainable_copy`; its
+evaluated in a float32 copy on its device (:func:`plastiscope.training.trainable_copy`; its
 forward passes then run in float32 too), freed afterwards; a float32 model is used in place and
 its weights are restored bit-exactly after every perturbation (:func:`~.basin.restored`), also
 on error. Random directions and probes are drawn on the CPU from generators seeded with
@@ -125,7 +125,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from plastiscope.checkpoint import Checkpoint, Sweep, trainable_copy
+from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, encode, load_documents, pad
 from plastiscope.downstream import DownstreamTask, label_accuracy, label_reserve, labelled_ids
 from plastiscope.losses import sequence_loss, token_losses
@@ -135,6 +135,8 @@ from plastiscope.options import Integer, ListOf, Nullable, Option, OptionTable, 
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci, mean_ci
+from plastiscope.sweep import Sweep
+from plastiscope.training import trainable_copy
 
 from .basin import basin_sigma, drops, gaussian_direction, mean_basin_sigma, perturbed_scores, worst_case_scores, worst_so_far
 from .hessian import Extremes, Operator, Vectors, adaptive_operator, hutchinson_samples, hvp_operator, lanczos_extremes

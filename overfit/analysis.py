@@ -72,7 +72,7 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.checkpoint import Checkpoint, Sweep
+from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
 from plastiscope.metrics import Baseline, Headline, Metric
@@ -80,6 +80,7 @@ from plastiscope.options import Integer, ListOf, Nullable, OneOf, Option, Option
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci, mean_ci
+from plastiscope.sweep import Sweep
 
 from .losses import DocumentLosses, bucket_labels, default_bucket_edges
 from .matching import match_lengths

@@ -8,7 +8,7 @@ checkpoint is fine-tuned on the downstream task (``finetune_data``) with the **s
 checkpoint, a small learning-rate grid ``learning_rates``), and the learning rate kept per
 checkpoint is the one with the lowest loss on a held-out **selection** part of the task's
 documents, never on the **evaluation** part the numbers below are computed on. Fine-tuning never
-touches the checkpoint: each learning rate trains a copy (:func:`plastiscope.checkpoint.trainable_copy`),
+touches the checkpoint: each learning rate trains a copy (:func:`plastiscope.training.trainable_copy`),
 freed afterwards.
 
 Metrics, in the order of the rows (variant column ``task``, the task's name; ``selected_lr``,
@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plastiscope.checkpoint import Checkpoint, Sweep, trainable_copy
+from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, load_documents, pad
 from plastiscope.downstream import DownstreamTask, label_accuracy, split_indices, task_ids
 from plastiscope.losses import document_losses, mean_per_document, model_device
@@ -67,7 +67,8 @@ from plastiscope.options import Integer, ListOf, Nullable, Option, OptionTable, 
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import mean_ci
-from plastiscope.training import adamw, train
+from plastiscope.sweep import Sweep
+from plastiscope.training import adamw, train, trainable_copy
 
 log = logging.getLogger("plastiscope")
 

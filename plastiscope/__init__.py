@@ -11,7 +11,7 @@ import importlib
 _EXPORTS = {
     "Checkpoint": "plastiscope.checkpoint",
     "CheckpointError": "plastiscope.checkpoint",
-    "Sweep": "plastiscope.checkpoint",
+    "Sweep": "plastiscope.sweep",
     "Documents": "plastiscope.data",
     "DataError": "plastiscope.data",
     "load_documents": "plastiscope.data",

@@ -46,18 +46,17 @@ under a lock, so two processes may share one results folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+from plastiscope.hashing import atomic_write, config_hash
 
 if TYPE_CHECKING:
     from plastiscope.checkpoint import Checkpoint
@@ -128,12 +127,6 @@ def tidy(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     hyper = [c for c in frame.columns if c not in ID_COLUMNS + CORE_COLUMNS]
     return frame[ID_COLUMNS + hyper + CORE_COLUMNS].reset_index(drop=True)
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """A short stable hash of an analysis configuration (JSON with sorted keys)."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _plain(value: Any) -> Any:
@@ -211,14 +204,7 @@ class ResultsStore:
         table = pa.Table.from_pandas(frame.drop(columns=[c for c in ident if c in frame.columns]), preserve_index=False)
         schema_meta = dict(table.schema.metadata or {})
         schema_meta[b"plastiscope"] = json.dumps(meta, sort_keys=True, default=_plain).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.cache, prefix=f".{path.stem}-", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table.replace_schema_metadata(schema_meta), tmp)
-            os.replace(tmp, path)  # atomic: a crash never leaves a half-written piece
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda tmp: pq.write_table(table.replace_schema_metadata(schema_meta), tmp))  # never half-written
 
     def _read(self, path: Path, metadata_only: bool = False) -> tuple[pd.DataFrame | None, dict[str, Any]] | None:
         """``(frame, metadata)`` of a piece, or None (with a warning naming it) when it cannot be read."""
@@ -298,14 +284,7 @@ class ResultsStore:
 
     def _replace(self, name: str, writer: Any) -> None:
         """Write ``root/name`` through ``writer(tmp)`` and an atomic rename."""
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}-", suffix=".tmp")
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, self.root / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(self.root / name, writer)
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

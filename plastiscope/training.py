@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -129,3 +130,29 @@ def train(
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     return history
+
+
+def trainable_copy(model: Any) -> Any:
+    """A plain ``transformers`` model with ``model``'s config and a float32 copy of its parameters,
+    on the device of its first parameter, ready to train.
+
+    A checkpoint's ``hf_model`` is wrapped in place by TransformerLens's bridge, whose hook
+    closures keep pointing at the original modules through ``copy.deepcopy`` (a deep copy's
+    forward writes into the original). So the copy is rebuilt from the config and the
+    parameters are copied by name, with the bridge's ``._original_component`` wrappers
+    stripped; every parameter must match.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    with torch.device(device):
+        fresh = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=torch.float32, trust_remote_code=False)
+    state = {name.replace("._original_component", ""): p.detach() for name, p in model.named_parameters()}
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    expected = {name for name, _ in fresh.named_parameters()}
+    missing = [m for m in missing if m in expected]
+    if missing or unexpected:
+        raise RuntimeError(f"cannot copy the model for training (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for p in fresh.parameters():
+        p.requires_grad_(True)
+    return fresh

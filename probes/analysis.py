@@ -43,7 +43,7 @@ from typing import Any
 import pandas as pd
 
 from plastiscope.activations import run_pass
-from plastiscope.checkpoint import Checkpoint, Sweep
+from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import DataError, Documents, load_documents
 from plastiscope.memo import Memo
 from plastiscope.metrics import Baseline, Headline, Metric
@@ -64,6 +64,7 @@ from plastiscope.probes.evaluate import DEFAULT_CS, evaluate_layers
 from plastiscope.probes.tasks import POOLINGS, Examples, FeatureCollector, select_examples, sequence_examples, token_examples
 from plastiscope.results import make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
+from plastiscope.sweep import Sweep
 
 log = logging.getLogger("plastiscope")
 

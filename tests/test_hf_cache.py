@@ -90,7 +90,7 @@ def test_missing_revision_repo_and_weight_decay_are_named(hub, tmp_path):
     nowd = Sweep.from_hf_cache(REPO, ["step1000"], cache_dir=cache)
     assert f"{REPO}@step1000" in nowd.errors[0]["error"] and "weight decay unknown; pass weight_decay=" in nowd.errors[0]["error"]
     with pytest.raises(CheckpointError, match=r"'\.\./x' is not a revision"):
-        from plastiscope.checkpoint import hf_snapshot
+        from plastiscope.loading import hf_snapshot
 
         hf_snapshot(REPO, "../x", cache)
 

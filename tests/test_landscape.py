@@ -14,7 +14,6 @@ from scipy.stats import norm
 from torch.func import functional_call
 
 from plastiscope import Checkpoint
-from plastiscope.checkpoint import trainable_copy
 from plastiscope.data import DataError, pad
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.downstream import DownstreamTask, label_reserve, labelled_ids
@@ -39,6 +38,7 @@ from plastiscope.landscape.analysis import basin_records
 from plastiscope.landscape.basin import mean_basin_sigma
 from plastiscope.losses import sequence_loss
 from plastiscope.runner import Inputs, run_analyses
+from plastiscope.training import trainable_copy
 
 STEPS, TOL = OPTIONS.options["lanczos_steps"].default, OPTIONS.options["lanczos_tol"].default
 

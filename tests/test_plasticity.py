@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-from plastiscope.checkpoint import trainable_copy
 from plastiscope.data import Documents, encode, load_documents
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.downstream import DownstreamTask, label_accuracy, labelled_ids, split_indices, task_ids
@@ -18,6 +17,7 @@ from plastiscope.losses import document_losses, mean_per_document
 from plastiscope.plasticity import finetune, parameter_distance
 from plastiscope.results import ResultsStore
 from plastiscope.runner import Inputs, prepare, run_analyses
+from plastiscope.training import trainable_copy
 
 TINY_OPTIONS = {"steps": 4, "batch_size": 8, "learning_rates": [1e-4, 3e-3], "eval_docs": 24, "select_docs": 12,
                 "train_docs": 64, "n_resamples": 200}

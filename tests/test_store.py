@@ -17,7 +17,7 @@ import torch
 from test_checkpoint import ARCHITECTURES, save
 from test_pipeline import CALLS, NORM
 
-import plastiscope.memo
+import plastiscope.hashing
 from plastiscope import Checkpoint, Sweep
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.demo.tokenizer import train_tokenizer
@@ -137,8 +137,8 @@ def big_folder(tmp_path):
 
 def test_large_files_are_hashed_once_and_again_when_touched_or_changed(big_folder, tmp_path, monkeypatch):
     reads = []
-    real = plastiscope.memo.hash_file
-    monkeypatch.setattr(plastiscope.memo, "hash_file", lambda path: reads.append(Path(path).name) or real(path))
+    real = plastiscope.hashing.hash_file
+    monkeypatch.setattr(plastiscope.hashing, "hash_file", lambda path: reads.append(Path(path).name) or real(path))
     weights = big_folder / "model.safetensors"
 
     def run():
