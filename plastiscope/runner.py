@@ -25,20 +25,21 @@ runs the same tasks on a Ray cluster.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import logging
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from plastiscope.activations import Consumer, run_pass
 from plastiscope.checkpoint import Checkpoint
+from plastiscope.console import Note, Progress, interactive, quiet
 from plastiscope.data import Documents
 from plastiscope.hashing import FileHashes, using_file_hashes
 from plastiscope.memo import Memo
@@ -183,6 +184,257 @@ def prepare(
     return specs, {s.name: validate(s.name, s.options, options.get(s.name)) for s in specs}
 
 
+@dataclass(frozen=True)
+class Job:
+    """What a run does on each checkpoint: ``analyses`` with their validated ``options`` (by name),
+    the ``inputs``, documents per forward pass (``batch_size``), whether the passes draw bars
+    (``progress``) and whether libraries may print (``verbose``). Built by :func:`plan`."""
+
+    analyses: tuple[Analysis, ...]
+    options: Mapping[str, dict[str, Any]]
+    inputs: Inputs
+    batch_size: int = 16
+    progress: bool = False
+    verbose: bool = False
+
+    def only(self, analyses: Sequence[Analysis]) -> Job:
+        """The same job restricted to ``analyses`` (those a checkpoint has not cached)."""
+        return dataclasses.replace(self, analyses=tuple(analyses))
+
+
+@dataclass
+class Outcome:
+    """What :func:`run_checkpoint` gives back: each finished analysis's rows by name, the failure rows,
+    and our warnings (:class:`~plastiscope.console.Note`) when it ran in another process."""
+
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+
+def plan(
+    analyses: Sequence[str | Analysis],
+    inputs: Inputs,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    verbose: bool = False,
+) -> Job:
+    """The :class:`Job` of a run: the analyses' specs and their options validated once (:func:`prepare`);
+    a clear error for a bad batch size, option or missing input, before any model loads."""
+    check_batch_size(batch_size)
+    specs, configs = prepare(analyses, inputs, options)
+    return Job(tuple(specs), configs, inputs, batch_size, progress, verbose)
+
+
+def run_passes(checkpoint: Checkpoint, job: Job, memo: Memo) -> tuple[dict[str, tuple[Analysis, Task]], list[dict[str, Any]]]:
+    """Start every analysis of ``job`` on ``checkpoint`` and run the shared pass over each input.
+
+    Returns the tasks whose passes went well, ready to ``finish()``, by analysis name, and the failure
+    rows of the others (a task that did not start, a consumer that raised: its analysis only).
+    """
+    tasks: dict[str, tuple[Analysis, Task]] = {}
+    failures = []
+    for spec in job.analyses:
+        try:
+            tasks[spec.name] = (spec, spec.start(checkpoint, job.inputs, job.options[spec.name], memo))
+        except Exception as err:
+            failures.append(failure_row(checkpoint, spec.name, err))
+    for input_name in INPUT_FLAGS:
+        owners = [(name, c) for name, (_, task) in tasks.items() for c in task.passes.get(input_name, ())]
+        if owners:
+            errors = run_pass(checkpoint, getattr(job.inputs, input_name), [c for _, c in owners], batch_size=job.batch_size,
+                              progress=job.progress and interactive(), isolate=True)
+            for index, err in errors.items():  # a consumer that raised fails its own analysis only
+                name = owners[index][0]
+                if tasks.pop(name, None) is not None:
+                    failures.append(failure_row(checkpoint, name, err))
+    return tasks, failures
+
+
+def run_checkpoint(checkpoint: Checkpoint, job: Job, memo: Memo) -> Outcome:
+    """Every analysis of ``job`` on one checkpoint: start, the shared passes, finish; each analysis's rows or failure."""
+    tasks, failures = run_passes(checkpoint, job, memo)
+    outcome = Outcome(failures=failures)
+    for name, (_, task) in tasks.items():
+        try:
+            outcome.frames[name] = task.finish()
+        except Exception as err:
+            outcome.failures.append(failure_row(checkpoint, name, err))
+    return outcome
+
+
+def run_spec(spec: Any, job: Job, memo_root: str | None = None) -> Outcome:
+    """:func:`run_checkpoint` in another process: rebuild the checkpoint from its
+    :class:`~plastiscope.checkpoint.CheckpointSpec`, run, free it. Our warnings travel back in the outcome."""
+    with quiet(job.verbose, emit=False) as notes:
+        checkpoint = None
+        try:
+            checkpoint = spec.checkpoint()
+            outcome = run_checkpoint(checkpoint, job, Memo(memo_root))
+        except Exception as err:  # a broken checkpoint must not sink the sweep
+            outcome = Outcome(failures=[failure_row(checkpoint if checkpoint is not None else spec, "*", err)])
+        finally:
+            if checkpoint is not None:
+                checkpoint.unload()
+    outcome.notes = list(notes.items)
+    return outcome
+
+
+class Executor(Protocol):
+    """Where :func:`run_checkpoint` runs: :class:`InProcess`, :class:`ProcessPool`, :class:`plastiscope.distributed.Ray`."""
+
+    name: str
+
+    def check(self, sweep: Sweep) -> None:
+        """Refuse, before any model loads, a sweep this executor cannot run (a clear ValueError)."""
+
+    def run(self, work: Sequence[tuple[Checkpoint, Job]], memo_root: Path | None) -> Iterator[tuple[int, Outcome]]:
+        """Run each ``(checkpoint, job)``; yield ``(its index in work, outcome)`` as each finishes."""
+
+
+class InProcess:
+    """Run the checkpoints here, one after the other; one :class:`~plastiscope.memo.Memo` serves the whole run."""
+
+    name = "local"
+
+    def check(self, sweep: Sweep) -> None:
+        """Any sweep runs in this process (in-memory models included)."""
+
+    def run(self, work: Sequence[tuple[Checkpoint, Job]], memo_root: Path | None) -> Iterator[tuple[int, Outcome]]:
+        """Each checkpoint in turn: run, free, yield."""
+        memo = Memo(memo_root)
+        for index, (checkpoint, job) in enumerate(work):
+            try:
+                outcome = run_checkpoint(checkpoint, job, memo)
+            except Exception as err:  # a broken checkpoint must not sink the sweep
+                outcome = Outcome(failures=[failure_row(checkpoint, "*", err)])
+            finally:
+                checkpoint.unload()
+            yield index, outcome
+
+
+def specs_of(sweep: Sweep, executor: str) -> None:
+    """Refuse in-memory checkpoints for an executor that rebuilds them in other processes."""
+    in_memory = [c.name for c in sweep if c.path is None]
+    if in_memory:
+        raise ValueError(f"checkpoints {in_memory} are in memory; the {executor} executor rebuilds checkpoints from their "
+                         f"folders (save_pretrained), or use the local executor")
+
+
+@dataclass
+class ProcessPool:
+    """Run the checkpoints in ``workers`` local processes at once (spawned, each on ``threads`` torch threads),
+    each rebuilt from its :class:`~plastiscope.checkpoint.CheckpointSpec`; memoised values are shared on disk."""
+
+    workers: int = 2
+    threads: int = 1
+    name = "process"
+
+    def check(self, sweep: Sweep) -> None:
+        """Refuse a bad worker count, and in-memory checkpoints (they cannot travel to another process)."""
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers={self.workers!r}: processes at once must be an integer >= 1")
+        specs_of(sweep, self.name)
+
+    def run(self, work: Sequence[tuple[Checkpoint, Job]], memo_root: Path | None) -> Iterator[tuple[int, Outcome]]:
+        """Submit every checkpoint's spec to the pool; yield outcomes as they finish."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        if not work:
+            return
+        root = str(memo_root) if memo_root is not None else None
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(self.workers, len(work)), mp_context=context, initializer=_set_threads,
+                                 initargs=(self.threads,)) as pool:
+            futures = {pool.submit(run_spec, checkpoint.spec(), job, root): i for i, (checkpoint, job) in enumerate(work)}
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as err:  # the worker process died
+                    outcome = Outcome(failures=[failure_row(work[index][0], "*", f"{type(err).__name__}: {err}")])
+                yield index, outcome
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def executor_named(name: str | Executor | None, **options: Any) -> Executor:
+    """An executor by name (``local``, ``process``, ``ray``) with its ``options``, or the executor given."""
+    if name is None or name == "local":
+        if options:
+            raise ValueError(f"the local executor takes no options; got {sorted(options)}")
+        return InProcess()
+    if name == "process":
+        return ProcessPool(**options)
+    if name == "ray":
+        from plastiscope.distributed import Ray
+
+        return Ray(**options)
+    if isinstance(name, str):
+        raise ValueError(f"executor {name!r}: choose local, process or ray")
+    return name
+
+
+def drive(
+    sweep: Sweep | Checkpoint | Sequence[Checkpoint],
+    job: Job,
+    store: ResultsStore | None = None,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run ``job`` on every checkpoint of ``sweep``; return ``(results, failures)``.
+
+    Cached pieces come from ``store``; the rest runs on ``executor`` (default :class:`InProcess`) and
+    each finished piece is stored as it arrives, so an interrupted run loses only the checkpoints in
+    flight. Rows are in sweep order, whatever the executor. ``failures`` has one row per
+    (checkpoint, analysis) that failed (``analysis`` ``"*"``: the whole checkpoint). Libraries' bars
+    and warnings are silenced unless ``job.verbose`` (:func:`plastiscope.console.quiet`); each of our
+    warnings is emitted once per run.
+    """
+    sweep = as_sweep(sweep)
+    executor = executor or InProcess()
+    executor.check(sweep)
+    pieces: dict[tuple[int, str], pd.DataFrame] = {}
+    failures: list[dict[str, Any]] = sweep.load_errors()
+    with quiet(job.verbose, names=[c.name for c in sweep]) as notes, file_hashes(store) as hashes:
+        keys = run_keys(job.analyses, job.options, job.inputs) if store is not None else {}
+        work: list[tuple[int, Checkpoint, Job, str | None]] = []
+        for position, checkpoint in enumerate(sweep):
+            try:
+                todo, content = cached(checkpoint, job.analyses, keys, store, pieces, position)
+                hashes.save()
+            except Exception as err:  # e.g. its files changed since the sweep was read
+                failures.append(failure_row(checkpoint, "*", err))
+                continue
+            if todo:
+                work.append((position, checkpoint, job.only(todo), content))
+        bar = Progress(len(work), "checkpoints", enabled=progress)
+        try:
+            for index, outcome in executor.run([(c, j) for _, c, j, _ in work], store.cache / "memo" if store is not None else None):
+                position, checkpoint, _, content = work[index]
+                for name, frame in outcome.frames.items():
+                    frame = stamp(frame, checkpoint)  # the identity as the driver knows it, whichever process ran it
+                    if store is not None and content is not None:
+                        store.put(name, content, cache_key(keys[name], checkpoint), frame, identity=identity(checkpoint))
+                    pieces[position, name] = frame
+                failures += outcome.failures
+                notes.extend(outcome.notes)
+                bar.update(checkpoint.name)
+        finally:
+            bar.close()
+    order = {s.name: i for i, s in enumerate(job.analyses)}
+    frames = [pieces[k] for k in sorted(pieces, key=lambda k: (k[0], order.get(k[1], len(order))))]
+    results, failures = combine(frames, failures)
+    attach(results, declarations(job.analyses))  # the same record on every analysis's frame, so pd.concat keeps it
+    return results, failures
+
+
 def run_analyses(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint],
     analyses: Sequence[str | Analysis],
@@ -191,34 +443,18 @@ def run_analyses(
     store: ResultsStore | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    executor: str | Executor | None = None,
+    verbose: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run ``analyses`` on every checkpoint; return ``(results, failures)``.
+    """Run ``analyses`` on every checkpoint; return ``(results, failures)``: :func:`plan`, then :func:`drive`.
 
     ``options[name]`` overrides the defaults of analysis ``name``. ``failures`` has one row
     per (checkpoint, analysis) that raised, with the error message; the other results are
-    kept (and cached in ``store``, if given).
+    kept (and cached in ``store``, if given). ``executor``: ``"local"`` (default), ``"process"``,
+    ``"ray"`` or an executor object.
     """
-    check_batch_size(batch_size)
-    sweep = as_sweep(sweep)
-    specs, configs = prepare(analyses, inputs, options)
-    memo = Memo(store.cache / "memo" if store is not None else None)
-    frames: list[pd.DataFrame] = []
-    failures: list[dict[str, Any]] = sweep.load_errors()
-    with file_hashes(store) as hashes:
-        keys = run_keys(specs, configs, inputs) if store is not None else {}
-        for checkpoint in tqdm(sweep, desc="checkpoints", unit="ckpt", disable=not progress):
-            try:
-                todo, content = cached(checkpoint, specs, keys, store, frames)
-                hashes.save()
-                if todo:
-                    run_checkpoint(checkpoint, todo, configs, inputs, store, memo, frames, failures, batch_size, progress, keys, content)
-            except Exception as err:  # a broken checkpoint must not sink the sweep
-                failures.append(failure_row(checkpoint, "*", err))
-            finally:
-                checkpoint.unload()
-    results, failures = combine(frames, failures)
-    attach(results, declarations(specs))  # the same record on every analysis's frame, so pd.concat keeps it
-    return results, failures
+    job = plan(analyses, inputs, options, batch_size, progress, verbose)
+    return drive(sweep, job, store, executor_named(executor), progress)
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -243,15 +479,17 @@ def run_one(
     store: ResultsStore | str | Path | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    executor: str | Executor | None = None,
 ) -> pd.DataFrame:
-    """One analysis over a sweep, for the notebook functions (``probe_sweep``, ``attention_stats``, ...).
+    """One analysis over a sweep, for the notebook functions (``probes``, ``attention``, ...), on ``executor``
+    (:func:`executor_named`; default in this process).
 
     Checkpoints that fail are reported by a warning (and kept as records in ``frame.attrs["failures"]``);
     if every checkpoint fails, the errors are raised.
     """
     if store is not None and not isinstance(store, ResultsStore):
         store = ResultsStore(store)
-    results, failures = run_analyses(sweep, [analysis], inputs, {analysis.name: options}, store, batch_size, progress)
+    results, failures = run_analyses(sweep, [analysis], inputs, {analysis.name: options}, store, batch_size, progress, executor)
     if len(failures):
         lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
         if results.empty:
@@ -296,10 +534,11 @@ def cached(
     specs: Sequence[Analysis],
     keys: Mapping[str, Mapping[str, Any]],
     store: ResultsStore | None,
-    frames: list[pd.DataFrame],
+    pieces: dict[tuple[int, str], pd.DataFrame],
+    position: int = 0,
 ) -> tuple[list[Analysis], str | None]:
-    """Append the cached pieces of ``checkpoint`` to ``frames``; return the analyses still to run and
-    the checkpoint's content hash (None without a store)."""
+    """Put the cached pieces of ``checkpoint`` into ``pieces`` (under ``(position, analysis)``); return the
+    analyses still to run and the checkpoint's content hash (None without a store)."""
     if store is None:
         return list(specs), None
     todo = []
@@ -310,57 +549,16 @@ def cached(
         if piece is None:
             todo.append(spec)
         else:
-            frames.append(stamp(piece, checkpoint))  # names and hyperparameters as they are now
+            pieces[position, spec.name] = stamp(piece, checkpoint)  # names and hyperparameters as they are now
     return todo, content
 
 
-def run_checkpoint(
-    checkpoint: Checkpoint,
-    specs: Sequence[Analysis],
-    configs: Mapping[str, Mapping[str, Any]],
-    inputs: Inputs,
-    store: ResultsStore | None,
-    memo: Memo,
-    frames: list[pd.DataFrame],
-    failures: list[dict[str, Any]],
-    batch_size: int = 16,
-    progress: bool = True,
-    keys: Mapping[str, Mapping[str, Any]] | None = None,
-    content: str | None = None,
-) -> None:
-    """Start every analysis of one checkpoint, run the shared passes, finish, cache (under ``keys`` and the
-    checkpoint's ``content`` hash, with a store) and collect."""
-    tasks = {}
-    for spec in specs:
-        try:
-            tasks[spec.name] = (spec, spec.start(checkpoint, inputs, configs[spec.name], memo))
-        except Exception as err:
-            failures.append(failure_row(checkpoint, spec.name, err))
-    for input_name in INPUT_FLAGS:
-        owners = [(name, c) for name, (_, task) in tasks.items() for c in task.passes.get(input_name, ())]
-        if owners:
-            consumers = [c for _, c in owners]
-            errors = run_pass(checkpoint, getattr(inputs, input_name), consumers, batch_size=batch_size, progress=progress, isolate=True)
-            for index, err in errors.items():  # a consumer that raised fails its own analysis only
-                name = owners[index][0]
-                if tasks.pop(name, None) is not None:
-                    failures.append(failure_row(checkpoint, name, err))
-    for name, (spec, task) in tasks.items():
-        try:
-            frame = task.finish()
-        except Exception as err:
-            failures.append(failure_row(checkpoint, name, err))
-            continue
-        if store is not None and keys is not None and content is not None:
-            store.put(name, content, cache_key(keys[spec.name], checkpoint), frame, identity=identity(checkpoint))
-        frames.append(frame)
-
-
-def failure_row(checkpoint: Checkpoint, analysis: str, err: BaseException | str) -> dict[str, Any]:
-    """One row of ``failures`` (which checkpoint, where, which analysis, what went wrong), logged as an error."""
+def failure_row(checkpoint: Checkpoint | Any, analysis: str, err: BaseException | str) -> dict[str, Any]:
+    """One row of ``failures`` (which checkpoint, where, which analysis, what went wrong), logged as an error;
+    ``checkpoint`` may be a :class:`~plastiscope.checkpoint.CheckpointSpec` (one that could not be rebuilt)."""
     if isinstance(err, BaseException):
         log.debug("".join(traceback.format_exception(err)))
         err = f"{type(err).__name__}: {err}"
     log.error("%s / %s: %s", checkpoint.name, analysis, err)
-    path = str(checkpoint.path) if checkpoint.path else "<in memory>"
+    path = str(checkpoint.path) if getattr(checkpoint, "path", None) else "<in memory>"
     return {"checkpoint": checkpoint.name, "path": path, "analysis": analysis, "error": err}

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from plastiscope.metrics import Declarations, attach, read_declarations
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, load_results, tidy
 from plastiscope.stats import replicate_interval
 
@@ -55,7 +56,6 @@ REPLICATE_COLUMN = "seed"
 MEASURED_COLUMNS = ("tokens", "epochs", "tokens_per_parameter")  # measured by the trainer; they differ between seeds
 NOT_CONFIGURATION = (REPLICATE_COLUMN, *LOSS_COLUMNS.values(), *MEASURED_COLUMNS)
 DEFAULT_X = "weight_decay"
-ANALYSIS_ORDER = ("plasticity", "probes", "attention", "attention_weights", "overfit", "landscape")
 REQUIRED = ("checkpoint", "weight_decay", "analysis", "metric", "value")
 
 
@@ -146,6 +146,7 @@ class Prepared:
     groups: list[str]
     run_infos: dict[str, dict] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    declarations: Declarations = field(default_factory=Declarations)  # what each metric means (:mod:`plastiscope.metrics`)
     loss_sources: dict[str, str] = field(default_factory=dict)
     _by_series: dict[str, SeriesRows] | None = field(default=None, repr=False)
     _columns: dict[str, np.ndarray] | None = field(default=None, repr=False)
@@ -214,6 +215,7 @@ def _read_one(item: ResultsLike) -> tuple[pd.DataFrame, dict | None, str]:
     path = Path(item)
     frame = load_results(path)
     folder = path if path.is_dir() else path.parent
+    attach(frame, read_declarations(folder))
     run_info = None
     if (folder / "run.json").exists():
         run_info = json.loads((folder / "run.json").read_text())
@@ -260,6 +262,10 @@ def read_inputs(results: ResultsInput) -> tuple[pd.DataFrame, dict[str, dict], d
             run_infos[name] = run_info
         sources[name] = source
     frame = pd.concat(frames, ignore_index=True) if several else frames[0]
+    declarations = Declarations()
+    for part in frames:  # what each folder records, merged (pd.concat keeps attrs only when they are equal)
+        declarations = declarations.merged(read_declarations(part))
+    attach(frame, declarations)
     return frame, run_infos, sources, several
 
 
@@ -308,8 +314,9 @@ def _combination_labels(frame: pd.DataFrame, columns: list[str], label) -> np.nd
     return labels[inverse.ravel()]
 
 
-def _analysis_rank(name: str) -> tuple[int, str]:
-    return (ANALYSIS_ORDER.index(name) if name in ANALYSIS_ORDER else len(ANALYSIS_ORDER), name)
+def _analysis_rank(name: str, order: tuple[str, ...]) -> tuple[int, str]:
+    """Analyses in declaration order; undeclared ones after them, by name."""
+    return (order.index(name) if name in order else len(order), name)
 
 
 def variant_columns(frame: pd.DataFrame) -> list[str]:
@@ -368,6 +375,7 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
     ``x`` the hyperparameter on the horizontal axis (default ``weight_decay``).
     """
     frame, run_infos, sources, several = read_inputs(results)
+    declarations = read_declarations(frame)
     frame = validate(frame)
     if run_info is not None:
         run_infos[next(iter(sources)) if not several else "given run_info"] = run_info
@@ -413,7 +421,8 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
     # series, in analysis order then order of first appearance
     series = []
     firsts = frame.drop_duplicates("_series")
-    firsts = firsts.assign(_rank=firsts["analysis"].map(_analysis_rank)).sort_values("_rank", kind="stable")
+    ranks = firsts["analysis"].map(lambda a: _analysis_rank(a, declarations.order))
+    firsts = firsts.assign(_rank=ranks).sort_values("_rank", kind="stable")
     by_series = frame.groupby("_series", sort=False)
     for row in firsts[["_series", "analysis", "metric", "variant"]].to_dict("records"):
         rows = by_series.get_group(row["_series"])
@@ -472,6 +481,7 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
         rows=frame, checkpoints=checkpoints, hyper=hyper, shared=shared, details=details, variant_columns=variants,
         series=series, scores=scores, x=x, categorical=categorical, categories=categories, config_columns=config_columns,
         line_columns=line_columns, group_by=group_by, groups=groups, run_infos=run_infos, sources=sources,
+        declarations=declarations,
         loss_sources=loss_sources,
     )
 
