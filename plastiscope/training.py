@@ -132,9 +132,10 @@ def train(
     return history
 
 
-def trainable_copy(model: Any) -> Any:
+def trainable_copy(model: Any, dtype: torch.dtype = torch.float32) -> Any:
     """A plain ``transformers`` model with ``model``'s config and a float32 copy of its parameters,
-    on the device of its first parameter, ready to train.
+    on the device of its first parameter, ready to train (``dtype``: another precision for the copy,
+    e.g. the checkpoint's own for a frozen base that adapters are trained on).
 
     A checkpoint's ``hf_model`` is wrapped in place by TransformerLens's bridge, whose hook
     closures keep pointing at the original modules through ``copy.deepcopy`` (a deep copy's
@@ -146,7 +147,7 @@ def trainable_copy(model: Any) -> Any:
 
     device = next(model.parameters()).device
     with torch.device(device):
-        fresh = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=torch.float32, trust_remote_code=False)
+        fresh = AutoModelForCausalLM.from_config(copy.deepcopy(model.config), dtype=dtype, trust_remote_code=False)
     state = {name.replace("._original_component", ""): p.detach() for name, p in model.named_parameters()}
     missing, unexpected = fresh.load_state_dict(state, strict=False)
     expected = {name for name, _ in fresh.named_parameters()}
