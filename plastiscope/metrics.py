@@ -33,13 +33,13 @@ baseline is not said to hold.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from plastiscope.hashing import atomic_write
 
 DECLARATIONS_FILE = "metrics.json"
 ATTRS_KEY = "metrics"
@@ -270,9 +270,8 @@ def write_declarations(folder: str | Path, declarations: Declarations) -> Path:
             declarations = Declarations.from_json(json.loads(path.read_text())).merged(declarations)
         except (ValueError, DeclarationError):
             pass  # an unreadable record is replaced by this run's
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".metrics-", suffix=".json", delete=False) as tmp:
-        tmp.write(json.dumps(declarations.to_json(), indent=1))
-    os.replace(tmp.name, path)  # atomic: a reader sees the old record or the new one
+    text = json.dumps(declarations.to_json(), indent=1)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))  # a reader sees the old record or the new one
     return path
 
 

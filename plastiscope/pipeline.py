@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from plastiscope.checkpoint import CheckpointError
+from plastiscope.hashing import atomic_write
 from plastiscope.metrics import write_declarations
 from plastiscope.results import ResultsStore, check_results_folder, identity
 from plastiscope.runner import ALIASES, Analysis, Inputs, available_analyses, declarations, get_analysis, prepare, run_analyses
@@ -128,5 +129,6 @@ def analyze(
             run["earlier"] = (old.get("earlier") or [])[-19:] + [{"config": old.get("config"), "data": old.get("data")}]
         except (ValueError, AttributeError) as err:
             log.warning("%s: unreadable (%s); this run's run.json replaces it", previous, err)
-    (Path(out) / "run.json").write_text(json.dumps(run, indent=1, default=str))
+    text = json.dumps(run, indent=1, default=str)
+    atomic_write(Path(out) / "run.json", lambda tmp: Path(tmp).write_text(text))
     return results, failures
