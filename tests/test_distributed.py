@@ -1,7 +1,9 @@
-"""The Ray executor on a local cluster: same metrics as in-process, killed tasks retried once."""
+"""The Ray executor on a local cluster: same metrics as in-process, one task per checkpoint, the checkpoint's placement
+rebuilt in the worker, killed tasks retried once."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -69,7 +71,7 @@ def test_ray_gives_the_same_table_as_local(cluster, tiny_sweep, probe_docs, tmp_
     remote, failures = run_analyses_ray(tiny_sweep, analyses, inputs, store=store, progress=False)
     assert failures.empty
     pd.testing.assert_frame_equal(_sorted(local), _sorted(remote))
-    assert len(list(store.cache.glob("*.parquet"))) == 2 * len(tiny_sweep)  # one file per task
+    assert len(list(store.cache.glob("*.parquet"))) == 2 * len(tiny_sweep)  # one file per (checkpoint, analysis)
     again, _ = run_analyses_ray(tiny_sweep, analyses, inputs, store=store, progress=False)  # all cached
     pd.testing.assert_frame_equal(_sorted(again), _sorted(remote))
 
@@ -92,3 +94,38 @@ def test_task_dying_twice_is_reported_and_the_rest_kept(cluster, tiny_sweep, pro
     results, failures = run_analyses_ray(tiny_sweep, [spec], inputs, progress=False)
     assert failures["checkpoint"].tolist() == ["wd-0.1"] and failures["error"].str.contains("Worker|died|crash", case=False).all()
     assert sorted(results["checkpoint"].unique()) == ["wd-0", "wd-1"]
+
+
+class WhereTask:
+    """No model load: one row saying which Ray task ran it, the checkpoint's device map and its dtype."""
+
+    def __init__(self, checkpoint, inputs, options, memo):
+        self.checkpoint, self.passes = checkpoint, {}
+
+    def finish(self):
+        device_map = self.checkpoint.device_map
+        return make_frame(self.checkpoint, self.name, [{
+            "metric": "where", "value": float(os.getpid()), "task": ray.get_runtime_context().get_task_id(),
+            "device_map": json.dumps(dict(device_map) if device_map is not None else None), "dtype": str(self.checkpoint.dtype),
+        }])
+
+
+def where_analysis(name: str) -> Analysis:
+    task = type(f"Where_{name}", (WhereTask,), {"name": name})
+    return Analysis(name, (), task, OptionTable({}))
+
+
+def test_one_task_per_checkpoint_runs_all_its_analyses(cluster, tiny_manifest, tmp_path):
+    from plastiscope import Sweep
+    from plastiscope.distributed import Ray, gpus_needed
+    from plastiscope.runner import drive, plan
+
+    placed = Sweep.from_manifest(tiny_manifest).to(dtype="bfloat16", device_map={"": "cpu"})
+    job = plan([where_analysis("where_a"), where_analysis("where_b")], Inputs(), progress=False)
+    results, failures = drive(placed, job, ResultsStore(tmp_path / "res"), Ray(), progress=False)
+    assert failures.empty, failures.to_dict("records")
+    tasks = results.groupby("checkpoint")["task"].agg(set)
+    assert all(len(t) == 1 for t in tasks) and len(set.union(*tasks)) == len(placed)  # both analyses in one task each
+    assert set(results["device_map"]) == {json.dumps({"": "cpu"})} and set(results["dtype"]) == {"torch.bfloat16"}
+    assert gpus_needed("cpu", {"": "cpu"}) == 0 and gpus_needed("cuda:1", None) == 1
+    assert gpus_needed(None, {"embed": 0, "layers.0": 1, "layers.1": "cuda:1", "lm_head": "cpu"}) == 2
