@@ -232,6 +232,10 @@ def report(
     format: str = typer.Option("html", help="Comma-separated outputs: html, plus csv (data behind each figure), png, svg (need kaleido)."),
     x: str = typer.Option("weight_decay", "--x", help="The swept hyperparameter on the horizontal axis (numeric or categorical, "
                           "e.g. schedule; step for training dynamics)."),
+    outcomes: list[Path] | None = typer.Option(None, "--outcomes", help="Outcome table (checkpoint, metric, value) or "
+                                               "lm-evaluation-harness results_*.json, or a folder of them; stored in the results folder."),
+    outcome: str | None = typer.Option(None, "--outcome", help="The outcome to rank by (metric or series; default "
+                                       "downstream_loss_after where present)."),
 ) -> None:
     """Write self-contained HTML reports (plotly embedded, opens offline)."""
     from plastiscope import reports
@@ -245,10 +249,17 @@ def report(
             _folder(out_dir, "--out-dir")
         _existing_results(results)
         formats = tuple(f for f in format.split(",") if f)
+        if outcomes:
+            if len(results) != 1:
+                raise ValueError("--outcomes: pass one results folder; import outcomes into each folder on its own")
+            reports.import_outcomes(results[0], outcomes)
         if out is not None:
             source = results[0] if len(results) == 1 else results
-            path = reports.write_report(source, out, group_by=group_by, formats=tuple(f for f in formats if f != "html"), x=x)
+            path = reports.write_report(source, out, group_by=group_by, formats=tuple(f for f in formats if f != "html"), x=x,
+                                        outcome=outcome)
         else:
+            if outcome is not None:
+                raise ValueError("--outcome: choose the outcome with --out (one report)")
             path = reports.write_reports(results, out_dir, group_by=group_by, formats=formats, x=x)
     typer.echo(str(path))
 

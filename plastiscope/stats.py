@@ -13,7 +13,8 @@
 - :func:`cluster_association`: Spearman's rho between two quantities measured on units
   (checkpoints) grouped in clusters (configurations whose replicate seeds are averaged), with a
   two-stage cluster bootstrap interval (Davison & Hinkley 1997, sec. 3.8: resample clusters,
-  then units within each) and a permutation p-value that permutes within blocks (seeds).
+  then units within each; only with :data:`MIN_BOOTSTRAP_CLUSTERS` or more clusters) and a
+  permutation p-value that permutes within blocks (seeds).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import false_discovery_control, rankdata
 
 Statistic = Callable[..., np.ndarray]
 
@@ -165,35 +167,19 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 
 def benjamini_hochberg(pvalues: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (false discovery rate); NaNs stay NaN and are not counted."""
+    """Benjamini-Hochberg adjusted p-values (false discovery rate; ``scipy.stats.false_discovery_control``);
+    NaNs stay NaN and are not counted."""
     p = np.asarray(pvalues, dtype=np.float64)
     out = np.full_like(p, np.nan)
-    finite = np.flatnonzero(np.isfinite(p))
-    m = len(finite)
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    scaled = p[order] * m / np.arange(1, m + 1)
-    out[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    finite = np.isfinite(p)
+    if finite.any():
+        out[finite] = false_discovery_control(p[finite], method="bh")
     return out
 
 
 def average_ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks (1-based) of ``a [..., unit]`` along the last axis, ties given their average rank (as scipy's ``rankdata``)."""
-    a = np.asarray(a, dtype=np.float64)
-    n = a.shape[-1]
-    order = np.argsort(a, axis=-1, kind="stable")
-    ordered = np.take_along_axis(a, order, axis=-1)
-    position = np.broadcast_to(np.arange(n), a.shape)
-    new = np.ones(a.shape, dtype=bool)
-    new[..., 1:] = ordered[..., 1:] != ordered[..., :-1]  # a run of equal values starts here
-    last = np.ones(a.shape, dtype=bool)
-    last[..., :-1] = new[..., 1:]
-    start = np.maximum.accumulate(np.where(new, position, 0), axis=-1)
-    end = np.flip(np.minimum.accumulate(np.flip(np.where(last, position, n), -1), axis=-1), -1)
-    ranks = np.empty(a.shape)
-    np.put_along_axis(ranks, order, (start + end) / 2 + 1, axis=-1)
-    return ranks
+    """Ranks (1-based) of ``a [..., unit]`` along the last axis, ties given their average rank (``scipy.stats.rankdata``)."""
+    return rankdata(np.asarray(a, dtype=np.float64), axis=-1)
 
 
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -267,7 +253,8 @@ class Association:
     ``p``: the two-sided permutation p-value, ``exact`` when every permutation was enumerated;
     ``p_perfect``: the p-value a perfect association would reach with the same design (the
     smallest a monotone trend can get: when it is above the test level, these data cannot
-    decide); ``n_clusters``, ``n_units``: what was used after dropping NaNs.
+    decide); ``n_clusters``, ``n_units``: what was used after dropping NaNs; ``no_interval``: why
+    ``low``/``high`` are NaN (empty when they are not, or when there is no estimate).
     """
 
     estimate: float
@@ -278,6 +265,28 @@ class Association:
     p_perfect: float
     n_clusters: int
     n_units: int
+    no_interval: str = ""
+
+
+MIN_BOOTSTRAP_CLUSTERS = 8
+"""The fewest clusters a cluster bootstrap interval is given for.
+
+With ``k`` clusters a resample is one of at most C(2k-1, k) multisets (10 for k = 3, 126 for
+k = 5, 6435 for k = 8), and a resample that draws 3 or fewer distinct clusters gives a rank
+correlation that is undefined or one of a few values (±1, ±0.5). A 95 % percentile interval
+reads the outer 2.5 % of resamples on each side; such degenerate resamples make up 100 % of
+them at k = 3, 58 % at k = 5, 8 % at k = 7 and 2.0 % at k = 8 (0.4 % at k = 9): 8 is the
+fewest clusters at which they are below the 2.5 % a tail reads, so the interval's ends are not
+set by them. With fewer, the interval is NaN with the reason in :attr:`Association.no_interval`
+(three configurations would otherwise print ``ρ −1.00 [−1.00, −1.00]``).
+"""
+
+
+def no_interval_reason(k: int) -> str:
+    """Why an association over ``k`` clusters has no cluster bootstrap interval (empty when it may have one)."""
+    if k >= MIN_BOOTSTRAP_CLUSTERS:
+        return ""
+    return f"no interval: {k} configurations; a cluster bootstrap needs at least {MIN_BOOTSTRAP_CLUSTERS}"
 
 
 NO_ASSOCIATION = Association(math.nan, math.nan, math.nan, math.nan, False, math.nan, 0, 0)
@@ -317,6 +326,8 @@ def cluster_association(
       Interval: a two-stage cluster bootstrap (Davison & Hinkley 1997, sec. 3.8): resample
       clusters with replacement, then each drawn cluster's units with replacement, average,
       rank; percentile 95 %. Replicates stay together, so repeating a seed never narrows it.
+      Only with at least :data:`MIN_BOOTSTRAP_CLUSTERS` clusters; with fewer the interval is
+      NaN and ``no_interval`` says why.
     - Categorical ``x`` (group labels): eta squared, the share of the units' variance of ``y``
       between the groups; no interval.
 
@@ -346,7 +357,7 @@ def cluster_association(
         estimate = float(share(y[None])[0])
         p, exact = _one_sided_pvalue(share, y, perms)
         p_perfect, _ = _one_sided_pvalue(share, codes.astype(np.float64), perms)
-        return Association(estimate, math.nan, math.nan, p, exact, p_perfect, k, len(y))
+        return Association(estimate, math.nan, math.nan, p, exact, p_perfect, k, len(y), "no interval for eta squared")
     x = x.astype(np.float64)
     x_means = cluster_means(x, cl, k)
 
@@ -366,6 +377,9 @@ def cluster_association(
     p, exact = permutation_pvalue(lambda idx: unit_rho(ry[idx]), np.arange(len(y)), permutations=perms)
     scale = (rx**2).sum()
     p_perfect, _ = permutation_pvalue(lambda idx: unit_rho(rx[idx]), np.arange(len(y)), permutations=perms)
+    reason = no_interval_reason(k)
+    if reason or not math.isfinite(estimate):
+        return Association(estimate, math.nan, math.nan, p, exact, p_perfect, k, len(y), reason)
     low, high = _cluster_bootstrap_rho(x, y, cl, k, n_resamples, seed)
     return Association(estimate, low, high, p, exact, p_perfect, k, len(y))
 

@@ -17,7 +17,9 @@ loss:
 
 ``by`` (a hyperparameter of the proxy, e.g. its learning rate) evaluates each proxy setting on
 its own. Errors name the side, the column and the fix: a key missing on one side, no matched
-configuration, or several checkpoints with one key that differ in more than their seed.
+configuration, configurations that match only in part (each unmatched one named, on both
+sides), or several checkpoints with one key that differ in more than their seed. Fewer than
+:data:`~plastiscope.stats.MIN_BOOTSTRAP_CLUSTERS` matched configurations give rho no interval.
 """
 
 from __future__ import annotations
@@ -29,10 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plastiscope.reports.correlate import OUTCOME_ACCURACY, OUTCOME_METRIC, VAL_LOSS, VAL_LOSS_KEY, fmt_p, val_loss_key
+from plastiscope.reports.correlate import (
+    OUTCOME_ACCURACY,
+    OUTCOME_METRIC,
+    VAL_LOSS,
+    VAL_LOSS_KEY,
+    better_direction,
+    fmt_p,
+    val_loss_key,
+)
 from plastiscope.reports.frame import NOT_CONFIGURATION, Prepared, ResultsInput, prepare, text
 from plastiscope.reports.markup import esc
-from plastiscope.reports.metrics_doc import describe_metric
 from plastiscope.stats import cluster_association
 
 LOSS_METRICS = (VAL_LOSS, OUTCOME_METRIC, OUTCOME_ACCURACY)
@@ -114,7 +123,7 @@ def sweep_agreement(proxy: ResultsInput, target: ResultsInput, key: str | Sequen
     ``key``: the column(s) that identify a configuration in both sweeps (a comma-separated
     string or a list). ``by``: a proxy hyperparameter to evaluate each value of separately.
     Returns one row per (``by`` value, series): by, series, metric, better, n_configs, rho,
-    rho_low, rho_high, p, top_k, regret, proxy_top (the proxy's top-k keys), target_best.
+    rho_low, rho_high, rho_note (why there is no interval), p, top_k, regret, proxy_top (the proxy's top-k keys), target_best.
     """
     keys = _keys(key)
     if top_k < 1:
@@ -132,10 +141,19 @@ def sweep_agreement(proxy: ResultsInput, target: ResultsInput, key: str | Sequen
         mask = np.ones(len(proxy_prep.checkpoints), bool) if by is None else (proxy_prep.checkpoints[by] == value).to_numpy()
         proxy_means = _means(proxy_prep, keys, mask)
         matched = [k for k in proxy_means.index if k in target_means.index]
+        where = f" at {by}={text(value)}" if by else ""
         if not matched:
             raise ValueError(
-                f"no configuration matches on {keys}{f' at {by}={text(value)}' if by else ''}: the proxy has "
+                f"no configuration matches on {keys}{where}: the proxy has "
                 f"{list(proxy_means.index)[:6]}, the target {list(target_means.index)[:6]}; the key's values must be equal in both")
+        only_proxy = [k for k in proxy_means.index if k not in target_means.index]
+        only_target = [k for k in target_means.index if k not in proxy_means.index]
+        if only_proxy or only_target:
+            sides = ([f"proxy {', '.join(map(repr, only_proxy[:8]))} not in the target"] if only_proxy else []) + (
+                [f"target {', '.join(map(repr, only_target[:8]))} not in the proxy"] if only_target else [])
+            raise ValueError(
+                f"configurations match on {keys}{where} only in part ({len(matched)} matched): {'; '.join(sides)}; compare "
+                "sweeps of the same configurations (filter the results of either side to the configurations both have)")
         common = [c for c in proxy_means.columns if c in target_means.columns]
         common.sort(key=lambda c: (_metric(proxy_prep, c) not in LOSS_METRICS, LOSS_METRICS.index(_metric(proxy_prep, c))
                                    if _metric(proxy_prep, c) in LOSS_METRICS else 0))
@@ -148,15 +166,16 @@ def sweep_agreement(proxy: ResultsInput, target: ResultsInput, key: str | Sequen
             names = np.array(matched, dtype=object)[both]
             pv, tv = p_values[both], t_values[both]
             metric = _metric(proxy_prep, series)
-            better = describe_metric(metric).better
+            better = better_direction(proxy_prep, metric) or better_direction(target_prep, metric)
             a = cluster_association(pv, tv, np.arange(len(pv)), n_resamples=n_resamples, seed=seed)
             record = {"by": text(value) if by else "", "series": series, "metric": metric, "better": better or "",
-                      "n_configs": int(both.sum()), "rho": a.estimate, "rho_low": a.low, "rho_high": a.high, "p": a.p,
+                      "n_configs": int(both.sum()), "rho": a.estimate, "rho_low": a.low, "rho_high": a.high,
+                      "rho_note": a.no_interval if math.isfinite(a.estimate) else "", "p": a.p,
                       "top_k": min(top_k, len(pv)), "regret": math.nan, "proxy_top": "", "target_best": ""}
             if better in ("higher", "lower"):
                 record.update(regret_record(pv, tv, names, better, record["top_k"]))
             records.append(record)
-    columns = ["by", "series", "metric", "better", "n_configs", "rho", "rho_low", "rho_high", "p", "top_k", "regret",
+    columns = ["by", "series", "metric", "better", "n_configs", "rho", "rho_low", "rho_high", "rho_note", "p", "top_k", "regret",
                "proxy_top", "target_best"]
     table = pd.DataFrame.from_records(records, columns=columns)
     table.attrs.update(key=keys, by=by or "", proxy=", ".join(proxy_prep.sources.values()),
@@ -173,10 +192,15 @@ def format_agreement(table: pd.DataFrame, max_rows: int = 20) -> str:
         interval = f"{r['rho']:+.2f}" if math.isfinite(r["rho"]) else "-"
         if math.isfinite(r["rho_low"]):
             interval += f" [{r['rho_low']:+.2f}, {r['rho_high']:+.2f}]"
+        elif math.isfinite(r["rho"]):
+            interval += " [—]"
         regret = f"{r['regret']:.4g}@{r['top_k']}" if math.isfinite(r["regret"]) else "-"
         lines.append(f"{r['by'][:12]:<12} {r['series'][:48]:<48} {r['n_configs']:>3}  {interval:<24} {fmt_p(r['p']):>7}  {regret:>10}")
     if len(table) > max_rows:
         lines.append(f"... and {len(table) - max_rows} more rows (write them with --out)")
+    notes = [n for n in table.get("rho_note", pd.Series(dtype=object)).dropna().unique() if n]
+    if notes:
+        lines.append(f"[—] {notes[0]}")
     return "\n".join(lines)
 
 

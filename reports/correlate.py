@@ -10,11 +10,16 @@ keep replicates together (:func:`plastiscope.stats.cluster_association`).
   a permutation p-value permuting ``x`` within blocks of checkpoints that share a seed (and any
   other swept hyperparameter, so only ``x`` is tested). A categorical axis (e.g. a schedule)
   gets eta squared, the share of variance between its values, with the same permutation test.
-- **With the outcome**, the downstream loss after fine-tuning (``downstream_loss_after``,
-  plasticity analysis; lower is better): Spearman's rho of each series' configuration means
-  with the outcome's, the same interval, a permutation p-value within seed blocks. Metrics
-  measured after fine-tuning (the outcome itself, the gain, the selection loss, the
-  displacement) are not predictors; validation loss is ranked like any metric.
+- **With the outcome**: the chosen one (:func:`chosen_outcome`; by default the downstream
+  loss after fine-tuning, ``downstream_loss_after`` of the plasticity analysis, where present,
+  else the first imported outcome, :mod:`.outcomes`): Spearman's rho of each series'
+  configuration means with the outcome's, the same interval, a permutation p-value within
+  seed blocks. Metrics measured after fine-tuning (the outcomes, the gain, the selection loss,
+  the displacement) are not predictors; validation loss is ranked like any metric.
+- Intervals: a cluster bootstrap over fewer than
+  :data:`~plastiscope.stats.MIN_BOOTSTRAP_CLUSTERS` configurations gives none, and the
+  table says why (``*_note``).
+- Which way a metric is better: :func:`better_direction`, the one place that reads it.
 - Benjamini-Hochberg q-values across every series (the long list), separately for the axis
   and the outcome; the headline panels use Holm (:mod:`.verdict`).
 
@@ -30,10 +35,12 @@ import pandas as pd
 
 from plastiscope.reports.frame import Prepared, Series
 from plastiscope.reports.metrics_doc import describe_metric
+from plastiscope.reports.outcomes import OUTCOME_ANALYSIS
 from plastiscope.stats import NO_ASSOCIATION, Association, benjamini_hochberg, cluster_association
 
-OUTCOME_METRIC = "downstream_loss_after"
+OUTCOME_METRIC = "downstream_loss_after"  # the default outcome, where present
 OUTCOME_ACCURACY = "downstream_accuracy_after"
+OUTCOME_METRICS = (OUTCOME_METRIC, OUTCOME_ACCURACY)
 AFTER_FINETUNING = ("downstream_loss_after", "downstream_accuracy_after", "plasticity_gain", "downstream_selection_loss",
                     "finetune_displacement")
 VAL_LOSS = "val_loss"
@@ -47,6 +54,58 @@ def outcome_series(prep: Prepared, metric: str = OUTCOME_METRIC) -> list[Series]
     """The series of ``metric`` (one per downstream task), the plasticity analysis's first."""
     found = [s for s in prep.series if s.metric == metric and s.key in prep.scores]
     return sorted(found, key=lambda s: s.analysis != "plasticity")
+
+
+def better_direction(prep: Prepared, metric: str, directions: dict[str, str] | None = None) -> str | None:
+    """Which way ``metric`` is better: ``"higher"``, ``"lower"`` or None (a mechanism without a better direction).
+
+    In order: ``directions`` (the caller's overrides), the direction the rows record (an
+    imported outcome's file or name, :mod:`.outcomes`), the metric's documented direction
+    (:func:`~.metrics_doc.describe_metric`).
+    """
+    if directions and metric in directions:
+        return directions[metric]
+    if metric in prep.directions:
+        return prep.directions[metric]
+    return describe_metric(metric).better
+
+
+def is_outcome(series: Series) -> bool:
+    """Whether a series is an outcome: imported (analysis ``outcome``) or measured after fine-tuning (loss, accuracy)."""
+    return series.analysis == OUTCOME_ANALYSIS or series.metric in OUTCOME_METRICS
+
+
+def is_predictor(series: Series) -> bool:
+    """Whether a series is measured before fine-tuning (so it may predict the outcome)."""
+    return series.analysis != OUTCOME_ANALYSIS and series.metric not in AFTER_FINETUNING
+
+
+def outcome_keys(prep: Prepared) -> list[str]:
+    """Every outcome series, the chosen one (:func:`chosen_outcome`) first, then imported ones, then the plasticity ones."""
+    found = [s for s in prep.series if s.key in prep.scores and is_outcome(s)]
+    found.sort(key=lambda s: (s.analysis != OUTCOME_ANALYSIS, s.analysis != "plasticity", OUTCOME_METRICS.index(s.metric)
+                              if s.metric in OUTCOME_METRICS else 0))
+    chosen = chosen_outcome(prep)
+    return ([chosen] if chosen else []) + [s.key for s in found if s.key != chosen]
+
+
+def chosen_outcome(prep: Prepared) -> str:
+    """The key of the outcome a report ranks by: ``prep.outcome_choice`` (a series key or metric name), else
+    ``downstream_loss_after`` (the plasticity analysis's first), else the first imported outcome; ``""`` without one."""
+    found = [s for s in prep.series if s.key in prep.scores and is_outcome(s)]
+    choice = prep.outcome_choice
+    if choice:
+        matches = [s for s in found if s.key == choice] or [s for s in found if s.metric == choice]
+        if not matches:
+            raise ValueError(f"--outcome {choice!r}: not an outcome of these results; outcomes: {[s.key for s in found] or 'none'} "
+                             "(import one with --outcomes FILE)")
+        matches.sort(key=lambda s: s.analysis != "plasticity")
+        return matches[0].key
+    default = outcome_series(prep)
+    if default:
+        return default[0].key
+    imported = [s for s in found if s.analysis == OUTCOME_ANALYSIS]
+    return imported[0].key if imported else ""
 
 
 def val_loss_key(prep: Prepared) -> str:
@@ -94,7 +153,7 @@ def with_outcome(prep: Prepared, values: np.ndarray, outcome: np.ndarray, mask: 
 
 def _record(prefix: str, a: Association) -> dict:
     return {prefix: a.estimate, f"{prefix}_low": a.low, f"{prefix}_high": a.high, f"p_{prefix}": a.p,
-            f"p_{prefix}_perfect": a.p_perfect}
+            f"p_{prefix}_perfect": a.p_perfect, f"{prefix}_note": a.no_interval if math.isfinite(a.estimate) else ""}
 
 
 def association_table(prep: Prepared, n_resamples: int = N_RESAMPLES, n_permutations: int = N_PERMUTATIONS,
@@ -103,31 +162,30 @@ def association_table(prep: Prepared, n_resamples: int = N_RESAMPLES, n_permutat
 
     Columns: group, series, analysis, metric, variant, better, n_configs, n_checkpoints, axis
     (``rho`` or ``eta2``), x_effect (+ _low, _high), p_x_effect, p_x_effect_perfect, q_x
-    (Benjamini-Hochberg), outcome (the outcome's series key or ""), rho_outcome (+ _low,
-    _high), p_rho_outcome, p_rho_outcome_perfect, q_outcome, predictor (False for metrics
-    measured after fine-tuning). ``directions`` overrides metrics' better direction by name.
+    (Benjamini-Hochberg), outcome (the chosen outcome's series key or ""), rho_outcome (+ _low,
+    _high), p_rho_outcome, p_rho_outcome_perfect, q_outcome, predictor (False for outcomes and
+    metrics measured after fine-tuning); ``x_effect_note`` / ``rho_outcome_note`` say why an
+    interval is missing. ``directions`` overrides metrics' better direction by name.
     """
     directions = directions or {}
-    outcomes = outcome_series(prep)
-    outcome_key = outcomes[0].key if outcomes else ""
-    keys = [(s.key, s.analysis, s.metric, s.variant) for s in prep.series if s.key in prep.scores]
+    outcome_key = chosen_outcome(prep)
+    keys = [(s.key, s.analysis, s.metric, s.variant, is_predictor(s)) for s in prep.series if s.key in prep.scores]
     val_key = val_loss_key(prep)
     if val_key == VAL_LOSS_KEY and np.isfinite(prep.checkpoints["val_loss"].to_numpy(dtype=float)).any():
-        keys.append((VAL_LOSS_KEY, "trainer", VAL_LOSS, ""))
+        keys.append((VAL_LOSS_KEY, "trainer", VAL_LOSS, "", True))
     records = []
     for group in prep.groups:
         in_group = (prep.checkpoints["_group"] == group).to_numpy()
         outcome = values_of(prep, outcome_key) if outcome_key else None
-        for key, analysis, metric, variant in keys:
+        for key, analysis, metric, variant, predictor in keys:
             values = values_of(prep, key)
             if not np.isfinite(values[in_group]).any():
                 continue
             a = with_axis(prep, values, in_group, n_resamples, n_permutations)
-            predictor = metric not in AFTER_FINETUNING
             o = with_outcome(prep, values, outcome, in_group, n_resamples, n_permutations) \
                 if outcome is not None and predictor else NO_ASSOCIATION
             record = {"group": group, "series": key, "analysis": analysis, "metric": metric, "variant": variant,
-                      "better": directions.get(metric, describe_metric(metric).better) or "",
+                      "better": better_direction(prep, metric, directions) or "",
                       "n_configs": a.n_clusters, "n_checkpoints": a.n_units, "axis": "eta2" if prep.categorical else "rho",
                       **_record("x_effect", a), "outcome": outcome_key if predictor else "", **_record("rho_outcome", o),
                       "predictor": predictor}
@@ -140,20 +198,26 @@ def association_table(prep: Prepared, n_resamples: int = N_RESAMPLES, n_permutat
     return table
 
 
-def ranked_predictors(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of :func:`association_table` with an outcome association, best predictors first (|rho|, then q).
+TIE_RULE = "ties in |ρ| broken by q, then by the series' name"
 
-    Adds ``rank`` (within each group; series with the same |rho| share the best rank) and
-    ``verdict``: ``"predicts"`` where the
-    Benjamini-Hochberg q-value is below :data:`ALPHA`, else ``"inconclusive"``.
+
+def ranked_predictors(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of :func:`association_table` with an outcome association, best predictors first.
+
+    Order within each group: |rho| (largest first), then the q-value, then the series' name
+    (:data:`TIE_RULE`), so ``rank`` is 1, 2, 3, ... with no shared rank; ``tied`` counts the
+    other series with the same |rho| (rounded to 9 digits). ``verdict``: ``"predicts"`` where
+    the Benjamini-Hochberg q-value is below :data:`ALPHA`, else ``"inconclusive"``.
     """
     if table.empty or "rho_outcome" not in table:
         return table.iloc[0:0]
     ranked = table[table["predictor"] & table["rho_outcome"].notna()].copy()
     ranked["_abs"] = -ranked["rho_outcome"].abs().round(9)
-    ranked = ranked.sort_values(["group", "_abs", "q_outcome"], kind="stable")
-    ranked.insert(0, "rank", ranked.groupby("group")["_abs"].rank(method="min").astype(int))  # ties share the best rank
-    ranked = ranked.drop(columns="_abs")
+    ranked["_q"] = ranked["q_outcome"].fillna(np.inf)
+    ranked = ranked.sort_values(["group", "_abs", "_q", "series"], kind="stable")
+    ranked.insert(0, "rank", ranked.groupby("group").cumcount() + 1)
+    ranked.insert(1, "tied", ranked.groupby(["group", "_abs"])["series"].transform("size") - 1)
+    ranked = ranked.drop(columns=["_abs", "_q"])
     ranked["verdict"] = np.where(ranked["q_outcome"] < ALPHA, "predicts", "inconclusive")
     return ranked.reset_index(drop=True)
 

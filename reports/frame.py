@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.metrics import Declarations, attach, read_declarations
+from plastiscope.reports.outcomes import BETTER_COLUMN, SOURCE_COLUMN
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, load_results, tidy
 from plastiscope.stats import replicate_interval
 
@@ -148,6 +149,8 @@ class Prepared:
     sources: dict[str, str] = field(default_factory=dict)
     declarations: Declarations = field(default_factory=Declarations)  # what each metric means (:mod:`plastiscope.metrics`)
     loss_sources: dict[str, str] = field(default_factory=dict)
+    directions: dict[str, str] = field(default_factory=dict)  # metric -> "higher"/"lower" recorded in the rows (imported outcomes)
+    outcome_choice: str | None = None  # the outcome the report ranks by (series key or metric); None: the default
     _by_series: dict[str, SeriesRows] | None = field(default=None, repr=False)
     _columns: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
@@ -398,7 +401,7 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
     # hyperparameters (one value per checkpoint) versus details (vary within a checkpoint)
     variants = variant_columns(frame)
     candidates = [c for c in frame.columns if c not in ID_COLUMNS + CORE_COLUMNS + variants + [BASELINE_COLUMN]
-                  and not c.startswith("_")]
+                  and c not in (BETTER_COLUMN, SOURCE_COLUMN) and not c.startswith("_")]
     hyper_all, details = [], []
     for column in candidates:
         if frame[column].isna().all():
@@ -482,8 +485,16 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
         series=series, scores=scores, x=x, categorical=categorical, categories=categories, config_columns=config_columns,
         line_columns=line_columns, group_by=group_by, groups=groups, run_infos=run_infos, sources=sources,
         declarations=declarations,
-        loss_sources=loss_sources,
+        loss_sources=loss_sources, directions=recorded_directions(frame),
     )
+
+
+def recorded_directions(frame: pd.DataFrame) -> dict[str, str]:
+    """Metric -> ``"higher"``/``"lower"`` where the rows record it (imported outcomes' :data:`BETTER_COLUMN`)."""
+    if BETTER_COLUMN not in frame:
+        return {}
+    given = frame.loc[frame[BETTER_COLUMN].isin(["higher", "lower"]), ["metric", BETTER_COLUMN]].drop_duplicates()
+    return dict(zip(given["metric"], given[BETTER_COLUMN]))
 
 
 def _losses(checkpoints: pd.DataFrame, trained: pd.DataFrame) -> dict[str, str]:

@@ -28,12 +28,13 @@ import plotly
 import plotly.offline
 import plotly.utils
 
-from plastiscope.reports.correlate import ALPHA, fmt_p, ranked_predictors, val_loss_key
+from plastiscope.reports.choice import choice_section, noise_section, summary_html
+from plastiscope.reports.correlate import ALPHA, TIE_RULE, fmt_p, ranked_predictors, val_loss_key
 from plastiscope.reports.figures import FigureSpec
 from plastiscope.reports.frame import DEFAULT_X, Prepared
 from plastiscope.reports.markup import esc
 from plastiscope.reports.metrics_doc import describe_metric
-from plastiscope.reports.verdict import PANELS, Best, Decision, tradeoff
+from plastiscope.reports.verdict import PANELS, Best, Decision
 
 SHORT_LIST = 5
 MAX_VERDICT_LINES = 4
@@ -111,12 +112,12 @@ def kv_table(mapping: Mapping[str, Any]) -> str:
     return f"<table class='ps-table ps-kv'><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _interval(value: float, low: float, high: float, digits: int = 2) -> str:
+def _interval(value: float, low: float, high: float, digits: int = 2, note: str = "") -> str:
     if not math.isfinite(value):
         return "–"
     if math.isfinite(low) and math.isfinite(high):
         return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
-    return f"{value:+.{digits}f}"
+    return f"{value:+.{digits}f} [—]" if note else f"{value:+.{digits}f}"
 
 
 def _config(row: Mapping[str, Any]) -> str:
@@ -133,38 +134,9 @@ def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(math.isfinite(v) for v in (a["low"], a["high"], b["low"], b["high"])) and a["low"] <= b["high"] and b["low"] <= a["high"]
 
 
-def best_html(prep: Prepared, best: Best) -> str:
-    """The best configuration after fine-tuning, the best before, and the trade-off, for one group."""
-    group = f"<b>{esc(best.group)}</b>: " if prep.group_by else ""
-    after = best.after.to_dict("records")
-    top = after[0]
-    metric = esc(best.outcome)
-    parts = [f"<p class='ps-best'>{group}<b>Best after fine-tuning</b> (lowest {metric}): {_config(top)}"]
-    if len(after) > 1:
-        note = "; their seed ranges overlap, so the order is not settled" if _overlap(top, after[1]) else ""
-        parts.append(f"; next {_config(after[1])}{esc(note)}")
-    parts.append(".")
-    if best.accuracy is not None and not best.accuracy.empty:
-        parts.append(f" By accuracy after fine-tuning: {_config(best.accuracy.iloc[0])}.")
-    parts.append("</p>")
-    for name, means in best.before.items():
-        first = means.iloc[0]
-        found = tradeoff(best, name)
-        head = f"<p class='ps-tradeoff'><b>Best before fine-tuning</b> by {esc(name)}: {_config(first)}. "
-        if len(found):
-            worse = found.iloc[0]
-            ref = best.after.set_index("_config").loc[first["_config"]]
-            others = f" ({len(found) - 1} more such configuration(s))" if len(found) > 1 else ""
-            unsettled = _overlap(means.set_index("_config").loc[worse["_config"]], first) or _overlap(worse, ref)
-            note = "; their seed ranges overlap before or after, so it is not settled" if unsettled else ""
-            parts.append(head + f"<b class='ps-flag'>Trade-off</b> (Han et al.): <code>{esc(worse['_config_label'])}</code> is worse "
-                         f"before fine-tuning ({esc(name)} {worse['before']:.4g} vs {first['value']:.4g}) but better after it "
-                         f"({worse['value']:.4g} vs {ref['value']:.4g}){esc(note)}{esc(others)}.</p>")
-        elif first["_config"] == top["_config"]:
-            parts.append(head + "No trade-off: the best before fine-tuning is also the best after it.</p>")
-        else:
-            parts.append(head + "No configuration is worse before yet better after it.</p>")
-    return "".join(parts)
+def best_html(prep: Prepared, best: Best, decision: Decision | None = None) -> str:
+    """One group's summary: the best configuration by each outcome, the best before fine-tuning, one trade-off."""
+    return summary_html(prep, best, decision.noise if decision is not None else None)
 
 
 def expected_text(prep: Prepared, panel) -> str:
@@ -199,7 +171,7 @@ def panel_html(prep: Prepared, panel, decision: Decision, cell: str, band: str) 
 def summary_section(prep: Prepared, decision: Decision, cells: dict[str, tuple[str, str]]) -> str:
     """The opening section: best configuration, trade-off, what the design supports, one panel per mechanism."""
     if decision.best:
-        best = "".join(best_html(prep, b) for b in decision.best)
+        best = "".join(best_html(prep, b, decision) for b in decision.best)
     else:
         best = ("<p class='ps-best'>No downstream loss after fine-tuning in these results, so no best checkpoint after "
                 "fine-tuning: run the plasticity analysis (name it, with a downstream task as --finetune-data).</p>")
@@ -215,7 +187,8 @@ def summary_section(prep: Prepared, decision: Decision, cells: dict[str, tuple[s
 
 def _predictor_row(r: Mapping[str, Any], grouped: bool) -> list[Any]:
     return ([r["group"]] if grouped else []) + [
-        r["rank"], r["series"], _interval(r["rho_outcome"], r["rho_outcome_low"], r["rho_outcome_high"]),
+        r["rank"], r["series"],
+        _interval(r["rho_outcome"], r["rho_outcome_low"], r["rho_outcome_high"], note=r.get("rho_outcome_note", "")),
         r["n_configs"], fmt_p(r["p_rho_outcome"]), fmt_p(r["q_outcome"]), r["verdict"]]
 
 
@@ -225,7 +198,8 @@ def predictors_section(prep: Prepared, stats: pd.DataFrame) -> str:
     grouped = bool(prep.group_by)
     columns = ([("group", "group")] if grouped else []) + [
         ("rank", "by |ρ| with the outcome"), ("series", "analysis.metric [variant]"),
-        ("ρ with outcome [95 % CI]", "Spearman ρ of configuration means with the outcome; two-stage cluster bootstrap"),
+        ("ρ with outcome [95 % CI]", "Spearman ρ of configuration means with the outcome; two-stage cluster bootstrap "
+         "(— : fewer than 8 configurations, no interval)"),
         ("configurations", "configurations with both values"), ("p", "permutation p-value (within seed blocks)"),
         ("q (BH)", "Benjamini-Hochberg across all series"), ("verdict", f"predicts where q < {ALPHA}")]
     if ranked.empty:
@@ -241,19 +215,19 @@ def predictors_section(prep: Prepared, stats: pd.DataFrame) -> str:
             where = f"{esc(group)}: " if grouped else ""
             if len(val):
                 v = val.iloc[0]
-                tied = int((part["rank"] == v["rank"]).sum()) - 1
-                tie = f", tied with {tied} other series" if tied else ""
-                sentences.append(f"{where}validation loss ranks <b>{int(v['rank'])} of {len(part)}</b>{tie} "
-                                 f"(ρ = {esc(_interval(v['rho_outcome'], v['rho_outcome_low'], v['rho_outcome_high']))}, "
-                                 f"q = {esc(fmt_p(v['q_outcome']))}).")
+                tie = f"; {int(v['tied'])} other series have the same |ρ|" if v.get("tied") else ""
+                rho = _interval(v['rho_outcome'], v['rho_outcome_low'], v['rho_outcome_high'], note=v.get("rho_outcome_note", ""))
+                sentences.append(f"{where}validation loss: ρ = {esc(rho)}, q = {esc(fmt_p(v['q_outcome']))}{esc(tie)} "
+                                 "(whether it picks the winner: the choice table below).")
             n_pred = int((part["verdict"] == "predicts").sum())
             sentences.append(f"{n_pred} of {len(part)} series predict the outcome at q &lt; {ALPHA}."
                              if n_pred else f"No series predicts the outcome at q &lt; {ALPHA}: inconclusive.")
         position = ranked.groupby("group").cumcount()
         shown = ranked[(position < SHORT_LIST) | (ranked["series"] == val_key)]
         short = table(columns, [_predictor_row(r, grouped) for r in shown.to_dict("records")], "predictors-table", sortable=False)
-        outcome = (f"<p>Series ranked by |Spearman ρ| of their configuration means with <code>{esc(outcome_key)}</code> "
-                   f"(lower is better), measured before fine-tuning. {' '.join(sentences)}</p>")
+        better = next((r["better"] for r in stats.to_dict("records") if r["series"] == outcome_key), "") or "?"
+        outcome = (f"<p>Series measured before fine-tuning, ranked by |Spearman ρ| of their configuration means with "
+                   f"<code>{esc(outcome_key)}</code> ({esc(better)} is better; {esc(TIE_RULE)}). {' '.join(sentences)}</p>")
     return f"<section id='predictors'><h2>Which metric predicts the outcome?</h2>{outcome}{short}</section>"
 
 
@@ -273,13 +247,14 @@ def all_statistics(prep: Prepared, stats: pd.DataFrame, decision: Decision) -> s
         ("ρ with outcome [95 % CI]", "Spearman ρ with the outcome"), ("p outcome", ""), ("q outcome", ""), ("predicts", "")]
     rows = []
     for r in stats.to_dict("records"):
-        effect = _interval(r["x_effect"], r["x_effect_low"], r["x_effect_high"])
+        effect = _interval(r["x_effect"], r["x_effect_low"], r["x_effect_high"], note=r.get("x_effect_note", ""))
         if eta:
             effect = f"{r['x_effect']:.2f}" if math.isfinite(r["x_effect"]) else "–"
         verdict = ranked["verdict"].get((r["group"], r["series"]), "") if len(ranked) else ""
         rows.append(([r["group"]] if grouped else []) + [
             r["series"], r["better"], r["n_configs"], effect, fmt_p(r["p_x_effect"]), fmt_p(r["q_x"]),
-            _interval(r["rho_outcome"], r["rho_outcome_low"], r["rho_outcome_high"]), fmt_p(r["p_rho_outcome"]),
+            _interval(r["rho_outcome"], r["rho_outcome_low"], r["rho_outcome_high"], note=r.get("rho_outcome_note", "")),
+            fmt_p(r["p_rho_outcome"]),
             fmt_p(r["q_outcome"]), verdict])
     verdict_rows = [([v.group] if grouped else []) + [v.panel, v.label, v.word, v.sentence(prep)] for v in decision.verdicts]
     verdict_columns = ([("group", "")] if grouped else []) + [("panel", ""), ("series", ""), ("verdict", ""), ("evidence", "")]
@@ -572,7 +547,8 @@ def render_page(prep: Prepared, specs: list[FigureSpec], stats: pd.DataFrame, de
     scripts, cells = plot_cells(specs)
     panel_cells = {spec.key.split(": ", 1)[1]: (div, spec.band) for spec, div in cells.pop("panel", [])}
     sections = []
-    nav = ["<a href='#summary'>Summary</a>", "<a href='#predictors'>Predictors</a>", "<a href='#all-statistics'>All statistics</a>",
+    nav = ["<a href='#summary'>Summary</a>", "<a href='#noise'>Noise</a>", "<a href='#predictors'>Predictors</a>",
+           "<a href='#choice'>Choice</a>", "<a href='#all-statistics'>All statistics</a>",
            "<a href='#checkpoints'>Checkpoints</a>"]
     for i, (analysis, items) in enumerate(cells.items()):
         anchor = f"analysis-{i}"
@@ -582,7 +558,8 @@ def render_page(prep: Prepared, specs: list[FigureSpec], stats: pd.DataFrame, de
                         f"({len({spec.series for spec, _ in items})} series)</summary><div class='ps-grid'>{grid}</div>"
                         f"</details></section>")
     nav.append("<a href='#methods'>Methods</a>")
-    body = (summary_section(prep, decision, panel_cells) + predictors_section(prep, stats) + all_statistics(prep, stats, decision)
+    body = (summary_section(prep, decision, panel_cells) + noise_section(prep, decision.noise) + predictors_section(prep, stats)
+            + choice_section(prep, decision.choice) + all_statistics(prep, stats, decision)
             + checkpoints_section(prep) + f"<h2>Every series against {esc(prep.x)}</h2>" + "".join(sections)
             + methods_section(prep, extra_versions))
     return shell(title, nav, body, scripts)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from plastiscope.reports.correlate import N_RESAMPLES, association_table, val_loss_key, values_of
 from plastiscope.reports.figures import FigureSpec, build_figures
 from plastiscope.reports.frame import DEFAULT_X, Prepared, ResultsInput, prepare
+from plastiscope.reports.outcomes import add_outcomes, import_outcomes
 from plastiscope.reports.page import generator_versions, render_page
 from plastiscope.reports.verdict import PANELS, Decision, decide, panel_series
 
@@ -75,10 +76,31 @@ class Built:
     specs: list[FigureSpec]
 
 
+def with_outcomes(results: ResultsInput, outcomes: str | Path | Sequence[str | Path] | None) -> ResultsInput:
+    """``results`` with imported outcomes (:mod:`.outcomes`): stored in a results folder, added to a DataFrame in memory."""
+    if not outcomes:
+        return results
+    if isinstance(results, pd.DataFrame):
+        return add_outcomes(results, outcomes)
+    if isinstance(results, (str, Path)):
+        import_outcomes(results, outcomes)
+        return results
+    raise ValueError("--outcomes: pass one results folder (or DataFrame); import outcomes into each folder on its own")
+
+
 def build(results: ResultsInput | Prepared, group_by: str | None = None, x: str = DEFAULT_X, n_resamples: int = N_RESAMPLES,
-          directions: Mapping[str, str] | None = None) -> Built:
-    """Prepare results, compute their statistics and decision, and build every figure with the data behind it."""
+          directions: Mapping[str, str] | None = None, outcome: str | None = None,
+          outcomes: str | Path | Sequence[str | Path] | None = None) -> Built:
+    """Prepare results, compute their statistics and decision, and build every figure with the data behind it.
+
+    ``outcomes``: outcome files or folders to import first (:func:`with_outcomes`); ``outcome``:
+    the outcome to rank by (a series key or metric; default ``downstream_loss_after`` where present).
+    """
+    if not isinstance(results, Prepared):
+        results = with_outcomes(results, outcomes)
     prep = _prepared(results, group_by, x=x)
+    if outcome is not None:
+        prep.outcome_choice = outcome
     stats = association_table(prep, n_resamples=n_resamples, directions=dict(directions or {}))
     decision = decide(prep, stats)
     panels = []
@@ -113,6 +135,8 @@ def write_report(
     formats: Iterable[str] = (),
     directions: Mapping[str, str] | None = None,
     x: str = DEFAULT_X,
+    outcomes: str | Path | Sequence[str | Path] | None = None,
+    outcome: str | None = None,
 ) -> Path:
     """Write one self-contained HTML report and return its path.
 
@@ -124,22 +148,25 @@ def write_report(
     hyperparameter column, numeric or categorical, e.g. ``schedule`` or ``step``).
     ``formats``: also write ``png``/``svg`` figures (kaleido) and/or ``csv`` data into
     ``<out stem>_figures/``. ``directions``: {metric: "higher"|"lower"} overrides which way
-    is better.
+    is better. ``outcomes``: outcome files or folders (tables or lm-evaluation-harness results)
+    imported into the results first (:mod:`.outcomes`; stored in a results folder);
+    ``outcome``: the outcome the report ranks by (default ``downstream_loss_after`` where present).
     """
     formats = check_formats(formats)
+    results = with_outcomes(results, outcomes)
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         out = out.with_suffix(out.suffix + ".html") if out.suffix else out.with_suffix(".html")
     prep = prepare(results, group_by=group_by, run_info=run_info, x=x)
     extra = [f for f in formats if f != "html"]
     figures_dir = out.with_name(out.stem + "_figures") if extra else None
-    return write_prepared(prep, out, figures_dir, title=title, formats=extra, directions=directions)
+    return write_prepared(prep, out, figures_dir, title=title, formats=extra, directions=directions, outcome=outcome)
 
 
 def write_prepared(prep: Prepared, out: Path, figures_dir: Path | None = None, title: str | None = None,
-                   formats: Iterable[str] = (), directions: Mapping[str, str] | None = None) -> Path:
+                   formats: Iterable[str] = (), directions: Mapping[str, str] | None = None, outcome: str | None = None) -> Path:
     """Write the report of already prepared results to ``out`` and, with ``figures_dir``, its figures in ``formats``."""
-    built = build(prep, directions=directions)
+    built = build(prep, directions=directions, outcome=outcome)
     if title is None:
         names = ", ".join(n for n in prep.sources if prep.sources[n] != "DataFrame")
         title = f"plastiscope report: {names}" if names else "plastiscope report"

@@ -27,17 +27,21 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from plastiscope.reports.choice import choice_table, noise_table
 from plastiscope.reports.correlate import (
     ALPHA,
     OUTCOME_ACCURACY,
     OUTCOME_METRIC,
+    better_direction,
+    chosen_outcome,
     fmt_p,
+    outcome_keys,
     outcome_series,
     val_loss_key,
     values_of,
 )
 from plastiscope.reports.frame import DEFAULT_X, Prepared, configuration_means
-from plastiscope.stats import holm
+from plastiscope.stats import MIN_BOOTSTRAP_CLUSTERS, holm
 
 PAPER = "Han et al. 2026"
 
@@ -104,20 +108,31 @@ class Verdict:
         if r["axis"] == "eta2":
             effect = f"η² {r['x_effect']:.2f} between values of {prep.x}, {n}"
         else:
-            interval = f" [{r['x_effect_low']:+.2f}, {r['x_effect_high']:+.2f}]" if math.isfinite(r["x_effect_low"]) else ""
+            interval = f" [{r['x_effect_low']:+.2f}, {r['x_effect_high']:+.2f}]" if math.isfinite(r["x_effect_low"]) else (
+                f" [— {r['x_effect_note']}]" if r.get("x_effect_note") else "")
             effect = f"ρ {r['x_effect']:+.2f}{interval}, {n}"
         return f"{effect}, p {fmt_p(r['p_x_effect'])}, Holm {fmt_p(self.p_holm)}"
 
 
 @dataclass
 class Best:
-    """The best configuration after fine-tuning in one group, and the trade-off against the best before."""
+    """The best configuration in one group by each outcome, by their mean rank, and the best before fine-tuning.
+
+    ``outcome``/``after``/``better``: the chosen outcome (the one the trade-off and the
+    predictor table use); ``outcomes``: every outcome's key -> (configuration means best first,
+    its better direction), the chosen one first; ``mean_rank``: with several outcomes, one row
+    per configuration measured by all of them (``_config``, ``_config_label``, ``mean_rank``),
+    best first, ties broken by the chosen outcome's rank.
+    """
 
     group: str
     outcome: str  # series key
     after: pd.DataFrame  # configuration means of the outcome, best first
     before: dict[str, pd.DataFrame] = field(default_factory=dict)  # "validation loss" / "downstream loss before" -> means
     accuracy: pd.DataFrame | None = None  # configuration means of accuracy after fine-tuning, best first
+    better: str = "lower"
+    outcomes: dict[str, tuple[pd.DataFrame, str]] = field(default_factory=dict)
+    mean_rank: pd.DataFrame | None = None
 
 
 @dataclass
@@ -128,6 +143,8 @@ class Decision:
     missing: dict[str, str]  # panel key -> why it is absent
     best: list[Best]
     design: list[str]  # sentences on what the data can support
+    choice: pd.DataFrame | None = None  # which metric would have chosen the winner (reports.choice.choice_table)
+    noise: pd.DataFrame | None = None  # headline orderings under measurement noise (reports.choice.noise_table)
 
 
 def panel_series(prep: Prepared, panel: Panel) -> list[str]:
@@ -174,27 +191,42 @@ def decide(prep: Prepared, table: pd.DataFrame) -> Decision:
     for v, p in zip(verdicts, adjusted):
         v.p_holm = float(p)
         v.word = _word(v.row, v.expected, prep, v.p_holm)
-    return Decision(verdicts, missing, best_configurations(prep), design_limits(prep, verdicts))
+    best = best_configurations(prep)
+    titles = {panel.key: panel.title for panel in PANELS}
+    lines = [(v.group, titles[v.panel] + (f" ({v.label})" if v.label else ""), v.key) for v in verdicts]
+    for b in best:
+        lines += [(b.group, f"Outcome: {key}", key) for key in b.outcomes if (b.group, key) not in {(g, k) for g, _, k in lines}]
+    lines = list(dict.fromkeys(lines))
+    return Decision(verdicts, missing, best, design_limits(prep, verdicts), choice=choice_table(prep, chosen_outcome(prep)),
+                    noise=noise_table(prep, lines))
 
 
 def best_configurations(prep: Prepared) -> list[Best]:
-    """Per group: configurations by mean loss after fine-tuning (best first), and by the losses before it."""
-    outcomes = outcome_series(prep)
-    if not outcomes:
+    """Per group: configurations by each outcome (best first; the chosen outcome first), their mean rank, and by the
+    losses before fine-tuning (validation loss; the downstream loss before fine-tuning where measured)."""
+    keys = outcome_keys(prep)
+    if not keys:
         return []
+    chosen = prep.series_by_key(keys[0])
     out = []
     before_keys = {"validation loss": val_loss_key(prep)}
     before_ds = [s.key for s in prep.series if s.metric == "downstream_loss_before" and s.key in prep.scores
-                 and s.variant == outcomes[0].variant]
+                 and (s.variant == chosen.variant or chosen.analysis != "plasticity")]
     if before_ds:
         before_keys["downstream loss before fine-tuning"] = before_ds[0]
-    accuracy = [s.key for s in outcome_series(prep, OUTCOME_ACCURACY) if s.variant == outcomes[0].variant]
+    accuracy = [s.key for s in outcome_series(prep, OUTCOME_ACCURACY) if s.variant == chosen.variant]
+    directions = {k: better_direction(prep, prep.series_by_key(k).metric) or "lower" for k in keys}
     for group in prep.groups:
         mask = (prep.checkpoints["_group"] == group).to_numpy()
-        after = _sorted_means(prep, values_of(prep, outcomes[0].key), mask, "lower")
+        after = _sorted_means(prep, values_of(prep, keys[0]), mask, directions[keys[0]])
         if after.empty:
             continue
-        best = Best(group, outcomes[0].key, after)
+        best = Best(group, keys[0], after, better=directions[keys[0]])
+        for key in keys:
+            means = after if key == keys[0] else _sorted_means(prep, values_of(prep, key), mask, directions[key])
+            if not means.empty:
+                best.outcomes[key] = (means, directions[key])
+        best.mean_rank = mean_ranks(best.outcomes) if len(best.outcomes) > 1 else None
         for name, key in before_keys.items():
             means = _sorted_means(prep, values_of(prep, key), mask, "lower")
             if not means.empty:
@@ -205,11 +237,29 @@ def best_configurations(prep: Prepared) -> list[Best]:
     return out
 
 
-def tradeoff(best: Best, name: str) -> pd.DataFrame:
-    """Configurations worse before fine-tuning (by ``name``) than the best-before one, yet better after it.
+def mean_ranks(outcomes: dict[str, tuple[pd.DataFrame, str]]) -> pd.DataFrame:
+    """The configurations measured by every outcome with their mean rank across outcomes (1 = best), best first.
 
-    Rows of ``best.after`` (best first) with columns ``before`` (their value by ``name``);
-    empty when the best before is also the best after, or ``name`` was not measured.
+    Ranks are average ranks within each outcome (ties share them); equal mean ranks are broken
+    by the first (chosen) outcome's rank.
+    """
+    ranks = []
+    for key, (means, better) in outcomes.items():
+        goodness = means["value"] if better == "higher" else -means["value"]
+        ranks.append(pd.Series(goodness.rank(ascending=False, method="average").to_numpy(), index=means["_config"], name=key))
+    table = pd.concat(ranks, axis=1, join="inner")
+    first = next(iter(outcomes.values()))[0].set_index("_config")
+    result = pd.DataFrame({"_config": table.index, "_config_label": first["_config_label"].reindex(table.index).to_numpy(),
+                           "mean_rank": table.mean(axis=1).to_numpy(), "_first": table.iloc[:, 0].to_numpy()})
+    return result.sort_values(["mean_rank", "_first"], kind="stable").drop(columns="_first").reset_index(drop=True)
+
+
+def tradeoff(best: Best, name: str) -> pd.DataFrame:
+    """Configurations worse before fine-tuning (by ``name``, lower is better) than the best-before one, yet better after it.
+
+    Rows of ``best.after`` (best first, by the chosen outcome's direction) with columns
+    ``before`` (their value by ``name``); empty when the best before is also the best after,
+    or ``name`` was not measured.
     """
     before = best.before.get(name)
     if before is None or before.empty:
@@ -220,7 +270,8 @@ def tradeoff(best: Best, name: str) -> pd.DataFrame:
         return best.after.iloc[0:0]
     reference = after.loc[top["_config"], "value"]
     values = before.set_index("_config")["value"]
-    found = best.after[(best.after["value"] < reference) & best.after["_config"].isin(values.index)]
+    better_after = best.after["value"] > reference if best.better == "higher" else best.after["value"] < reference
+    found = best.after[better_after & best.after["_config"].isin(values.index)]
     found = found[found["_config"].map(values) > top["value"]]
     return found.assign(before=found["_config"].map(values))
 
@@ -242,8 +293,13 @@ def design_limits(prep: Prepared, verdicts: list[Verdict]) -> list[str]:
             lines.append(f"These data cannot decide: even {perfect} would reach p = {fmt_p(best)} "
                          f"({fmt_p(min(1.0, best * m))} after Holm across the {m} headline tests), above α = {ALPHA}; "
                          "every verdict is inconclusive until the sweep has more configurations or seeds.")
-        elif low < 2:
-            lines.append("One seed per configuration: seed-to-seed noise is not measured, so a trend may be one seed's luck.")
     elif m == 0:
         lines.append("No headline metric could be tested (fewer than 3 configurations with a value).")
+    if not prep.categorical and 3 <= n_configs < MIN_BOOTSTRAP_CLUSTERS:
+        lines.append(f"No cluster bootstrap interval for ρ: {n_configs} configurations, and an interval needs at least "
+                     f"{MIN_BOOTSTRAP_CLUSTERS} (with fewer, resamples that draw 3 or fewer distinct configurations, whose ρ is "
+                     "±1, ±0.5 or undefined, set the interval's ends).")
+    if high < 2:
+        lines.append("One seed per configuration: seed-to-seed variation is unknown, so a trend may be one seed's luck; the "
+                     "measurement-noise table says only whether each ordering survives the checkpoints' own measurement intervals.")
     return lines

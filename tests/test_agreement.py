@@ -68,8 +68,23 @@ def test_rho_interval_and_replicates_against_an_independent_computation():
     target = _target(seeds=3)
     means = target[target["metric"] == "val_loss"].groupby("recipe")["value"].mean().reindex(RECIPES)  # replicates averaged
     assert row["rho"] == pytest.approx(spearmanr(4 + noisy / 10, means).statistic, abs=1e-12)
-    assert row["rho_low"] <= row["rho"] <= row["rho_high"] and row["rho_low"] < 1
+    # 5 matched configurations: too few clusters for a bootstrap interval, and the table says why
+    assert np.isnan(row["rho_low"]) and np.isnan(row["rho_high"])
+    assert row["rho_note"] == "no interval: 5 configurations; a cluster bootstrap needs at least 8"
     assert 0 < row["p"] <= 1
+
+
+def test_partly_matching_keys_are_refused_naming_both_sides():
+    """3 proxy configurations and 1 target configuration: a regret from one matched configuration would mean nothing."""
+    proxy = _proxy(TARGET_LOSS)
+    proxy = proxy[proxy["recipe"].isin(["web", "code", "books"])]
+    target = _target()
+    target = target[target["recipe"].isin(["code", "math"])]
+    with pytest.raises(ValueError, match=r"configurations match on \['recipe'\] only in part \(1 matched\): proxy 'books', 'web' "
+                                         r"not in the target; target 'math' not in the proxy"):
+        sweep_agreement(proxy, target, key="recipe")
+    with pytest.raises(ValueError, match=r"only in part \(1 matched\): proxy 'books', 'web' not in the target; compare"):
+        sweep_agreement(proxy, target[target["recipe"] == "code"], key="recipe")
 
 
 def test_top_k_regret_by_hand():
@@ -120,10 +135,16 @@ def test_compare_command(tmp_path):
                                  "--out", str(tmp_path / "a.html"), "--csv", str(tmp_path / "a.csv")])
     assert result.exit_code == 0, result.output
     line = next(ln for ln in result.output.splitlines() if "overfit.val_loss" in ln)
-    assert re.search(r"overfit\.val_loss\s+5\s+-1\.00 \[-1\.00, -1\.00\]", line), line
+    assert re.search(r"overfit\.val_loss\s+5\s+-1\.00 \[—\]", line), line  # no degenerate interval from 5 configurations
+    assert "[—] no interval: 5 configurations; a cluster bootstrap needs at least 8" in result.output
     assert "0.6@2" in line  # the two worst recipes picked (math 3.6, books 3.4): 3.4 - 2.8
     assert (tmp_path / "a.html").exists() and len(pd.read_csv(tmp_path / "a.csv")) == 4
     bad = runner.invoke(app, ["compare", str(proxy), str(target), "--key", "nope"])
     assert bad.exit_code == 2 and "no hyperparameter 'nope'" in bad.output
+    partial = tmp_path / "partial"
+    ResultsStore(partial).write(_target().query("recipe == 'code'"))
+    refused = runner.invoke(app, ["compare", str(proxy), str(partial), "--key", "recipe"])
+    assert refused.exit_code == 2 and "only in part (1 matched): proxy 'books', 'math', 'web', 'wiki' not in the target" in refused.output
+    assert "regret" not in refused.output
     missing = runner.invoke(app, ["compare", str(tmp_path / "none"), str(target), "--key", "recipe"])
     assert missing.exit_code == 2 and "no such results folder" in missing.output

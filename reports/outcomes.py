@@ -1,0 +1,396 @@
+"""Outcomes a team already has (benchmark accuracies, held-out losses), imported as rows of the results schema.
+
+An outcome is what a checkpoint is finally judged by. Besides the plasticity analysis's
+``downstream_loss_after``, a team usually has its own evaluation; :func:`import_outcomes`
+turns it into rows of analysis :data:`OUTCOME_ANALYSIS` so reports, ``compare`` and notebooks
+see it like any metric. A source is a file or a folder of files, each either
+
+- a table (``.csv``, ``.tsv``, ``.json`` records, ``.parquet``) with columns ``checkpoint``
+  (the checkpoint's name as in the manifest, or its path), ``metric``, ``value`` and optionally
+  ``higher_is_better`` and ``ci_low`` / ``ci_high`` / ``n``;
+- or an lm-evaluation-harness results file (``results_*.json`` as its ``--output_path``
+  writes them): every ``results[task]["METRIC,FILTER"]`` becomes metric ``task/METRIC`` (the
+  filter appended as ``,FILTER`` unless it is ``none``), with the 95 % normal interval
+  ``value ± 1.96 · METRIC_stderr,FILTER`` when a standard error is given, ``n`` from
+  ``n-samples[task].effective`` and the direction from ``higher_is_better[task][METRIC]``.
+  The file is matched to a checkpoint by a manifest column naming the file, else by the model
+  recorded in ``config.model_args`` (``pretrained=PATH``) or ``model_name``.
+
+A name (or path) is matched to a checkpoint by its name, else by its path (run.json records
+the manifest's paths), else by the last part of the path; a name that matches no checkpoint
+or several is refused, naming it. Which way is better comes from the file, else from the
+metric's name (:func:`direction_from_name`: accuracy-like higher, loss-, perplexity- or
+error-like lower); a metric with neither is refused, asking for ``higher_is_better``.
+
+In a results folder the rows are stored as one cache piece per checkpoint (analysis
+``outcome``, the checkpoint's content hash where the folder's pieces record it), which the
+store keeps when later runs rebuild ``metrics.parquet``; importing again replaces the rows of
+the same metric. Rows record the direction in :data:`BETTER_COLUMN` and the file in
+:data:`SOURCE_COLUMN`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, ResultsStore, load_results, stamp, tidy
+
+OUTCOME_ANALYSIS = "outcome"
+BETTER_COLUMN = "outcome_better"  # "higher" / "lower": which way an imported outcome is better
+SOURCE_COLUMN = "outcome_source"  # the file an imported outcome came from
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
+PIECE_KEY = {"outcome": "imported"}
+
+_LOWER = ("loss", "perplexity", "ppl", "error", "nll", "bits_per_byte", "bpb", "regret")
+_LOWER_TOKENS = ("err", "wer", "cer", "ece")
+_HIGHER = ("acc", "f1", "exact_match", "bleu", "rouge", "pass@", "auc", "mcc", "win_rate", "precision", "recall", "correct")
+_HIGHER_TOKENS = ("em",)
+
+
+def direction_from_name(metric: str) -> str | None:
+    """``"lower"`` for loss-, perplexity- or error-like names, ``"higher"`` for accuracy-like ones, else None.
+
+    The metric's own name is read (the part after ``task/`` and before an lm-eval ``,filter``):
+    ``loss``, ``perplexity``, ``ppl``, ``error``, ``nll``, ``bits_per_byte`` or ``bpb`` in it,
+    or a word ``err``/``wer``/``cer``/``ece``, mean lower is better; ``acc``, ``f1``,
+    ``exact_match``, ``bleu``, ``rouge``, ``pass@``, ``auc``, ``mcc``, ``precision``,
+    ``recall`` or a word ``em`` mean higher is better.
+    """
+    name = str(metric).rsplit("/", 1)[-1].split(",", 1)[0].lower()
+    tokens = set(re.split(r"[^a-z0-9@]+", name))
+    if any(w in name for w in _LOWER) or tokens & set(_LOWER_TOKENS):
+        return "lower"
+    if any(w in name for w in _HIGHER) or tokens & set(_HIGHER_TOKENS):
+        return "higher"
+    return None
+
+
+def _truth(value: object, where: str) -> str | None:
+    """``"higher"`` / ``"lower"`` from a ``higher_is_better`` cell (bool, 0/1, true/false, higher/lower), None if empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    text = str(value).strip().lower()
+    if text in ("", "nan", "none"):
+        return None
+    if text in ("true", "1", "1.0", "yes", "higher"):
+        return "higher"
+    if text in ("false", "0", "0.0", "no", "lower"):
+        return "lower"
+    raise ValueError(f"{where}: higher_is_better is {value!r}; write true or false")
+
+
+def outcome_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The files of ``paths`` (files, or folders searched recursively for tables and ``.json``), in a stable order."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TABLE_SUFFIXES)
+            if not inside:
+                raise ValueError(f"--outcomes {path}: a folder without outcome files ({', '.join(TABLE_SUFFIXES)})")
+            found += inside
+        elif path.is_file():
+            if path.suffix.lower() not in TABLE_SUFFIXES:
+                raise ValueError(f"--outcomes {path}: not a table or lm-eval results file; use one of {', '.join(TABLE_SUFFIXES)}")
+            found.append(path)
+        else:
+            raise ValueError(f"--outcomes {path}: no such file or folder")
+    if not found:
+        raise ValueError("--outcomes: no outcome file given")
+    return list(dict.fromkeys(found))
+
+
+def is_lm_eval(data: object) -> bool:
+    """Whether parsed JSON is an lm-evaluation-harness results file (a ``results`` mapping of tasks to metrics)."""
+    return isinstance(data, dict) and isinstance(data.get("results"), dict) and ("config" in data or "model_name" in data)
+
+
+def lm_eval_rows(data: dict, path: Path) -> pd.DataFrame:
+    """The metrics of one lm-evaluation-harness results file: metric, value, ci_low, ci_high, n, better.
+
+    ``results[task]["acc,none"] = v`` with ``results[task]["acc_stderr,none"] = s`` gives metric
+    ``task/acc``, value ``v`` and the interval ``v ± 1.96 s`` (a stderr of ``"N/A"`` gives none).
+    """
+    rows = []
+    directions = data.get("higher_is_better") or {}
+    samples = data.get("n-samples") or {}
+    for task, metrics in data["results"].items():
+        if not isinstance(metrics, dict):
+            continue
+        for key, value in metrics.items():
+            name, _, filt = str(key).partition(",")
+            if key == "alias" or "_stderr" in name or isinstance(value, (str, bool)) or value is None:
+                continue
+            stderr = metrics.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr")
+            stderr = float(stderr) if isinstance(stderr, (int, float)) and not isinstance(stderr, bool) else math.nan
+            metric = f"{task}/{name}" + (f",{filt}" if filt and filt != "none" else "")
+            declared = (directions.get(task) or {}).get(name) if isinstance(directions.get(task), dict) else None
+            better = _truth(declared, f"{path}: higher_is_better.{task}.{name}") if declared is not None else None
+            effective = (samples.get(task) or {}).get("effective") if isinstance(samples.get(task), dict) else None
+            rows.append({"metric": metric, "value": float(value), "ci_low": float(value) - Z95 * stderr,
+                         "ci_high": float(value) + Z95 * stderr, "n": effective, "better": better})
+    if not rows:
+        raise ValueError(f"--outcomes {path}: an lm-eval results file without numeric metrics under 'results'")
+    return pd.DataFrame(rows)
+
+
+def lm_eval_models(data: dict) -> list[str]:
+    """What an lm-eval results file says was evaluated: ``pretrained=`` of ``config.model_args``, then ``model_name``."""
+    names = []
+    args = (data.get("config") or {}).get("model_args")
+    if isinstance(args, dict):
+        names.append(args.get("pretrained"))
+    elif isinstance(args, str):
+        for part in args.split(","):
+            key, sep, value = part.partition("=")
+            if sep and key.strip() == "pretrained":
+                names.append(value.strip())
+    names.append(data.get("model_name"))
+    return list(dict.fromkeys(str(n) for n in names if n))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """An outcome table: columns checkpoint, metric, value (+ higher_is_better, ci_low, ci_high, n)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif suffix == ".json":
+        frame = pd.DataFrame(json.loads(path.read_text()))
+    else:
+        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    missing = [c for c in ("checkpoint", "metric", "value") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"--outcomes {path}: no column(s) {missing}; an outcome table has checkpoint, metric, value "
+                         f"(and optionally higher_is_better, ci_low, ci_high, n); it has {list(frame.columns)}")
+    out = pd.DataFrame({"checkpoint": frame["checkpoint"].astype(str), "metric": frame["metric"].astype(str),
+                        "value": pd.to_numeric(frame["value"], errors="coerce")})
+    bad = out["value"].isna() & frame["value"].notna()
+    if bad.any():
+        raise ValueError(f"--outcomes {path}: non-numeric value(s) {frame.loc[bad, 'value'].astype(str).tolist()[:4]}")
+    for column in ("ci_low", "ci_high", "n"):
+        out[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else math.nan
+    out["better"] = [_truth(v, f"--outcomes {path}, metric {m}") for v, m in
+                     zip(frame["higher_is_better"] if "higher_is_better" in frame else [None] * len(frame), out["metric"])]
+    return out
+
+
+def _tail_matches(reference: str, path: Path) -> bool:
+    """Whether ``path`` is the file ``reference`` names (the same file, or ``path`` ends with the relative ``reference``)."""
+    ref = Path(reference).expanduser()
+    try:
+        if ref.is_absolute() or ref.exists():
+            return ref.resolve() == path.resolve()
+    except OSError:
+        return False
+    parts = [p for p in ref.parts if p not in (".", "")]
+    return bool(parts) and list(path.resolve().parts[-len(parts):]) == parts
+
+
+def candidates(reference: str, checkpoints: pd.DataFrame) -> list[str]:
+    """Checkpoint names ``reference`` may mean: by name, else by path, else by the last part of the path."""
+    names = checkpoints["checkpoint"].astype(str)
+    exact = names[names == reference].tolist()
+    if exact:
+        return list(dict.fromkeys(exact))
+    if "path" in checkpoints:
+        paths = checkpoints["path"]
+        ref = Path(reference).expanduser()
+        same = [n for n, p in zip(names, paths) if isinstance(p, str) and p and p not in ("None", "nan")
+                and (p == reference or _same_path(p, ref))]
+        if same:
+            return list(dict.fromkeys(same))
+    tail = Path(reference.rstrip("/")).name
+    by_tail = [n for n in names if n == tail]
+    if "path" in checkpoints:
+        by_tail += [n for n, p in zip(names, checkpoints["path"]) if isinstance(p, str) and p and Path(p.rstrip("/")).name == tail]
+    return list(dict.fromkeys(by_tail))
+
+
+def _same_path(a: str, b: Path) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _one(reference: str, checkpoints: pd.DataFrame, where: str, unmatched: list[str], ambiguous: list[str]) -> str | None:
+    found = candidates(reference, checkpoints)
+    if not found:
+        unmatched.append(f"{reference!r} ({where})")
+    elif len(found) > 1:
+        ambiguous.append(f"{reference!r} ({where}: {', '.join(found[:4])})")
+    return found[0] if len(found) == 1 else None
+
+
+def _lm_eval_checkpoint(data: dict, path: Path, checkpoints: pd.DataFrame, unmatched: list[str], ambiguous: list[str]) -> str | None:
+    """The checkpoint an lm-eval file belongs to: a manifest column naming the file, else the model it records."""
+    named = []
+    for row in checkpoints.to_dict("records"):
+        for column, value in row.items():
+            if column in ("checkpoint", "path") or not isinstance(value, str) or not value.lower().endswith(".json"):
+                continue
+            if _tail_matches(value, path):
+                named.append(str(row["checkpoint"]))
+    named = list(dict.fromkeys(named))
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        ambiguous.append(f"{str(path)!r} (named by the manifest of {', '.join(named[:4])})")
+        return None
+    models = lm_eval_models(data)
+    if not models:
+        unmatched.append(f"{str(path)!r} (records no model_args pretrained= or model_name)")
+        return None
+    tried: list[str] = []
+    for model in models:
+        found = candidates(model, checkpoints)
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            ambiguous.append(f"{model!r} ({path}: {', '.join(found[:4])})")
+            return None
+        tried.append(model)
+    unmatched.append(f"{' / '.join(repr(t) for t in tried)} ({path})")
+    return None
+
+
+def read_outcomes(paths: str | Path | Iterable[str | Path], checkpoints: pd.DataFrame) -> pd.DataFrame:
+    """Outcome rows of ``paths`` matched to ``checkpoints`` (columns ``checkpoint``, optionally ``path`` and others).
+
+    Returns columns checkpoint, metric, value, ci_low, ci_high, n, better, source. Refuses (one
+    message naming every case) names that match no checkpoint or several, a metric whose
+    direction is neither in the file nor in its name, and one (checkpoint, metric) given twice.
+    """
+    parts, unmatched, ambiguous = [], [], []
+    for path in outcome_files(paths):
+        data = json.loads(path.read_text()) if path.suffix.lower() == ".json" else None
+        if data is not None and is_lm_eval(data):
+            rows = lm_eval_rows(data, path)
+            name = _lm_eval_checkpoint(data, path, checkpoints, unmatched, ambiguous)
+            rows.insert(0, "checkpoint", name)
+        else:
+            rows = read_table(path)
+            rows["checkpoint"] = [_one(ref, checkpoints, str(path), unmatched, ambiguous) for ref in rows["checkpoint"]]
+        rows["source"] = path.name
+        parts.append(rows)
+    problems = []
+    if unmatched:
+        problems.append(f"no checkpoint matches {', '.join(dict.fromkeys(unmatched))}")
+    if ambiguous:
+        problems.append(f"several checkpoints match {', '.join(dict.fromkeys(ambiguous))}")
+    if problems:
+        known = ", ".join(checkpoints["checkpoint"].astype(str).tolist()[:8])
+        raise ValueError(f"--outcomes: {'; '.join(problems)}; the results' checkpoints are {known}: name each as in the manifest "
+                         "(or by its path)")
+    frame = pd.concat(parts, ignore_index=True)
+    undirected = sorted(frame.loc[frame["better"].isna(), "metric"].unique())
+    if undirected:
+        frame["better"] = frame["better"].fillna(frame["metric"].map(direction_from_name))
+        still = sorted(frame.loc[frame["better"].isna(), "metric"].unique())
+        if still:
+            raise ValueError(f"--outcomes: cannot tell whether higher or lower is better for {still}; add a higher_is_better "
+                             "column (true or false) to the outcome table")
+    conflict = frame.groupby("metric")["better"].nunique()
+    if (conflict > 1).any():
+        raise ValueError(f"--outcomes: metric(s) {conflict.index[conflict > 1].tolist()} marked both higher and lower is better")
+    twice = frame.duplicated(["checkpoint", "metric"], keep=False)
+    if twice.any():
+        pairs = frame.loc[twice, ["checkpoint", "metric"]].drop_duplicates().itertuples(index=False)
+        raise ValueError(f"--outcomes: given twice: {', '.join(f'{c} {m}' for c, m in list(pairs)[:4])}; keep one value per "
+                         "checkpoint and metric")
+    return frame
+
+
+def known_checkpoints(results: pd.DataFrame, folder: Path | None = None) -> pd.DataFrame:
+    """One row per checkpoint of ``results`` (its identity columns), with ``path`` from the folder's run.json where recorded."""
+    identity = identity_columns(results)
+    table = results.drop_duplicates("checkpoint")[identity].reset_index(drop=True)
+    table["checkpoint"] = table["checkpoint"].astype(str)
+    if folder is not None and (folder / "run.json").exists():
+        try:
+            recorded = pd.DataFrame(json.loads((folder / "run.json").read_text()).get("checkpoints") or [])
+        except ValueError:
+            recorded = pd.DataFrame()
+        if "checkpoint" in recorded:
+            recorded = recorded.drop_duplicates("checkpoint").set_index("checkpoint")
+            for column in recorded.columns:
+                if column not in table:
+                    table[column] = table["checkpoint"].map(recorded[column])
+    return table
+
+
+def identity_columns(results: pd.DataFrame) -> list[str]:
+    """The columns that have one value per checkpoint (name, weight decay, hyperparameters), not the schema's or an outcome's."""
+    own = set(CORE_COLUMNS) | {BETTER_COLUMN, SOURCE_COLUMN}
+    columns = []
+    grouped = results.groupby("checkpoint", sort=False)
+    for column in results.columns:
+        if column in ID_COLUMNS:
+            columns.append(column)
+        elif column not in own and not column.startswith("_") and grouped[column].nunique(dropna=False).max() <= 1:
+            columns.append(column)
+    return columns
+
+
+def outcome_frame(outcomes: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the results schema (analysis ``outcome``) for matched outcome rows, stamped with each checkpoint's identity."""
+    identity = identity_columns(results)
+    first = results.drop_duplicates("checkpoint").set_index(results.drop_duplicates("checkpoint")["checkpoint"].astype(str))
+    parts = []
+    for name, rows in outcomes.groupby("checkpoint", sort=False):
+        piece = pd.DataFrame({"analysis": OUTCOME_ANALYSIS, "metric": rows["metric"].to_numpy(), "variant": "",
+                              "value": rows["value"].to_numpy(float), "ci_low": rows["ci_low"].to_numpy(float),
+                              "ci_high": rows["ci_high"].to_numpy(float), "n": rows["n"].to_numpy(),
+                              BETTER_COLUMN: rows["better"].to_numpy(object), SOURCE_COLUMN: rows["source"].to_numpy(object)})
+        parts.append(stamp(piece, {c: first.loc[name, c] for c in identity}))
+    return tidy(pd.concat(parts, ignore_index=True))
+
+
+def add_outcomes(results: pd.DataFrame, paths: str | Path | Sequence[str | Path], folder: Path | None = None) -> pd.DataFrame:
+    """``results`` with the outcomes of ``paths`` added (an imported metric given again replaces the old rows)."""
+    matched = read_outcomes(paths, known_checkpoints(results, folder))
+    new = outcome_frame(matched, results)
+    old = (results["analysis"] == OUTCOME_ANALYSIS) & results.set_index(["checkpoint", "metric"]).index.isin(
+        new.set_index(["checkpoint", "metric"]).index)
+    return tidy(pd.concat([results[~old], new], ignore_index=True))
+
+
+def _piece_hashes(store: ResultsStore) -> dict[str, tuple[float, str]]:
+    """Checkpoint name -> (time written, content hash) of its latest piece in the folder."""
+    hashes: dict[str, tuple[float, str]] = {}
+    for _, meta in store.pieces():
+        name, written = str(meta["identity"]["checkpoint"]), float(meta.get("written", 0.0))
+        if meta.get("analysis") != OUTCOME_ANALYSIS and (name not in hashes or written > hashes[name][0]):
+            hashes[name] = (written, meta["checkpoint_hash"])
+    return hashes
+
+
+def import_outcomes(folder: str | Path, paths: str | Path | Sequence[str | Path]) -> pd.DataFrame:
+    """Import outcomes into a results folder: one cache piece per checkpoint, and ``metrics.parquet`` with them; returns it.
+
+    The pieces carry the checkpoint's content hash (from the folder's other pieces; a hash of
+    its name where none is recorded) so a later ``analyze`` into the folder keeps them.
+    """
+    folder = Path(folder)
+    results = load_results(folder)
+    combined = add_outcomes(results, paths, folder)
+    store = ResultsStore(folder)
+    hashes = _piece_hashes(store)
+    imported = combined[combined["analysis"] == OUTCOME_ANALYSIS]
+    identity = identity_columns(results)
+    for name, piece in imported.groupby("checkpoint", sort=False):
+        content = hashes.get(str(name), (0.0, hashlib.sha256(f"checkpoint name {name}".encode()).hexdigest()))[1]
+        ident = {c: piece[c].iloc[0] for c in identity}
+        store.put(OUTCOME_ANALYSIS, content, PIECE_KEY, piece.reset_index(drop=True), identity=ident)
+    store.write(combined)
+    return combined
