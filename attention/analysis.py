@@ -1,15 +1,18 @@
 """The ``attention`` and ``attention_weights`` analyses: glue between the forward pass and the math.
 
-``attention`` (:data:`ANALYSIS`, reads ``data``): every head's attention pattern
-(``blocks.{l}.attn.hook_pattern``) on every document, summarised per document by
-:func:`.patterns.pattern_statistics`; per (layer, head, metric) the mean over documents with
-a percentile-bootstrap 95 % interval over documents (:func:`plastiscope.stats.bootstrap_ci`).
-``n`` is the number of documents behind a value (one-token documents have no
-``entropy_normalized``). The spectral metrics (effective, stable and numerical rank,
-spectral and nuclear norm) are those of each document's first ``spectral_tokens`` tokens
-(exact for shorter documents; see :mod:`.patterns`). Streaming: each layer's pattern is read
-as the forward makes it and only the per-document numbers are kept (documents x layers x
-heads x 11 floats), so memory is the forward's own (one layer's patterns of one batch).
+``attention`` (:data:`ANALYSIS`, reads ``data``): every head's attention pattern on every
+document, summarised per document by the statistics of :mod:`.patterns`, computed exactly
+from each layer's queries and keys (:func:`.qk.qk_statistics`, reading
+``blocks.{l}.attn.inputs`` from a forward that runs fused SDPA: the pattern is never made);
+per (layer, head, metric) the mean over documents with a percentile-bootstrap 95 % interval
+over documents (:func:`plastiscope.stats.bootstrap_ci`). ``n`` is the number of documents
+behind a value (one-token documents have no ``entropy_normalized``). The spectral metrics
+(effective, stable and numerical rank, spectral and nuclear norm) are those of each
+document's first ``spectral_tokens`` tokens (exact for shorter documents; see
+:mod:`.patterns`). Streaming: each layer is read as the forward reaches it and only the
+per-document numbers are kept (documents x layers x heads x 11 floats), so memory is the
+forward's own plus a block of scores. :class:`PatternStatistics` with ``source="pattern"``
+reads the eager patterns (``blocks.{l}.attn.hook_pattern``) instead, to the same numbers.
 
 ``attention_weights`` (:data:`WEIGHTS_ANALYSIS`, no data): per (layer, head) statistics of
 the QK and OV circuits and the projection weights (:mod:`.weights`); no interval, ``n``
@@ -26,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from plastiscope.activations import Batch
+from plastiscope.activations import AttentionInputs, Batch, attention_inputs_name, attention_keys_name
 from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
@@ -38,6 +41,7 @@ from plastiscope.stats import bootstrap_ci
 from plastiscope.sweep import Sweep
 
 from .patterns import PATTERN_METRICS, SPECTRAL_TOKENS, pattern_statistics
+from .qk import qk_statistics
 from .weights import WEIGHT_METRICS, layer_weights, weight_statistics
 
 NAME = "attention"
@@ -63,33 +67,55 @@ def pattern_hook(layer: int) -> str:
 class PatternStatistics:
     """Consumer of a forward pass: per-document pattern statistics of every layer and head.
 
-    Reads ``blocks.{l}.attn.hook_pattern`` ``[batch, head, pos, pos]`` of each layer as the
-    forward makes it and keeps ``[layer, head, metric]`` float64 numbers per document. After
-    the pass, :meth:`values` gives ``(doc_index [doc], values [doc, layer, head, metric])`` in
-    document order (metrics as in :data:`PATTERN_METRICS`).
+    ``source="qk"`` (the analysis's): reads ``blocks.{l}.attn.inputs`` (the layer's queries,
+    keys and mask, :class:`~plastiscope.activations.AttentionInputs`) and computes the
+    statistics without the pattern (:func:`.qk.qk_statistics`), beside an SDPA forward.
+    ``source="pattern"``: reads ``blocks.{l}.attn.keys`` ``[batch, pos]`` (keys each row may
+    attend to) and ``blocks.{l}.attn.hook_pattern`` ``[batch, head, pos, pos]`` from the
+    bridge's eager attention (:func:`.patterns.pattern_statistics`). Either way it keeps
+    ``[layer, head, metric]`` float64 numbers per document; after the pass, :meth:`values`
+    gives ``(doc_index [doc], values [doc, layer, head, metric])`` in document order (metrics
+    as in :data:`PATTERN_METRICS`).
     """
 
-    def __init__(self, n_layers: int, tol: float = 1e-2, one_hot_threshold: float = 0.9, spectral_tokens: int | None = SPECTRAL_TOKENS):
-        self.names = [pattern_hook(layer) for layer in range(n_layers)]
-        self.layer_of = {name: layer for layer, name in enumerate(self.names)}
+    def __init__(
+        self, n_layers: int, tol: float = 1e-2, one_hot_threshold: float = 0.9, spectral_tokens: int | None = SPECTRAL_TOKENS,
+        source: str = "qk",
+    ):
+        if source == "qk":
+            self.names = [attention_inputs_name(layer) for layer in range(n_layers)]
+        elif source == "pattern":
+            self.names = [attention_keys_name(layer) for layer in range(n_layers)] + [pattern_hook(layer) for layer in range(n_layers)]
+        else:
+            raise ValueError(f"source={source!r}: choose 'qk' (queries and keys, SDPA forward) or 'pattern' (eager patterns)")
+        self.n_layers = n_layers
+        self.layer_of = {name: int(name.split(".")[1]) for name in self.names}
         self.tol = tol
         self.one_hot_threshold = one_hot_threshold
         self.spectral_tokens = spectral_tokens
+        self._keys: dict[int, torch.Tensor] = {}  # layer -> [batch, pos] of the batch being read (source="pattern")
         self._rows: dict[int, np.ndarray] = {}  # doc -> [layer, head, metric]
         self._read: dict[int, np.ndarray] = {}  # doc -> [layer] bool
 
-    def read(self, batch: Batch, name: str, pattern: torch.Tensor) -> None:
-        """Add the statistics of one layer's patterns ``[batch, head, pos, pos]`` of one batch's documents."""
+    def read(self, batch: Batch, name: str, value: torch.Tensor | AttentionInputs) -> None:
+        """Add the statistics of one layer of one batch's documents (from its queries and keys, or its patterns)."""
         layer = self.layer_of[name]
+        if name.endswith(".attn.keys"):
+            self._keys[layer] = value
+            return
         try:
-            stats = pattern_statistics(pattern, batch.mask, self.tol, self.one_hot_threshold, self.spectral_tokens)
+            if isinstance(value, AttentionInputs):
+                stats = qk_statistics(value, batch.mask, self.tol, self.one_hot_threshold, self.spectral_tokens)
+            else:
+                keys = self._keys.pop(layer, None)
+                stats = pattern_statistics(value, batch.mask, self.tol, self.one_hot_threshold, self.spectral_tokens, keys)
         except ValueError as err:
             raise ValueError(f"layer {layer}: {err}") from err
         values = torch.stack([stats[m] for m in PATTERN_METRICS], dim=-1).cpu().numpy()  # [batch, head, metric]
         for b, doc in enumerate(batch.doc_index.tolist()):
             if doc not in self._rows:
-                self._rows[doc] = np.full((len(self.names),) + values.shape[1:], np.nan)
-                self._read[doc] = np.zeros(len(self.names), dtype=bool)
+                self._rows[doc] = np.full((self.n_layers,) + values.shape[1:], np.nan)
+                self._read[doc] = np.zeros(self.n_layers, dtype=bool)
             self._rows[doc][layer] = values[b]
             self._read[doc][layer] = True
 

@@ -9,9 +9,13 @@ head (the metric names of the results schema in brackets):
   ``-sum_j A_ij log A_ij`` in nats (Shannon; ``0 log 0 = 0``). Uniform causal attention has
   entropy ``log(i + 1)`` on row ``i``, a one-hot row 0.
 - **Normalised entropy** [``entropy_normalized``]: the same, each row divided by
-  ``log(i + 1)``, the entropy of uniform attention over the ``i + 1`` keys it may attend to;
-  row 0 (one key) is left out, so a one-token document has none (NaN, dropped from means).
-  In [0, 1]: 1 is uniform attention. Assumes full causal attention (no sliding window).
+  ``log(k_i)``, the entropy of uniform attention over the ``k_i`` keys row ``i`` may attend
+  to under the layer's own attention mask: ``i + 1`` under full causal attention,
+  ``min(i + 1, w)`` under a sliding window of ``w`` keys (Mistral, Gemma 2's local layers);
+  rows with one key are left out (row 0 always), so a one-token document has none (NaN,
+  dropped from means). In [0, 1]: 1 is uniform attention over the keys the row may see.
+  ``keys`` gives ``k_i`` (the pass's ``blocks.{l}.attn.keys``); without it, full causal
+  attention is assumed.
 - **Where attention goes**, means over the ``n`` query rows: [``sink_share``] the weight on
   the first token ``A_i0`` (the attention sink; Xiao et al. 2023, arXiv 2309.17453);
   [``mean_distance``] ``sum_j A_ij (i - j)`` in tokens; [``one_hot_share``] the share of rows
@@ -112,58 +116,95 @@ def check_pattern(pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
-def pattern_statistics(
-    pattern: torch.Tensor,
-    mask: torch.Tensor,
-    tol: float = 1e-2,
-    one_hot_threshold: float = 0.9,
-    spectral_tokens: int | None = SPECTRAL_TOKENS,
-) -> dict[str, torch.Tensor]:
-    """Per-document, per-head statistics of a batch of causal attention patterns.
-
-    ``pattern``: ``[batch, head, pos, pos]`` softmax weights (query, key), any float dtype;
-    ``mask``: ``[batch, pos]`` bool, True on real tokens (right-padded). Returns
-    ``{metric: [batch, head]}`` (float64, on the pattern's device) for every metric of
-    :data:`PATTERN_METRICS` (definitions and cost in the module docstring).
-    """
-    lengths = check_pattern(pattern, mask)
+def check_options(tol: float, one_hot_threshold: float, spectral_tokens: int | None) -> None:
+    """A clear error for an option out of its range."""
     if not 0 < one_hot_threshold < 1:
         raise ValueError(f"one_hot_threshold={one_hot_threshold!r} must be in (0, 1), e.g. 0.9")
     if not 0 < tol < 1:
         raise ValueError(f"tol={tol!r}: the relative tolerance of the numerical rank must be in (0, 1), e.g. 1e-2")
     if spectral_tokens is not None and spectral_tokens < 1:
         raise ValueError(f"spectral_tokens={spectral_tokens!r} must be a positive number of tokens, or None for whole documents")
+
+
+def check_keys(keys: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """``keys [batch, pos]`` (keys each query row may attend to) validated against ``mask``; None: full causal (``i + 1``)."""
+    lengths = mask.sum(dim=1)
+    if keys is None:
+        return torch.arange(1, mask.shape[1] + 1).expand(mask.shape).clone()
+    if keys.shape != mask.shape:
+        raise ValueError(f"keys {tuple(keys.shape)} must be [batch, pos] like the mask {tuple(mask.shape)}")
+    keys = keys.cpu()
+    real = torch.arange(mask.shape[1])[None, :] < lengths.cpu()[:, None]
+    rows = torch.arange(1, mask.shape[1] + 1).expand(mask.shape)
+    if bool(((keys < 1) & real).any()) or bool(((keys > rows) & real).any()):
+        raise ValueError("keys: each real query row i may attend to between 1 and i + 1 keys (causal attention)")
+    return keys
+
+
+def pattern_statistics(
+    pattern: torch.Tensor,
+    mask: torch.Tensor,
+    tol: float = 1e-2,
+    one_hot_threshold: float = 0.9,
+    spectral_tokens: int | None = SPECTRAL_TOKENS,
+    keys: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-document, per-head statistics of a batch of causal attention patterns.
+
+    ``pattern``: ``[batch, head, pos, pos]`` softmax weights (query, key), any float dtype;
+    ``mask``: ``[batch, pos]`` bool, True on real tokens (right-padded); ``keys``: ``[batch, pos]``
+    the number of keys each query row may attend to under the layer's attention mask (the
+    normalised entropy's denominator; None: full causal, ``i + 1``). Returns
+    ``{metric: [batch, head]}`` (float64, on the pattern's device) for every metric of
+    :data:`PATTERN_METRICS` (definitions and cost in the module docstring).
+    """
+    lengths = check_pattern(pattern, mask)
+    check_options(tol, one_hot_threshold, spectral_tokens)
+    keys = check_keys(keys, mask)
     batch, heads = pattern.shape[:2]
     block = max(1, min(BLOCK_ELEMENTS, pattern.numel() // BLOCK_FRACTION))
     out = {m: torch.empty(batch, heads, dtype=torch.float64, device=pattern.device) for m in PATTERN_METRICS}
     for b, n in enumerate(lengths.tolist()):
         A = pattern[b, :, :n, :n]  # [head, n, n], a view
-        for metric, value in document_statistics(A, tol, one_hot_threshold, spectral_tokens, block).items():
+        for metric, value in document_statistics(A, tol, one_hot_threshold, spectral_tokens, block, keys[b, :n]).items():
             out[metric][b] = value
     return out
 
 
 def document_statistics(
-    A: torch.Tensor, tol: float, one_hot_threshold: float, spectral_tokens: int | None, block: int = BLOCK_ELEMENTS
+    A: torch.Tensor, tol: float, one_hot_threshold: float, spectral_tokens: int | None, block: int = BLOCK_ELEMENTS,
+    keys: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every metric of :data:`PATTERN_METRICS` for one document's patterns ``A [head, n, n]`` (no padding): ``{metric: [head]}``."""
-    heads, n, _ = A.shape
-    rows = row_statistics(A, one_hot_threshold, block)
-    entropy = rows["entropy"].double()  # [head, n]
-    log_keys = torch.log(torch.arange(2, n + 1, device=A.device, dtype=torch.float64))  # row i >= 1 has i + 1 keys
-    stats = {
-        "entropy": entropy.mean(-1),
-        "entropy_normalized": (entropy[:, 1:] / log_keys).mean(-1) if n > 1 else entropy.new_full((heads,), math.nan),
-        "sink_share": rows["sink"].double().mean(-1),
-        "mean_distance": rows["distance"].double().mean(-1),
-        "one_hot_share": rows["one_hot"].double().mean(-1),
-    }
+    """Every metric of :data:`PATTERN_METRICS` for one document's patterns ``A [head, n, n]`` (no padding): ``{metric: [head]}``.
+
+    ``keys [n]``: keys each row may attend to (None: ``i + 1``).
+    """
+    n = A.shape[-1]
+    stats = summarize_rows(row_statistics(A, one_hot_threshold, block), keys if keys is not None else torch.arange(1, n + 1))
     L = n if spectral_tokens is None else min(n, spectral_tokens)
     with one_thread():
         singular_values = torch.linalg.svdvals(A[:, :L, :L].float())  # [head, L]
-    stats.update(spectral_summary(singular_values, tol))
-    stats["frobenius_norm"] = rows["squares"].sqrt()  # of the whole pattern, not only the first L tokens
-    return stats
+    return spectral_summary(singular_values, tol) | stats  # the Frobenius norm is the whole pattern's, not the block's
+
+
+def summarize_rows(rows: dict[str, torch.Tensor], keys: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-document means (float64 ``[head]``) of :func:`row_statistics`' rows ``[head, n]``, and the Frobenius norm.
+
+    ``keys [n]``: the number of keys each row may attend to; rows with one key have no
+    normalised entropy (NaN when no row has more).
+    """
+    entropy = rows["entropy"].double()  # [head, n]
+    several = keys.to(entropy.device) > 1
+    log_keys = torch.log(keys.to(device=entropy.device, dtype=torch.float64)[several])
+    normalized = (entropy[:, several] / log_keys).mean(-1) if bool(several.any()) else entropy.new_full(entropy.shape[:1], math.nan)
+    return {
+        "entropy": entropy.mean(-1),
+        "entropy_normalized": normalized,
+        "sink_share": rows["sink"].double().mean(-1),
+        "mean_distance": rows["distance"].double().mean(-1),
+        "one_hot_share": rows["one_hot"].double().mean(-1),
+        "frobenius_norm": rows["squares"].sqrt(),  # of the whole pattern, not only the first spectral_tokens tokens
+    }
 
 
 def row_statistics(A: torch.Tensor, one_hot_threshold: float, block: int = BLOCK_ELEMENTS) -> dict[str, torch.Tensor]:

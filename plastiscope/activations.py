@@ -22,6 +22,21 @@ device, and accumulate their statistics in float32 or float64 (losses, pattern s
 probe features): a bfloat16 forward changes the inputs of a statistic by bfloat16 rounding,
 never the arithmetic of the statistic.
 
+**Attention implementation.** TransformerBridge recomputes every attention layer itself and
+materialises the softmax pattern ``[batch, head, pos, pos]`` (eager attention), whether or not
+anything reads it. A pass whose consumers read no hook point inside an attention block
+(``blocks.{l}.attn.*``, ``blocks.{l}.hook_attn_out``) runs on the model's own attention
+modules with PyTorch's fused scaled-dot-product attention instead (:func:`native_attention`,
+the floor a bare ``transformers`` forward reaches): residual-stream hooks and logits are the
+same to float rounding, at a fraction of the time and memory at long contexts. Two names that
+are not hook points come from that path: ``blocks.{l}.attn.inputs``
+(:func:`attention_inputs_name`), the layer's post-rotary queries and keys with the model's
+scaling, softcapping and mask (:class:`AttentionInputs`), from which the attention statistics
+are computed exactly without the pattern; and ``blocks.{l}.attn.keys``
+(:func:`attention_keys_name`), ``[batch, pos]`` the number of keys each query row may attend
+to under the layer's own mask (sliding windows included), which is also handed out beside an
+eager pattern.
+
 **Failures.** With ``isolate=True`` (the runner's setting) a consumer that raises is no longer
 fed and its error is returned, while the others finish the pass: one analysis's bug does not
 fail the other analyses of a checkpoint.
@@ -33,8 +48,11 @@ at a time; analyses use :func:`run_pass`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,6 +66,40 @@ if TYPE_CHECKING:
     from plastiscope.checkpoint import Checkpoint
 
 LOGITS = "logits"  # not a hook point: the model's output [batch, pos, vocab], handed over after the forward
+ATTENTION_IMPLEMENTATION = "plastiscope_sdpa"  # the attention function registered with transformers (see native_attention)
+_ATTENTION_NAME = re.compile(r"^blocks\.(\d+)\.attn\.(inputs|keys)$")
+
+
+def attention_inputs_name(layer: int) -> str:
+    """Name (not a hook point) of layer ``layer``'s :class:`AttentionInputs`, handed out by passes on the model's own attention."""
+    return f"blocks.{layer}.attn.inputs"
+
+
+def attention_keys_name(layer: int) -> str:
+    """Name (not a hook point) of ``[batch, pos]`` int64: the number of keys each query row of layer ``layer`` may attend to."""
+    return f"blocks.{layer}.attn.keys"
+
+
+@dataclass
+class AttentionInputs:
+    """What one attention layer's softmax is computed from, as the model's attention function receives it.
+
+    - ``query``: ``[batch, head, pos, d_head]``, after the rotary embedding and any query/key norm.
+    - ``key``: ``[batch, kv_head, pos, d_head]`` (grouped-query attention: query head ``h`` reads
+      key head ``h // (head / kv_head)``, as ``transformers``' ``repeat_kv``).
+    - ``allowed``: ``[batch, 1, pos, pos]`` bool, True where query ``i`` may attend to key ``j``
+      (causality, padding, sliding windows); None: plain causal attention (``j <= i``).
+    - ``scaling``: the factor of ``q . k`` (``1/sqrt(d_head)`` unless the model sets another).
+    - ``softcap``: logit softcapping ``c`` (scores ``c tanh(s / c)``, Gemma 2), or None.
+
+    The pattern is ``softmax_j(softcap(scaling * q_i . k_j))`` over the allowed keys.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    allowed: torch.Tensor | None
+    scaling: float
+    softcap: float | None
 
 
 @dataclass
@@ -58,7 +110,8 @@ class Batch:
     - ``mask``: ``[batch, pos]`` bool, True on real tokens (BOS included), on the model's device.
     - ``doc_index``: ``[batch]`` int64 on the CPU, each row's index in the :class:`Documents`.
     - ``activations`` (batches of :func:`stream` only): hook name -> float32 tensor, e.g.
-      ``hook_resid_post`` ``[batch, pos, d_model]``, ``attn.hook_pattern`` ``[batch, head, query_pos, key_pos]``.
+      ``hook_resid_post`` ``[batch, pos, d_model]``, ``attn.hook_pattern`` ``[batch, head, query_pos, key_pos]``
+      (``attn.keys``: int64 ``[batch, pos]``; ``attn.inputs``: :class:`AttentionInputs` with float32 q and k).
     - ``logits`` (batches of :func:`stream` with ``return_logits`` only): ``[batch, pos, vocab]``
       in the model's dtype.
     """
@@ -151,13 +204,138 @@ def input_device(checkpoint: Checkpoint) -> torch.device:
 
 
 def check_names(checkpoint: Checkpoint, names: Sequence[str]) -> None:
-    """A clear error for a name that is neither a hook point of the model nor :data:`LOGITS`."""
-    unknown = sorted(set(names) - set(checkpoint.bridge.hook_dict) - {LOGITS})
+    """A clear error for a name that is neither a hook point of the model, :data:`LOGITS`, nor an attention name of a layer it has."""
+    n_layers = checkpoint.n_layers
+    attention = {n for n in names if (m := _ATTENTION_NAME.match(n)) and int(m.group(1)) < n_layers}
+    unknown = sorted(set(names) - set(checkpoint.bridge.hook_dict) - {LOGITS} - attention)
     if unknown:
         raise KeyError(
             f"{checkpoint.name}: no hook point {unknown[:3]}; hook names look like "
-            f"'blocks.0.hook_resid_post' and 'blocks.0.attn.hook_pattern' (or '{LOGITS}' for the output)"
+            f"'blocks.0.hook_resid_post' and 'blocks.0.attn.hook_pattern' (or '{LOGITS}' for the output, "
+            f"'{attention_inputs_name(0)}' and '{attention_keys_name(0)}' for what attention is computed from)"
         )
+
+
+def _keys_of(allowed: torch.Tensor | None, batch: int, pos: int) -> torch.Tensor:
+    """``[batch, pos]`` int64 on the CPU: keys each query row may attend to (``allowed [batch, 1, q, k]``; None: causal)."""
+    if allowed is None:
+        return torch.arange(1, pos + 1).expand(batch, pos).clone()
+    return allowed[:, 0].sum(-1).to(torch.int64).expand(batch, pos).cpu()
+
+
+def reads_attention_internals(bridge: Any, names: Sequence[str]) -> bool:
+    """Whether any of ``names`` is a hook point inside an attention block (the pattern, scores, rotary q/k, ...).
+
+    Those fire only in TransformerBridge's own (eager) attention; aliases such as
+    ``blocks.{l}.hook_attn_out`` count by the hook point they name.
+    """
+    inside = {id(m) for block in bridge.blocks for m in block.attn.modules()}
+    return any(name in bridge.hook_dict and id(bridge.hook_dict[name]) in inside for name in names)
+
+
+# ---------------------------------------------------------------------- the model's own attention
+_LISTENER: contextvars.ContextVar[Callable[..., None] | None] = contextvars.ContextVar("plastiscope_attention_listener", default=None)
+_NATIVE: set[int] = set()  # ids of the models inside native_attention
+_REGISTERED = False
+
+
+def _attention_function(
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+    dropout: float = 0.0, scaling: float | None = None, softcap: float | None = None, **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The attention function of :func:`native_attention`, called by a ``transformers`` attention module.
+
+    Hands ``query [batch, head, pos, d_head]`` and ``key [batch, kv_head, pos, d_head]`` to the pass's
+    listener (if any), then computes attention with ``transformers``' SDPA function; with logit
+    softcapping, which SDPA cannot apply, the same exact softmax is computed as eager attention does.
+    Returns ``(output [batch, pos, head, d_head], None)``.
+    """
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(module, AttentionInputs(query.detach(), key.detach(), _allowed(attention_mask), scale, softcap))
+    if softcap is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    scores = torch.tanh(torch.matmul(query, key.transpose(-2, -1)) * scale / softcap) * softcap
+    if attention_mask is None:
+        n = query.shape[-2]
+        attention_mask = torch.ones(n, key.shape[-2], dtype=torch.bool, device=query.device).tril(key.shape[-2] - n)
+    if attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, -torch.inf)
+    else:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+def _allowed(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``[batch, 1, q, k]`` bool (True: may attend) from a ``transformers`` mask (bool, or additive float); None stays None."""
+    if attention_mask is None or attention_mask.dtype == torch.bool:
+        return attention_mask
+    return attention_mask > torch.finfo(attention_mask.dtype).min / 2
+
+
+def _register() -> None:
+    """Register :data:`ATTENTION_IMPLEMENTATION` with ``transformers`` (attention function and SDPA's mask), once, on first use."""
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface, AttentionMaskInterface
+        from transformers.masking_utils import sdpa_mask
+
+        AttentionInterface.register(ATTENTION_IMPLEMENTATION, _attention_function)
+        AttentionMaskInterface.register(ATTENTION_IMPLEMENTATION, sdpa_mask)
+        _REGISTERED = True
+
+
+@contextlib.contextmanager
+def native_attention(model: Any) -> Iterator[None]:
+    """Run ``model``'s attention on its own ``transformers`` modules with fused SDPA, then put the bridge's back.
+
+    ``model``: a checkpoint's ``bridge``, its ``hf_model``, or a copy of either (plasticity's
+    fine-tuned copies). TransformerBridge puts its own attention component in each layer, which
+    recomputes attention eagerly (the ``[batch, head, pos, pos]`` pattern, for its hook points);
+    inside this context each layer holds the model's own attention module again (the one the
+    bridge wraps, same weights) and the model runs the attention function
+    :data:`ATTENTION_IMPLEMENTATION`, registered with ``transformers``' ``AttentionInterface``:
+    ``transformers``' SDPA function (exact softmax attention, fused: no pattern in memory),
+    except under logit softcapping (Gemma 2), which SDPA cannot apply, where it computes the
+    eager softmax itself. Residual-stream hooks, logits and gradients are those of the bridge
+    to float rounding; hook points inside attention (``blocks.{l}.attn.*``) do not fire. SDPA's
+    CPU kernel has no double backward (Hessian-vector products need the bridge's eager
+    attention). On exit the model is on eager attention again (the implementation
+    TransformerBridge sets). Re-entering for the same model changes nothing.
+    """
+    from transformer_lens.model_bridge.generalized_components import AttentionBridge
+    from transformer_lens.model_bridge.generalized_components.base import GeneralizedComponent
+
+    hf = getattr(model, "original_model", model)
+    if id(hf) in _NATIVE:
+        yield
+        return
+    _register()
+    swapped = []
+    for parent in hf.modules():
+        if isinstance(parent, GeneralizedComponent):
+            continue  # the bridge's own tree keeps its components
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, AttentionBridge) and child.original_component is not None:
+                swapped.append((parent, child_name, child))
+    _NATIVE.add(id(hf))
+    try:
+        hf.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+        for parent, child_name, child in swapped:
+            setattr(parent, child_name, child.original_component)
+        yield
+    finally:
+        for parent, child_name, child in swapped:
+            setattr(parent, child_name, child)
+        hf.set_attn_implementation("eager")
+        _NATIVE.discard(id(hf))
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -209,9 +387,10 @@ def _passes(
     readers = {name: [(i, c) for i, c in enumerate(consumers) if name in c.names] for name in names}
 
     def give(batch: Batch, name: str, value: Any) -> None:
-        if not isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+        elif not isinstance(value, AttentionInputs):
             raise TypeError(f"{checkpoint.name}: hook point {name!r} gave a {type(value).__name__}, not a tensor")
-        value = value.detach()
         for i, consumer in readers[name]:
             if failed is not None and i in failed:
                 continue
@@ -226,9 +405,45 @@ def _passes(
     wants_logits = LOGITS in readers
     if not wants_logits and _accepts_logits_to_keep(bridge.original_model):
         extra["logits_to_keep"] = 1  # nobody reads the logits: unembed the last position only
+    eager = reads_attention_internals(bridge, names)  # someone reads the pattern: the bridge's own attention
+    wanted = {(int(m.group(1)), m.group(2)): name for name in names if (m := _ATTENTION_NAME.match(name))}
+    if eager and any(kind == "inputs" for _, kind in wanted):
+        raise ValueError(
+            f"{checkpoint.name}: one pass cannot hand out both hook points inside attention (patterns) and "
+            f"attention inputs ({attention_inputs_name(0)!r}, ...): read them in separate passes"
+        )
+    blocks = list(bridge.blocks)
+    layer_of = {id(block.attn.original_component if not eager else block.attn): layer for layer, block in enumerate(blocks)}
+    current: list[Batch] = []
+
+    def listen(module: torch.nn.Module, inputs: AttentionInputs) -> None:  # native attention: the layer's q, k and mask
+        layer = layer_of.get(id(module))
+        if layer is None:
+            return
+        if (layer, "keys") in wanted:
+            give(current[0], wanted[layer, "keys"], _keys_of(inputs.allowed, inputs.query.shape[0], inputs.query.shape[-2]))
+        if (layer, "inputs") in wanted:
+            give(current[0], wanted[layer, "inputs"], inputs)
+
+    def mask_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:  # eager attention: the layer's mask
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        give(current[0], wanted[layer_of[id(module)], "keys"],
+             _keys_of(_allowed(kwargs.get("attention_mask")), hidden.shape[0], hidden.shape[1]))
+
     for batch in batches(checkpoint, data, batch_size, max_tokens, progress):
-        hooks = [(name, lambda value, hook, name=name, batch=batch: give(batch, name, value)) for name in names if name != LOGITS]
-        with torch.no_grad(), bridge.hooks(fwd_hooks=hooks):
+        current[:] = [batch]
+        hooks = [(name, lambda value, hook, name=name, batch=batch: give(batch, name, value))
+                 for name in names if name != LOGITS and not _ATTENTION_NAME.match(name)]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(bridge.hooks(fwd_hooks=hooks))
+            if eager:
+                for layer in {layer for layer, _ in wanted}:
+                    stack.callback(blocks[layer].attn.register_forward_pre_hook(mask_hook, with_kwargs=True).remove)
+            else:
+                stack.enter_context(native_attention(bridge))
+                token = _LISTENER.set(listen if wanted else None)
+                stack.callback(_LISTENER.reset, token)
             logits = bridge(batch.tokens, attention_mask=batch.mask.long(), **extra)
         if wants_logits:
             give(batch, LOGITS, logits)
@@ -245,9 +460,14 @@ class _Keep:
         self.names = list(names)
         self.kept: dict[str, torch.Tensor] = {}
 
-    def read(self, batch: Batch, name: str, value: torch.Tensor) -> None:
-        """Keep a float32 copy of an activation (the logits in the model's dtype)."""
-        self.kept[name] = value if name == LOGITS else value.float().clone()
+    def read(self, batch: Batch, name: str, value: Any) -> None:
+        """Keep a float32 copy of an activation (the logits in the model's dtype, counts as they are)."""
+        if isinstance(value, AttentionInputs):
+            self.kept[name] = AttentionInputs(value.query.float(), value.key.float(), value.allowed, value.scaling, value.softcap)
+        elif name == LOGITS or not value.is_floating_point():
+            self.kept[name] = value if name == LOGITS else value.clone()
+        else:
+            self.kept[name] = value.float().clone()
 
 
 def stream(

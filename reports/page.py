@@ -34,7 +34,8 @@ from plastiscope.reports.figures import FigureSpec
 from plastiscope.reports.frame import DEFAULT_X, Prepared
 from plastiscope.reports.markup import esc
 from plastiscope.reports.metrics_doc import describe_metric
-from plastiscope.reports.verdict import PANELS, Best, Decision
+from plastiscope.reports.verdict import Best, Decision
+from plastiscope.reports.verdict import panels as headline_panels
 
 SHORT_LIST = 5
 MAX_VERDICT_LINES = 4
@@ -179,7 +180,7 @@ def summary_section(prep: Prepared, decision: Decision, cells: dict[str, tuple[s
     how = (f"Verdicts test each metric against {esc(prep.x)} across configurations (replicate seeds averaged): Spearman ρ "
            f"with a 95 % cluster bootstrap interval, permutation p within seed blocks, Holm-adjusted across every headline "
            f"line (α = {ALPHA}).")
-    panels = "".join(panel_html(prep, panel, decision, *cells.get(panel.key, ("", ""))) for panel in PANELS)
+    panels = "".join(panel_html(prep, panel, decision, *cells.get(panel.key, ("", ""))) for panel in headline_panels(prep))
     return (f"<section id='summary'><h2>Summary</h2><div class='ps-callout ps-decision' id='decision'>{best}"
             f"<ul class='ps-design' id='design'>{design}</ul><p class='ps-muted'>{how}</p></div>"
             f"<div class='ps-panels'>{panels}</div></section>")

@@ -26,7 +26,8 @@ from plastiscope.reports.figures import FigureSpec, build_figures
 from plastiscope.reports.frame import DEFAULT_X, Prepared, ResultsInput, prepare
 from plastiscope.reports.outcomes import add_outcomes, import_outcomes
 from plastiscope.reports.page import generator_versions, render_page
-from plastiscope.reports.verdict import PANELS, Decision, decide, panel_series
+from plastiscope.reports.verdict import Decision, decide, panel_series
+from plastiscope.reports.verdict import panels as headline_panels
 
 FORMATS = ("html", "png", "svg", "csv")
 IMAGE_FORMATS = ("png", "svg")
@@ -104,7 +105,7 @@ def build(results: ResultsInput | Prepared, group_by: str | None = None, x: str 
     stats = association_table(prep, n_resamples=n_resamples, directions=dict(directions or {}))
     decision = decide(prep, stats)
     panels = []
-    for panel in PANELS:
+    for panel in headline_panels(prep):
         keys = panel_series(prep, panel)
         if not keys:
             continue

@@ -2,21 +2,21 @@
 
 Han, Bordt, Zhang, Kakade 2026 (arXiv 2602.11137) say larger weight decay gives checkpoints
 that can be worse before fine-tuning yet better after it, through three mechanisms. The
-headline panels (:data:`PANELS`) test each against its expected direction:
-
-- outcome: downstream loss after fine-tuning falls (validation loss beside it: the trade-off);
-- separability: linear-probe accuracy (trained rows) rises;
-- attention regularisation: the effective rank of W_QK falls;
-- overfitting: the loss gap (validation minus training, token-weighted) falls;
-- and, from related work rather than from Han et al.: scale-invariant sharpness (adaptive
-  max eigenvalue; Kwon et al. 2021, Andriushchenko et al. 2023) falls and the basin radius
-  sigma on the loss along random directions (Chen et al. 2025, arXiv 2505.17646) rises.
+headline panels (:func:`panels`) are the headline metrics the results' declarations name
+(:mod:`plastiscope.metrics`: each analysis declares its own, with the panel, its title and the
+direction expected with weight decay); this module knows no analysis by name. The panel keyed
+``outcome`` also draws validation loss (the trade-off) and accuracy after fine-tuning.
 
 Each verdict line is one series against the axis: Spearman's rho over configurations with its
 cluster-bootstrap interval, and a permutation p-value (:mod:`.correlate`), Holm-adjusted across
 every headline line of the report (Holm 1979). At level :data:`~.correlate.ALPHA`: *holds* (the
 expected direction), *opposite*, or *inconclusive*; on another numeric axis *increases* /
 *decreases* / *inconclusive*; on a categorical one *differs* / *inconclusive*.
+
+A line whose metric declares baselines (chance, the uniform pattern, a random-init model, the
+majority class) must clear them (:mod:`.baselines`: more than half of its checkpoints apart
+from every measured baseline) before any direction is claimed: otherwise it is *inconclusive*,
+and the page flags the checkpoints indistinguishable from the baseline.
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from plastiscope.metrics import Metric
+from plastiscope.reports.baselines import Check, check
 from plastiscope.reports.choice import choice_table, noise_table
 from plastiscope.reports.correlate import (
     ALPHA,
     OUTCOME_ACCURACY,
-    OUTCOME_METRIC,
     better_direction,
     chosen_outcome,
     fmt_p,
@@ -43,12 +44,10 @@ from plastiscope.reports.correlate import (
 from plastiscope.reports.frame import DEFAULT_X, Prepared, configuration_means
 from plastiscope.stats import MIN_BOOTSTRAP_CLUSTERS, holm
 
-PAPER = "Han et al. 2026"
-
 
 @dataclass(frozen=True)
 class Panel:
-    """One headline panel: a metric (optionally one variant of it) and the direction expected with weight decay."""
+    """One headline panel: a declared headline metric (optionally one variant of it) and the direction expected with weight decay."""
 
     key: str
     title: str
@@ -58,30 +57,29 @@ class Panel:
     source: str
     absent: str  # how to obtain the metric
     variant: tuple[tuple[str, str], ...] = ()
+    declaration: Metric | None = field(default=None, compare=False)
 
     def matches(self, analysis: str, metric: str, variant: str) -> bool:
         """Whether a series (analysis, metric, variant) belongs to this panel."""
         parts = dict(p.split("=", 1) for p in variant.split(", ") if "=" in p)
-        return analysis == self.analysis and metric == self.metric and all(parts.get(k) == v for k, v in self.variant)
+        named = self.declaration.match(metric) is not None if self.declaration is not None else metric == self.metric
+        return analysis == self.analysis and named and all(parts.get(k) == v for k, v in self.variant)
+
+    @classmethod
+    def declared(cls, analysis: str, metric: Metric) -> Panel:
+        """The panel of a declared headline metric (:class:`plastiscope.metrics.Headline`)."""
+        h = metric.headline
+        if h is None:
+            raise ValueError(f"{analysis}.{metric.name} is not declared a headline metric")
+        return cls(h.panel, h.title, analysis, metric.name, h.expected, h.source, h.absent, h.variant, metric)
 
 
-PANELS = (
-    Panel("outcome", "Outcome: loss after fine-tuning", "plasticity", OUTCOME_METRIC, "fall", PAPER,
-          "run the plasticity analysis (name it, with a downstream task as --finetune-data)"),
-    Panel("separability", "Separability: probe accuracy", "probes", "accuracy", "rise", PAPER,
-          "run the probes analysis (--data with --label-column)"),
-    Panel("attention", "Attention: W_QK effective rank", "attention_weights", "qk_effective_rank", "fall", PAPER,
-          "run the attention analysis"),
-    Panel("overfitting", "Overfitting: loss gap (validation − training)", "overfit", "loss_gap", "fall", PAPER,
-          "run the overfit analysis (--train-data and --val-data)"),
-    Panel("sharpness", "Sharpness: adaptive max eigenvalue", "landscape", "adaptive_max_eigenvalue", "fall",
-          "related work (Kwon et al. 2021; Andriushchenko et al. 2023), not Han et al.",
-          "run the landscape analysis (--train-data) with lanczos_steps > 0"),
-    Panel("basin", "Basin radius σ (loss, random directions)", "landscape", "basin_sigma", "rise",
-          "related work (Chen et al. 2025), not Han et al.",
-          "run the landscape analysis (--train-data) with n_directions > 0",
-          (("objective", "loss"), ("direction", "random"))),
-)
+def panels(prep: Prepared) -> list[Panel]:
+    """The headline panels the results' declarations name, in the declared order (a panel key's first declaration)."""
+    found: dict[str, Panel] = {}
+    for analysis, metric in prep.declarations.headlines():
+        found.setdefault(metric.headline.panel, Panel.declared(analysis, metric))  # type: ignore[union-attr]
+    return list(found.values())
 
 
 @dataclass
@@ -96,6 +94,7 @@ class Verdict:
     row: dict
     p_holm: float = math.nan
     word: str = "inconclusive"
+    baseline: Check | None = None  # the line against its declared baselines (None: a column, not a series)
 
     def sentence(self, prep: Prepared) -> str:
         """The line's evidence: effect with its interval, configurations, p and the Holm-adjusted p."""
@@ -175,7 +174,9 @@ def decide(prep: Prepared, table: pd.DataFrame) -> Decision:
     """The headline verdicts (Holm across all of them), the best configuration per group and the design's limits."""
     rows = {(r["group"], r["series"]): r for r in table.to_dict("records")} if not table.empty else {}
     verdicts, missing = [], {}
-    for panel in PANELS:
+    series_keys = {s.key for s in prep.series}
+    headline = panels(prep)
+    for panel in headline:
         keys = panel_series(prep, panel)
         lines = [(k, prep.series_by_key(k).variant if len(keys) > 1 else "", panel.expected) for k in keys]
         if not keys:
@@ -186,13 +187,16 @@ def decide(prep: Prepared, table: pd.DataFrame) -> Decision:
             lines += [(s.key, "accuracy after fine-tuning", "rise") for s in outcome_series(prep, OUTCOME_ACCURACY)]
         for group in prep.groups:
             for key, label, expected in lines:
-                verdicts.append(Verdict(panel.key, group, key, label, expected, rows.get((group, key), {})))
+                baseline = check(prep, key, group) if key in series_keys else None
+                verdicts.append(Verdict(panel.key, group, key, label, expected, rows.get((group, key), {}), baseline=baseline))
     adjusted = holm([v.row.get("p_x_effect", math.nan) for v in verdicts])
     for v, p in zip(verdicts, adjusted):
         v.p_holm = float(p)
         v.word = _word(v.row, v.expected, prep, v.p_holm)
+        if v.baseline is not None and not v.baseline.clears:
+            v.word = "inconclusive"  # a metric that does not clear its baseline supports no direction
     best = best_configurations(prep)
-    titles = {panel.key: panel.title for panel in PANELS}
+    titles = {panel.key: panel.title for panel in headline}
     lines = [(v.group, titles[v.panel] + (f" ({v.label})" if v.label else ""), v.key) for v in verdicts]
     for b in best:
         lines += [(b.group, f"Outcome: {key}", key) for key in b.outcomes if (b.group, key) not in {(g, k) for g, _, k in lines}]

@@ -300,11 +300,13 @@ def _batch(patterns: list[torch.Tensor], doc_index: list[int], g: torch.Generato
     pattern, mask = pad_batch(patterns, g)
     sharper = pattern**4 * mask[:, None, :, None]
     sharper = sharper / sharper.sum(-1, keepdim=True).clamp_min(1e-30)
+    causal = torch.arange(1, mask.shape[1] + 1).expand(mask.shape)  # keys each row may attend to
     return Batch(
         tokens=torch.zeros(mask.shape, dtype=torch.long),
         mask=mask,
         doc_index=torch.tensor(doc_index),
-        activations={"blocks.0.attn.hook_pattern": pattern, "blocks.1.attn.hook_pattern": sharper},
+        activations={"blocks.0.attn.hook_pattern": pattern, "blocks.1.attn.hook_pattern": sharper,
+                     "blocks.0.attn.keys": causal, "blocks.1.attn.keys": causal},
     )
 
 
@@ -312,9 +314,9 @@ def test_streaming_equals_all_at_once():
     g = torch.Generator().manual_seed(1)
     lengths = [5, 12, 3, 8, 1, 10, 7]
     docs = [causal_softmax(n, 2, g) for n in lengths]
-    whole = PatternStatistics(n_layers=2)
+    whole = PatternStatistics(n_layers=2, source="pattern")
     feed(whole, _batch(docs, list(range(len(docs))), torch.Generator().manual_seed(2)))
-    streamed = PatternStatistics(n_layers=2)
+    streamed = PatternStatistics(n_layers=2, source="pattern")
     for part in ([5, 1], [0, 3, 6], [4, 2]):  # another order and other batches
         feed(streamed, _batch([docs[i] for i in part], part, torch.Generator().manual_seed(3)))
     (idx_a, a), (idx_b, b) = whole.values(), streamed.values()
