@@ -15,7 +15,7 @@ from .analysis import ANALYSIS, OPTIONS, OverfitTask, document_scores, memorizat
 from .losses import DocumentLosses
 from .matching import match_lengths
 from .membership import auc, tpr_at_fpr, zlib_entropy, zlib_scores
-from .memorization import Memorization, exact_memorization, greedy_continuation
+from .memorization import Memorization, exact_memorization
 
 __all__ = [
     "ANALYSIS",
@@ -26,7 +26,6 @@ __all__ = [
     "auc",
     "document_scores",
     "exact_memorization",
-    "greedy_continuation",
     "match_lengths",
     "memorization_gap",
     "text_hash",

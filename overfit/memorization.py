@@ -9,8 +9,14 @@ convention every sequence the model saw starts with BOS, so the prompt is
 and counted, never an error. Also reported: the matched-prefix length, the number of
 leading continuation tokens reproduced before the first mismatch (0..m).
 
-Decoding is a batched greedy loop on the ``transformers`` model with its KV cache: all
-prompts have the same length, so no padding or attention mask is needed.
+Greedy decoding reproduces the target exactly when, at every target position, the model's argmax
+given the prompt and the *true* preceding target tokens is the true token: by induction the
+greedy continuation then equals the target, and at the first position where the argmax differs,
+greedy decoding leaves the target too. So one teacher-forced forward pass over
+``[BOS] + k + m`` tokens gives both the exact-match flag and the matched-prefix length, with no
+decoding loop and no KV cache: nothing depends on a library's generation or cache API.
+``tests/test_overfit.py`` checks the equality against ``generate()``-based decoding
+(:func:`plastiscope.generation.greedy_generate`).
 """
 
 from __future__ import annotations
@@ -36,29 +42,6 @@ class Memorization:
     matched: np.ndarray
     skipped_short: int
     not_sampled: int
-
-
-def greedy_continuation(model: Any, prompts: torch.Tensor, n_new: int) -> torch.Tensor:
-    """Greedy (argmax) continuation of ``prompts`` ``[batch, prompt]`` by ``n_new`` tokens -> ``[batch, n_new]``.
-
-    ``model`` is a ``transformers`` causal LM; the prompts must all be real tokens (no padding).
-    """
-    if n_new < 1:
-        raise ValueError(f"n_new must be >= 1, got {n_new}")
-    was_training = model.training
-    model.eval()
-    new = []
-    try:
-        with torch.no_grad():
-            out = model(input_ids=prompts, use_cache=True)
-            for step in range(n_new):
-                token = out.logits[:, -1].argmax(-1)  # [batch]
-                new.append(token)
-                if step + 1 < n_new:
-                    out = model(input_ids=token[:, None], past_key_values=out.past_key_values, use_cache=True)
-    finally:
-        model.train(was_training)
-    return torch.stack(new, dim=1)
 
 
 def exact_memorization(
@@ -93,14 +76,18 @@ def exact_memorization(
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(eligible, size=max_docs, replace=False))
     device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
     exact, matched = [], []
     for start in range(0, len(chosen), batch_size):
         rows = torch.tensor([ids[i] for i in chosen[start : start + batch_size]], dtype=torch.long, device=device)
-        prompt, truth = rows[:, : n_bos + k], rows[:, n_bos + k :]
-        generated = greedy_continuation(model, prompt, m)
-        same = (generated == truth).cpu()
+        truth = rows[:, n_bos + k :]  # [batch, m]
+        with torch.no_grad():  # logits at the last m + 1 positions; the final one predicts past the target
+            logits = model(input_ids=rows, logits_to_keep=m + 1).logits[:, :-1]
+        same = (logits.argmax(-1) == truth).cpu()  # [batch, m]
         exact.append(same.all(dim=1))
         matched.append(same.long().cumprod(dim=1).sum(dim=1))  # leading run of matches
+    model.train(was_training)
     return Memorization(
         doc_index=chosen,
         exact=torch.cat(exact).numpy() if exact else np.zeros(0, dtype=bool),

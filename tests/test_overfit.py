@@ -10,19 +10,19 @@ import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from plastiscope import Checkpoint
 from plastiscope.activations import Batch, feed
 from plastiscope.data import Documents, encode
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.demo.tokenizer import train_tokenizer
+from plastiscope.generation import greedy_generate
 from plastiscope.overfit import (
     DocumentLosses,
     auc,
     document_scores,
     exact_memorization,
-    greedy_continuation,
     match_lengths,
     memorization_gap,
     tpr_at_fpr,
@@ -32,6 +32,7 @@ from plastiscope.overfit.losses import bucket_labels, default_bucket_edges
 from plastiscope.overfit.membership import auc_batched, tpr_at_fpr_batched
 from plastiscope.runner import Inputs, run_analyses
 from plastiscope.stats import bootstrap_ci
+from plastiscope.training import trainable_copy
 
 N_CTX = 64
 FAST = {"n_resamples": 200}
@@ -271,14 +272,45 @@ def test_short_documents_are_skipped_with_a_count(memorised, tokenizer):
     assert metric(frame, "exact_match_val").n == len(texts) - n_short
 
 
-def test_greedy_continuation_matches_naive_decoding(memorised, memorised_set, tokenizer):
-    prompts = torch.tensor([encode(tokenizer, t, 6) for t in memorised_set.texts[:5]])
-    got = greedy_continuation(memorised.hf_model, prompts, 7)
+def naive_greedy(model, prompts, n_new):
+    """The reference: argmax of a full forward pass over the whole sequence at every step, no cache, no generate()."""
     sequence = prompts
     with torch.no_grad():
-        for _ in range(7):  # no cache: the whole sequence again at every step
-            sequence = torch.cat([sequence, memorised.hf_model(input_ids=sequence).logits[:, -1:].argmax(-1)], dim=1)
-    assert torch.equal(got, sequence[:, 6:])
+        for _ in range(n_new):
+            sequence = torch.cat([sequence, model(input_ids=sequence).logits[:, -1:].argmax(-1)], dim=1)
+    return sequence[:, prompts.shape[1]:]
+
+
+def test_greedy_generate_matches_naive_decoding_whatever_the_checkpoint_asks(memorised, memorised_set, tokenizer):
+    with pytest.raises(ValueError, match="wrapped by TransformerLens's bridge"):
+        greedy_generate(memorised.hf_model, torch.tensor([[0, 5, 6]]), 3)  # the bridged modules decode wrong tokens
+    model = trainable_copy(memorised.hf_model).eval()
+    prompts = torch.tensor([encode(tokenizer, t, 6) for t in memorised_set.texts[:5]])
+    want = naive_greedy(model, prompts, 7)
+    # a generation_config.json that would change greedy decoding if it were honoured: a repetition penalty, an
+    # end-of-sequence token that the continuations contain, a banned n-gram size
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(repetition_penalty=2.0, no_repeat_ngram_size=2, eos_token_id=int(want[0, 2]),
+                                               pad_token_id=0)
+    try:
+        assert torch.equal(greedy_generate(model, prompts, 7), want)
+        # the same settings do change what generate() returns when left to the checkpoint: the test can fail
+        assert not torch.equal(model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=7,
+                                              do_sample=False)[:, 6:], want)
+    finally:
+        model.generation_config = saved
+
+
+def test_exact_memorization_equals_generate_based_reference(memorised, memorised_set, val_docs, tokenizer):
+    k, m = 4, 6
+    plain = trainable_copy(memorised.hf_model).eval()
+    for texts in (memorised_set.texts, val_docs.texts[:40]):
+        result = exact_memorization(memorised.hf_model, tokenizer, texts, N_CTX, k, m, max_docs=None)
+        rows = torch.tensor([encode(tokenizer, texts[i], 1 + k + m) for i in result.doc_index])
+        same = greedy_generate(plain, rows[:, : 1 + k], m) == rows[:, 1 + k :]
+        assert np.array_equal(result.exact, same.all(dim=1).numpy())
+        assert np.array_equal(result.matched, same.long().cumprod(dim=1).sum(dim=1).numpy())
+    assert result.exact.mean() < 0.2 < 0.9 < exact_memorization(memorised.hf_model, tokenizer, memorised_set.texts, N_CTX, k, m).exact.mean()
 
 
 def test_overlap_is_detected_and_dropped(memorised, memorised_set, val_docs):
