@@ -19,15 +19,16 @@ analysis or extra column appears without report code changes.
   against a target sweep (Spearman with intervals, top-k decision regret).
 - :func:`import_outcomes` / :func:`read_outcomes` — outcomes a team already has (tables,
   lm-evaluation-harness results) as rows of the results schema (analysis ``outcome``).
-- :func:`describe_metric` / ``METRICS`` — the metric definitions shown in the methods section.
+- :func:`read_declarations` — what each metric means, as the results record it (``metrics.json``
+  beside them, or a frame's ``attrs``; declared by each analysis, :mod:`plastiscope.metrics`).
 """
 
+from plastiscope.metrics import read_declarations
 from plastiscope.reports.agreement import format_agreement, sweep_agreement, write_agreement
 from plastiscope.reports.batch import write_reports
 from plastiscope.reports.correlate import association_table
-from plastiscope.reports.metrics_doc import METRICS, MetricDoc, describe_metric
 from plastiscope.reports.outcomes import import_outcomes, read_outcomes
 from plastiscope.reports.report import export_figures, figures, summary, write_report
 
 __all__ = ["write_report", "write_reports", "figures", "summary", "export_figures", "association_table", "sweep_agreement",
-           "format_agreement", "write_agreement", "describe_metric", "METRICS", "MetricDoc", "import_outcomes", "read_outcomes"]
+           "format_agreement", "write_agreement", "read_declarations", "import_outcomes", "read_outcomes"]

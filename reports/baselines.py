@@ -171,3 +171,16 @@ def check(prep: Prepared, key: str, group: str = "") -> Check:
     declaration = prep.declarations.lookup(s.metric, s.analysis)
     in_group = (prep.checkpoints["_group"] == group).to_numpy() if prep.group_by else np.ones(len(prep.checkpoints), bool)
     return Check(compare(prep, key, declaration), in_group & prep.has_x)
+
+
+def checkpoint_intervals(prep: Prepared, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(value, low, high) [checkpoint]``: each checkpoint's trained rows averaged over its units (layers, heads), with the
+    mean of their 95 % intervals; ``low``/``high`` are NaN where the rows carry no interval."""
+    rows = prep.series_rows(key)
+    r = rows.select(~rows.baseline)
+    n = len(prep.checkpoints)
+    missing = ~(np.isfinite(r.ci_low) & np.isfinite(r.ci_high))
+    frame = pd.DataFrame({"ck": r.ck, "value": r.value, "low": r.ci_low, "high": r.ci_high, "missing": missing.astype(float)})
+    value, low, high, some_missing = _per_checkpoint(n, frame, ("value", "low", "high", "missing"))
+    incomplete = ~(some_missing == 0.0)  # a checkpoint with a row without an interval gets none
+    return value, np.where(incomplete, np.nan, low), np.where(incomplete, np.nan, high)

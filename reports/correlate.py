@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.reports.frame import Prepared, Series
-from plastiscope.reports.metrics_doc import describe_metric
 from plastiscope.reports.outcomes import OUTCOME_ANALYSIS
 from plastiscope.stats import NO_ASSOCIATION, Association, benjamini_hochberg, cluster_association
 
@@ -60,14 +59,15 @@ def better_direction(prep: Prepared, metric: str, directions: dict[str, str] | N
     """Which way ``metric`` is better: ``"higher"``, ``"lower"`` or None (a mechanism without a better direction).
 
     In order: ``directions`` (the caller's overrides), the direction the rows record (an
-    imported outcome's file or name, :mod:`.outcomes`), the metric's documented direction
-    (:func:`~.metrics_doc.describe_metric`).
+    imported outcome's file or name, :mod:`.outcomes`), the direction the metric's analysis
+    declares (``prep.declarations``, :mod:`plastiscope.metrics`); None for an undeclared metric.
     """
     if directions and metric in directions:
         return directions[metric]
     if metric in prep.directions:
         return prep.directions[metric]
-    return describe_metric(metric).better
+    declared = prep.declarations.lookup(metric)
+    return declared.better if declared is not None else None
 
 
 def is_outcome(series: Series) -> bool:

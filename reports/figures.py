@@ -33,6 +33,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative, sample_colorscale
 
+from plastiscope.reports.baselines import Comparison, checkpoint_intervals, compare
 from plastiscope.reports.frame import Prepared, Series, band_label, configuration_means, group_mean
 from plastiscope.reports.markup import esc
 from plastiscope.stats import spearman_rows
@@ -42,6 +43,7 @@ PANEL_HEIGHT = 250
 LINE_COLORS = ["#d62728", *qualitative.D3[:3], *qualitative.D3[4:], *qualitative.Set2]
 RHO_COLORS = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]  # explicit: plotly.js and plotly.py differ on "RdBu"
 MAX_PANELS = 6
+BASELINE_COLORS = ["#7f7f7f", "#b07d2b", "#6a3d9a", "#1b7837"]
 
 
 @dataclass
@@ -324,6 +326,8 @@ def series_figure(prep: Prepared, s: Series, axis: Axis) -> FigureSpec:
         data.append(_frame(part, name or "mean", axis))
     traces += _baseline_traces(prep, s, axis, data)
     layout = _layout(_title(s, f" vs {esc(prep.x)}"), esc(s.metric), axis, HEIGHT, True)
+    constants = [c for c in compare(prep, s.key, prep.declarations.lookup(s.metric, s.analysis)) if c.baseline.value is not None]
+    _constant_lines(layout, constants)
     frame = pd.concat(data, ignore_index=True) if data else pd.DataFrame()
     frame.insert(0, "series", s.key)
     return FigureSpec(f"{s.key}: vs {prep.x}", s.analysis, "line", s.key, {"data": traces, "layout": layout}, frame, band=band)
@@ -374,25 +378,101 @@ def _baseline_traces(prep: Prepared, s: Series, axis: Axis, data: list[pd.DataFr
     return traces
 
 
+def _constant_lines(layout: dict, comparisons: list[Comparison], yref: str = "y") -> None:
+    """Dashed horizontal lines at constant baselines (chance, the uniform pattern), labelled at the right edge."""
+    seen = set()
+    for i, c in enumerate(comparisons):
+        if c.baseline.value is None or (c.baseline.value, c.label) in seen:
+            continue
+        seen.add((c.baseline.value, c.label))
+        color = BASELINE_COLORS[i % len(BASELINE_COLORS)]
+        y = float(c.baseline.value)
+        layout.setdefault("shapes", []).append(dict(type="line", xref="paper", x0=0, x1=1, yref=yref, y0=y, y1=y,
+                                                    line=dict(color=color, width=1.5, dash="dash")))
+        layout.setdefault("annotations", []).append(dict(text=f"{esc(c.label)} ({y:g})", xref="paper", x=1, xanchor="right",
+                                                         yref=yref, y=y, yanchor="bottom", showarrow=False,
+                                                         font=dict(size=10, color=color)))
+
+
+def _interval_trace(prep: Prepared, axis: Axis, key: str, color: str, legendgroup: str, showlegend: bool,
+                    data: list[pd.DataFrame]) -> list[dict]:
+    """Each checkpoint's own 95 % interval from the results (mean over its layers and heads) as error bars."""
+    value, low, high = checkpoint_intervals(prep, key)
+    keep = np.flatnonzero(prep.has_x & np.isfinite(value) & np.isfinite(low) & np.isfinite(high))
+    if not len(keep):
+        return []
+    xs = axis.x(prep.checkpoints["_x"].to_numpy(dtype=object)[keep])
+    labels = [esc(v) for v in prep.labels[keep]]
+    data.append(pd.DataFrame({"group": prep.checkpoints["_group"].to_numpy()[keep], "line": "checkpoint interval",
+                              axis.column: prep.checkpoints["_x"].to_numpy()[keep], "configuration": labels,
+                              "value": value[keep], "low": low[keep], "high": high[keep]}).assign(series=key))
+    error = dict(type="data", symmetric=False, array=_round(high[keep] - value[keep]), arrayminus=_round(value[keep] - low[keep]),
+                 thickness=1.2, width=3, color=color)
+    return [dict(type="scatter", x=xs, y=_round(value[keep]), mode="markers", error_y=error, legendgroup=legendgroup,
+                 marker=dict(color=color, size=5, symbol="diamond"), name="checkpoints' 95 % intervals", showlegend=showlegend,
+                 customdata=[[lab, lo, hi] for lab, lo, hi in zip(labels, _round(low[keep]), _round(high[keep]))],
+                 hovertemplate="%{customdata[0]}<br>%{y:.4g} [%{customdata[1]:.4g}, %{customdata[2]:.4g}]<extra>95 % interval</extra>")]
+
+
+def _baseline_band(prep: Prepared, axis: Axis, c: Comparison, color: str, legendgroup: str, data: list[pd.DataFrame],
+                   key: str, showlegend: bool = True) -> list[dict]:
+    """A baseline model's rows: its configuration means dashed, with a band from its checkpoints' mean intervals."""
+    traces: list[dict] = []
+    table = configuration_means(prep, c.base)
+    lows = configuration_means(prep, c.base_low)
+    highs = configuration_means(prep, c.base_high)
+    for i, (name, part) in enumerate(_lines(prep, table)):
+        title = f"{esc(name) + ': ' if name else ''}{esc(c.label)}"
+        rows = table["_line"] == part["_line"].iat[0]
+        low, high = lows[lows["_line"] == part["_line"].iat[0]], highs[highs["_line"] == part["_line"].iat[0]]
+        if len(low) == rows.sum() and len(high) == rows.sum() and (high["value"].to_numpy() > low["value"].to_numpy()).any():
+            xb = axis.x(part["x"])
+            common = dict(type="scatter", x=xb, mode="lines", line=dict(width=0, color=color), hoverinfo="skip",
+                          legendgroup=f"{legendgroup}{i}", showlegend=False)
+            traces.append(dict(common, y=_round(high["value"])))
+            traces.append(dict(common, y=_round(low["value"]), fill="tonexty", fillcolor=_alpha(color, 0.15)))
+        traces += line_traces(prep, axis, c.base, color, title, f"{legendgroup}{i}", part, dash="dash", showlegend=showlegend)
+        data.append(_frame(part, f"{name + ': ' if name else ''}baseline {c.label}", axis).assign(series=key))
+    return traces
+
+
 def panel_figure(prep: Prepared, key: str, keys: list[str], axis: Axis, secondary: tuple[str, np.ndarray] | None = None) -> FigureSpec:
-    """A headline panel: the series ``keys`` against the axis (compact), and ``secondary`` (a name and values) on the right."""
+    """A headline panel: the series ``keys`` against the axis (compact), each checkpoint's interval, the declared baselines
+    (dashed: a constant as a line, a baseline model as its line with a band), and ``secondary`` (a name and values) on the right."""
     traces, data, bands = [], [], []
     several = len(keys) > 1
     n_lines = 0
+    comparisons: list[Comparison] = []
     for series_key in keys:
         values = prep.score(series_key)
         table = configuration_means(prep, values)
-        rows = row_intervals(prep, series_key) if not (table["k"] > 1).any() else None
-        bands.append(_band_note(table, rows))
+        s = prep.series_by_key(series_key)
+        found = compare(prep, series_key, prep.declarations.lookup(s.metric, s.analysis))
+        bands.append(_band_note(table, None) if (table["k"] > 1).any() else "")
+        color = LINE_COLORS[n_lines % len(LINE_COLORS)]
         for name, part in _lines(prep, table):
-            label = ", ".join(n for n in (prep.series_by_key(series_key).variant if several else "", name) if n)
+            label = ", ".join(n for n in (s.variant if several else "", name) if n)
             color = LINE_COLORS[n_lines % len(LINE_COLORS)]
-            traces += line_traces(prep, axis, values, color, esc(label) or esc(prep.series_by_key(series_key).metric),
-                                  f"p{n_lines}", part, rows=rows)
+            traces += line_traces(prep, axis, values, color, esc(label) or esc(s.metric), f"p{n_lines}", part)
             data.append(_frame(part, label, axis).assign(series=series_key))
             n_lines += 1
+        intervals = _interval_trace(prep, axis, series_key, color, f"p{n_lines - 1}", not several, data)
+        if intervals:
+            bands.append("bars: each checkpoint's 95 % interval from the results (mean over its layers and heads)")
+        elif not (table["k"] > 1).any():
+            bands.append("no interval: the results carry none and each configuration has one seed")
+        traces += intervals
+        for j, c in enumerate(x for x in found if x.measured and x.baseline.init is not None):
+            first = c.label not in {d.label for d in comparisons}
+            traces += _baseline_band(prep, axis, c, BASELINE_COLORS[j % len(BASELINE_COLORS)], f"b{series_key}{j}", data, series_key,
+                                     showlegend=first)
+        comparisons += found
+    named = list(dict.fromkeys(c.label for c in comparisons if c.measured))
+    if named:
+        bands.append("dashed: " + ", ".join(named))
     s = prep.series_by_key(keys[0])
-    layout = _layout(None, esc(s.metric), axis, PANEL_HEIGHT, n_lines > 1 or secondary is not None)
+    layout = _layout(None, esc(s.metric), axis, PANEL_HEIGHT, True)
+    _constant_lines(layout, comparisons)
     if secondary is not None:
         name, values = secondary
         table = configuration_means(prep, values)
@@ -403,7 +483,7 @@ def panel_figure(prep: Prepared, key: str, keys: list[str], axis: Axis, secondar
         layout["yaxis2"] = dict(overlaying="y", side="right", showgrid=False, title=dict(text=esc(name)))
         layout["margin"]["r"] = 60
     frame = pd.concat(data, ignore_index=True) if data else pd.DataFrame()
-    band = "; ".join(dict.fromkeys(bands))
+    band = "; ".join(b for b in dict.fromkeys(bands) if b)
     return FigureSpec(f"panel: {key}", "panel", "panel", keys[0], {"data": traces, "layout": layout}, frame, band=band)
 
 

@@ -33,8 +33,7 @@ from plastiscope.reports.correlate import ALPHA, TIE_RULE, fmt_p, ranked_predict
 from plastiscope.reports.figures import FigureSpec
 from plastiscope.reports.frame import DEFAULT_X, Prepared
 from plastiscope.reports.markup import esc
-from plastiscope.reports.metrics_doc import describe_metric
-from plastiscope.reports.verdict import Best, Decision
+from plastiscope.reports.verdict import Best, Decision, Verdict
 from plastiscope.reports.verdict import panels as headline_panels
 
 SHORT_LIST = 5
@@ -149,6 +148,25 @@ def expected_text(prep: Prepared, panel) -> str:
     return text
 
 
+MAX_FLAGGED = 6
+
+
+def baseline_html(prep: Prepared, verdict: Verdict) -> str:
+    """A verdict line's baselines: how many checkpoints clear each, a flag when the line does not, and the checkpoints
+    indistinguishable from a baseline (their interval overlaps the baseline's or contains the constant)."""
+    check = verdict.baseline
+    if check is None or not check.comparisons:
+        return ""
+    parts = [f"<span class='ps-baseline'>baselines: {esc(check.sentence())}</span>"]
+    if not check.clears:
+        parts.append("<b class='ps-flag ps-not-cleared'>does not clear its baseline: no direction is claimed</b>")
+    for label, names in check.indistinguishable(prep).items():
+        more = f" and {len(names) - MAX_FLAGGED} more" if len(names) > MAX_FLAGGED else ""
+        parts.append(f"<span class='ps-flag ps-indistinguishable'>indistinguishable from the {esc(label)}: "
+                     f"{esc(', '.join(names[:MAX_FLAGGED]))}{esc(more)}</span>")
+    return "<br>" + "<br>".join(parts)
+
+
 def panel_html(prep: Prepared, panel, decision: Decision, cell: str, band: str) -> str:
     """One headline panel: title, verdict lines, figure, what it expects and what its band is."""
     anchor = f"panel-{panel.key}"
@@ -161,7 +179,7 @@ def panel_html(prep: Prepared, panel, decision: Decision, cell: str, band: str) 
         group = f"{esc(v.group)}: " if prep.group_by else ""
         label = f"{esc(v.label)}: " if v.label else ""
         items.append(f"<li><span class='ps-word ps-{esc(v.word)}'>{esc(v.word)}</span> {group}{label}"
-                     f"<span class='ps-evidence'>{esc(v.sentence(prep))}</span></li>")
+                     f"<span class='ps-evidence'>{esc(v.sentence(prep))}</span>{baseline_html(prep, v)}</li>")
     if len(lines) > MAX_VERDICT_LINES:
         items.append(f"<li class='ps-muted'>{len(lines) - MAX_VERDICT_LINES} more in the table of all verdicts below</li>")
     note = esc(expected_text(prep, panel)) + (f"; {esc(band)}" if band else "")
@@ -257,7 +275,9 @@ def all_statistics(prep: Prepared, stats: pd.DataFrame, decision: Decision) -> s
             _interval(r["rho_outcome"], r["rho_outcome_low"], r["rho_outcome_high"], note=r.get("rho_outcome_note", "")),
             fmt_p(r["p_rho_outcome"]),
             fmt_p(r["q_outcome"]), verdict])
-    verdict_rows = [([v.group] if grouped else []) + [v.panel, v.label, v.word, v.sentence(prep)] for v in decision.verdicts]
+    verdict_rows = [([v.group] if grouped else []) + [v.panel, v.label, v.word, v.sentence(prep) + (
+        f"; baselines: {v.baseline.sentence()}" if v.baseline is not None and v.baseline.comparisons else "")]
+        for v in decision.verdicts]
     verdict_columns = ([("group", "")] if grouped else []) + [("panel", ""), ("series", ""), ("verdict", ""), ("evidence", "")]
     return (f"<details class='ps-fold' id='all-statistics'><summary>All {len(stats)} series: association with {esc(prep.x)} "
             f"and with the outcome</summary>"
@@ -318,10 +338,15 @@ def methods_section(prep: Prepared, extra_versions: Mapping[str, str]) -> str:
             present[s.metric].append(s.analysis)
     rows = []
     for metric, analyses in present.items():
-        doc = describe_metric(metric)
-        rows.append([metric, ", ".join(analyses), doc.description, doc.better or "", doc.citation])
-    metric_table = table([("metric", ""), ("analysis", ""), ("definition", ""), ("better", ""), ("reference", "")], rows,
-                         "metrics-table", sortable=True)
+        doc = prep.declarations.lookup(metric, analyses[0])
+        if doc is None:
+            rows.append([metric, ", ".join(analyses), "", "", "", "", ""])
+            continue
+        baselines = ", ".join(b.name + (f" = {b.value:g}" if b.value is not None else f" (rows init={b.init})") for b in doc.baselines)
+        rows.append([metric, ", ".join(analyses), doc.description, doc.unit, doc.better or "", baselines, doc.citation])
+    metric_table = table([("metric", ""), ("analysis", ""), ("definition", "as the analysis declares it; empty: not declared"),
+                          ("unit", ""), ("better", "direction counted as better"), ("baseline", "what trained values must clear"),
+                          ("reference", "")], rows, "metrics-table", sortable=True)
     how = f"""
 <ul>
 <li><b>Series.</b> A series is one (analysis, metric, variant); the variant is written by each analysis from its
