@@ -59,18 +59,34 @@ def _existing_results(paths: list[Path]) -> None:
 
 @app.callback()
 def main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (tracebacks of failures)."),
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (tracebacks of failures); libraries' progress bars "
+                                 "and warnings too."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's; the demo uses 1)."),
 ) -> None:
     """Measure the mechanisms of language-model plasticity across weight-decay sweeps."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the command never reaches a hub: checkpoints are local
+    ctx.obj = {"verbose": verbose}
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_not_a_failure)
     for noisy in ("transformers", "transformer_lens", "root"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _not_a_failure(record: logging.LogRecord) -> bool:
+    """Drop the log line of a failed (checkpoint, analysis): the command prints each once, at the end."""
+    return not getattr(record, "failure", False)
+
+
+def _verbose(ctx: typer.Context) -> bool:
+    root = ctx.find_root()
+    return bool((root.obj or {}).get("verbose")) if root is not None else False
 
 
 @app.command("train-sweep")
@@ -139,22 +155,28 @@ def train_sweep_cmd(
 
 @app.command()
 def analyze(
-    source: Path = typer.Argument(..., help="Manifest (.csv/.json/.yaml), sweep folder, or one checkpoint folder."),
-    out: Path = typer.Option(..., "--out", help="Results folder (metrics.parquet, metrics.csv, run.json)."),
+    ctx: typer.Context,
+    source: Path | None = typer.Argument(
+        None, help="Manifest (.csv/.json/.yaml), sweep folder, or one checkpoint folder (or sweep: in --config)."),
+    out: Path | None = typer.Option(None, "--out", help="Results folder (metrics.parquet, metrics.csv, run.json)."),
+    config: Path | None = typer.Option(
+        None, "--config", help="A run configuration (YAML or JSON, the schema run.json records), e.g. results/run.json to replay "
+        "a run; flags given on the command line override it."),
     analyses: str | None = typer.Option(
         None,
         help="Comma-separated: probes,attention,overfit,landscape,plasticity "
         "(default: all whose inputs are given, but plasticity, which fine-tunes: name it).",
     ),
     data: Path | None = typer.Option(None, help="Documents for probes and attention statistics."),
-    text_column: str = typer.Option("text", help="Text column of JSONL/CSV/datasets inputs."),
-    label_column: str | None = typer.Option(None, help="Label column for probes."),
+    text_column: str = typer.Option("text", help="Text column of JSONL/CSV/datasets inputs (every input)."),
+    label_column: str | None = typer.Option(None, help="Label column of --data (probes)."),
     pooling: str = typer.Option("mean", help="Probe feature pooling over tokens: mean or last."),
-    train_data: Path | None = typer.Option(None, help="Documents the checkpoints were trained on (overfit)."),
+    train_data: Path | None = typer.Option(None, help="Documents the checkpoints were trained on (overfit, landscape)."),
     val_data: Path | None = typer.Option(None, help="Held-out documents of the same kind (overfit)."),
-    finetune_data: Path | None = typer.Option(
-        None, help="A downstream task's documents (plasticity; -o plasticity.label_column=COL for a labelled task)."
-    ),
+    finetune_data: Path | None = typer.Option(None, help="A downstream task's documents (plasticity, landscape's basins)."),
+    finetune_text_column: str | None = typer.Option(None, help="Text column of --finetune-data (default: --text-column)."),
+    finetune_label_column: str | None = typer.Option(
+        None, help="Label column of --finetune-data: a labelled task (plasticity's and landscape's accuracy)."),
     max_docs: int | None = typer.Option(None, min=1, help="Use at most this many documents of each input."),
     option: list[str] = typer.Option(
         [],
@@ -165,48 +187,98 @@ def analyze(
     batch_size: int = typer.Option(16, min=1, help="Documents per forward pass."),
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:N, or auto (cuda when available)."),
     dtype: str = typer.Option("float32", help="Forward-pass precision: float32, bfloat16, float16 (statistics stay float32)."),
-    device_map: str | None = typer.Option(None, help="Spread or offload large checkpoints (e.g. auto); replaces --device."),
-    executor: str = typer.Option("local", help="local (in-process) or ray (one Ray task per checkpoint x analysis)."),
-    address: str | None = typer.Option(None, help="Ray cluster address (default: start a local one)."),
-    task_gpus: float = typer.Option(0, min=0, help="GPUs per Ray task."),
-    task_cpus: float = typer.Option(1, min=0, help="CPUs per Ray task."),
+    device_map: str | None = typer.Option(
+        None, help="Spread or offload large checkpoints: auto, or a JSON mapping of modules to devices; replaces --device."),
+    executor: str = typer.Option("local", help="local (this process), process (--workers processes) or ray (one Ray task per "
+                                 "checkpoint)."),
+    workers: int | None = typer.Option(None, min=1, help="--executor process: checkpoints analysed at once (default 2)."),
+    address: str | None = typer.Option(None, help="--executor ray: cluster address (default: start a local one)."),
+    task_gpus: float | None = typer.Option(None, min=0, help="--executor ray: GPUs per task (default: what the checkpoint's "
+                                           "--device or --device-map needs)."),
+    task_cpus: float | None = typer.Option(None, min=0, help="--executor ray: CPUs per task (default 1)."),
 ) -> None:
     """Analyze every checkpoint of a sweep; a broken checkpoint is reported and skipped.
 
     Exit code 0 when every requested (checkpoint, analysis) succeeded or was cached, 3 when
     some failed (listed in failures.csv), 2 on bad input.
     """
-    from plastiscope.data import load_documents
+    import json
+    import warnings
+
     from plastiscope.pipeline import analyze as run
-    from plastiscope.runner import Inputs
+    from plastiscope.pipeline import read_run_config, row_count
+
+    def given(name: str) -> bool:
+        source_of = ctx.get_parameter_source(name)
+        return source_of is not None and source_of.name in ("COMMANDLINE", "ENVIRONMENT")
 
     with _bad_input_exits():
-        _folder(out, "--out")
-        if pooling not in ("mean", "last"):
-            raise ValueError(f"--pooling {pooling!r}: choose mean or last")
-        read = lambda p, label=None: None if p is None else load_documents(p, text_column, label, max_docs)  # noqa: E731
-        inputs = Inputs(data=read(data, label_column), train_data=read(train_data), val_data=read(val_data),
-                        finetune_data=read(finetune_data))
-        names = [a.strip() for a in analyses.split(",")] if analyses else None
-        options: dict = {}
-        if data is not None and (names is None or "probes" in names):  # the probe flags apply only where probes run
-            options["probes"] = {"pooling": pooling, **({"label_column": label_column} if label_column else {})}
+        settings = read_run_config(config) if config is not None else {}
+        flags = {"sweep": ("source", source), "out": ("out", out), "text_column": ("text_column", text_column),
+                 "label_column": ("label_column", label_column), "finetune_label_column": ("finetune_label_column", finetune_label_column),
+                 "max_docs": ("max_docs", max_docs), "batch_size": ("batch_size", batch_size), "device": ("device", device),
+                 "dtype": ("dtype", dtype), "executor": ("executor", executor)}
+        for key, (name, value) in flags.items():
+            if given(name) or (key not in settings and value is not None):
+                settings[key] = str(value) if isinstance(value, Path) else value
+        for key, value in (("data", data), ("train_data", train_data), ("val_data", val_data), ("finetune_data", finetune_data)):
+            if value is not None:
+                settings[key] = {"path": str(value)}
+        for key, column, value in (("data", "label_column", label_column if given("label_column") else None),
+                                   ("finetune_data", "label_column", finetune_label_column if given("finetune_label_column") else None),
+                                   ("finetune_data", "text_column", finetune_text_column)):
+            if value is not None and settings.get(key) is not None:
+                spec = settings[key] if isinstance(settings[key], dict) else {"path": settings[key]}
+                settings[key] = {**spec, column: value}
+        if given("device_map") or ("device_map" not in settings and device_map is not None):
+            settings["device_map"] = json.loads(device_map) if device_map and device_map.lstrip().startswith("{") else device_map
+        if settings.get("device_map") is not None and not given("device"):
+            settings.pop("device", None)  # a device map places the model itself
+        if analyses:
+            settings["analyses"] = [a.strip() for a in analyses.split(",") if a.strip()]
+        options = {k: dict(v) for k, v in (settings.get("options") or {}).items()}
+        if given("pooling"):
+            if pooling not in ("mean", "last"):
+                raise ValueError(f"--pooling {pooling!r}: choose mean or last")
+            options.setdefault("probes", {})["pooling"] = pooling
         for name, key, value in map(_parse_option, option):
             options.setdefault(name, {})[key] = value
-        from plastiscope.pipeline import open_sweep
-
-        sweep = open_sweep(source).to(device=device, dtype=dtype, device_map=device_map)
-        ray_options = {"address": address, "num_gpus": task_gpus, "num_cpus": task_cpus}
-        results, failures = run(sweep, out, names, inputs, options, batch_size,
-                                config={"source": str(source), "max_docs": max_docs, "text_column": text_column,
-                                        "device": device, "dtype": dtype, "device_map": device_map},
-                                executor=executor, executor_options=ray_options if executor == "ray" else None)
+        settings["options"] = options
+        settings["executor_options"] = _executor_options(settings.get("executor", "local"), dict(settings.get("executor_options") or {}),
+                                                         {"workers": workers, "address": address, "num_gpus": task_gpus,
+                                                          "num_cpus": task_cpus})
+        for key, what in (("sweep", "SOURCE (a manifest or sweep folder)"), ("out", "--out FOLDER")):
+            if settings.get(key) is None:
+                raise ValueError(f"pass {what}" + (f", or {key}: in {config}" if config is not None else " (or --config FILE)"))
+        _folder(Path(settings["out"]), "--out")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results, failures = run(**settings, progress=True, verbose=_verbose(ctx))
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        typer.echo(f"warning: {message}", err=True)
     for row in failures.itertuples():
         typer.echo(f"skipped {row.checkpoint} ({row.analysis}): {row.error}", err=True)
-    typer.echo(f"{len(results)} rows -> {out / 'metrics.parquet'}")
+    out = Path(settings["out"])
+    typer.echo(f"{row_count(out)} rows -> {out / 'metrics.parquet'}")
     if len(failures):
         typer.echo(f"{len(failures)} (checkpoint, analysis) failed: see {out / 'failures.csv'}", err=True)
         raise typer.Exit(EXIT_FAILURES)
+
+
+def _executor_options(executor: str, options: dict, flags: dict) -> dict:
+    """The executor's options: those of the configuration, overridden by the flags given; a flag of another executor is refused."""
+    names = {"process": ("workers",), "ray": ("address", "num_gpus", "num_cpus"), "local": ()}
+    flag_names = {"workers": "--workers", "address": "--address", "num_gpus": "--task-gpus", "num_cpus": "--task-cpus"}
+    if executor not in names:
+        raise ValueError(f"--executor {executor!r}: choose local, process or ray")
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key not in names[executor]:
+            owner = next(e for e, keys in names.items() if key in keys)
+            raise ValueError(f"{flag_names[key]} applies to --executor {owner}, not {executor}")
+        options[key] = value
+    return options
 
 
 def _parse_option(text: str) -> tuple[str, str, object]:

@@ -370,15 +370,19 @@ def executor_named(name: str | Executor | None, **options: Any) -> Executor:
         if options:
             raise ValueError(f"the local executor takes no options; got {sorted(options)}")
         return InProcess()
+    if name not in ("process", "ray"):
+        if isinstance(name, str):
+            raise ValueError(f"executor {name!r}: choose local, process or ray")
+        return name
     if name == "process":
-        return ProcessPool(**options)
-    if name == "ray":
-        from plastiscope.distributed import Ray
-
-        return Ray(**options)
-    if isinstance(name, str):
-        raise ValueError(f"executor {name!r}: choose local, process or ray")
-    return name
+        kind = ProcessPool
+    else:
+        from plastiscope.distributed import Ray as kind
+    known = [f.name for f in dataclasses.fields(kind)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"executor {name!r}: unknown option(s) {unknown}; its options are {known}")
+    return kind(**options)
 
 
 def drive(
@@ -559,6 +563,6 @@ def failure_row(checkpoint: Checkpoint | Any, analysis: str, err: BaseException 
     if isinstance(err, BaseException):
         log.debug("".join(traceback.format_exception(err)))
         err = f"{type(err).__name__}: {err}"
-    log.error("%s / %s: %s", checkpoint.name, analysis, err)
+    log.error("%s / %s: %s", checkpoint.name, analysis, err, extra={"failure": True})
     path = str(checkpoint.path) if getattr(checkpoint, "path", None) else "<in memory>"
     return {"checkpoint": checkpoint.name, "path": path, "analysis": analysis, "error": err}

@@ -37,7 +37,7 @@ def test_demo_runs_every_analysis(demo_dir):
     assert not (out / "results" / "failures.csv").exists(), (out / "results" / "failures.csv").read_text()
     assert sorted(results["weight_decay"].unique()) == [0.0, 0.1, 1.0]
     run = json.loads((out / "results" / "run.json").read_text())
-    assert run["config"]["demo"] and run["data"]["data"]["documents"] == 80
+    assert run["about"]["demo"] and run["data"]["data"]["documents"] == 80
     assert report == out / "report.html" and report.stat().st_size < 10_000_000
     text = report.read_text()
     for needle in ("probes", "accuracy", "entropy", "effective_rank", "loss_gap", "mia_auc_loss"):
@@ -52,7 +52,7 @@ def test_demo_states_its_scale_and_costs(demo_dir):
     assert scale["runs"] == 3 and scale["parameters"] == manifest["parameters"].iloc[0]
     assert scale["tokens"] == round(manifest["tokens"].mean())
     assert scale["tokens_per_parameter"] == pytest.approx(manifest["tokens"].mean() / manifest["parameters"].iloc[0], abs=0.01)
-    assert json.loads((out / "results" / "run.json").read_text())["config"]["scale"] == scale
+    assert json.loads((out / "results" / "run.json").read_text())["about"]["scale"] == scale
     assert set(record["seconds"]) == set(record["cpu_seconds"]) == {"train", "analyze", "report"}
     assert record["options"]["plasticity"] == {**ANALYSIS_OPTIONS["plasticity"], **TEST_OPTIONS["plasticity"]}
 

@@ -59,8 +59,8 @@ def run_demo(
     merged over the demo's) override either. Training runs ``workers`` runs at once, each in
     its own process; everything runs on one torch thread per process: models this small gain
     little from intra-op threads and lose much when the cores are shared. With ``workers > 1``
-    the analyses also run in that many processes, each on a share of the checkpoints, filling
-    the results cache that the final :func:`~plastiscope.pipeline.analyze` reads. ``demo.json`` in
+    the analyses also run in that many processes, one checkpoint per task (the driver's
+    :class:`~plastiscope.runner.ProcessPool` executor). ``demo.json`` in
     ``out`` records the sweep's scale and the seconds each part took.
     """
     import torch
@@ -100,10 +100,9 @@ def run_demo(
     names = available_analyses()
 
     def analyze_all() -> None:
-        if workers > 1:
-            fill_cache(manifest, out / "results", names, inputs, options, workers, progress)
+        parallel = {"executor": "process", "executor_options": {"workers": workers}} if workers > 1 else {}
         analyze(manifest, out / "results", names, inputs, options, progress=progress,
-                config={"demo": True, "quick": quick, "train": asdict(config), "scale": sizes})
+                about={"demo": True, "quick": quick, "train": asdict(config), "scale": sizes}, **parallel)
 
     timed("analyze", analyze_all)
     report = timed("report", lambda: Path(write_report(out / "results", out / "report.html")))
@@ -119,35 +118,15 @@ def run_demo(
 def fill_cache(
     manifest: Path, results: Path, analyses: list[str], inputs: Any, options: dict, workers: int, progress: bool = True
 ) -> None:
-    """Analyse the sweep in ``workers`` processes at once, each on every ``workers``-th checkpoint, into the
-    results cache of ``results`` (:class:`~plastiscope.results.ResultsStore`: one file per piece, written
-    atomically). A piece that fails here is simply not cached: the final ``analyze`` tries it again and reports it."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    names = pd.read_csv(manifest)["label"].tolist()
-    shares = [names[i::workers] for i in range(workers) if names[i::workers]]
-    jobs = [(manifest, results, analyses, inputs, options, share) for share in shares]
-    with ProcessPoolExecutor(len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for _ in tqdm(pool.map(_analyze_share, jobs), total=len(jobs), desc=f"analysing in {len(jobs)} processes",
-                      disable=not progress):
-            pass
-
-
-def _analyze_share(job: tuple) -> None:
-    import torch
-
-    from plastiscope import Sweep
+    """Analyse the sweep in ``workers`` processes at once, one checkpoint per task, into the results cache of
+    ``results`` (the driver with the :class:`~plastiscope.runner.ProcessPool` executor); a failed piece is not
+    cached, so a later ``analyze`` tries it again and reports it."""
     from plastiscope.results import ResultsStore
-    from plastiscope.runner import run_analyses
+    from plastiscope.runner import ProcessPool, run_analyses
+    from plastiscope.sweep import Sweep
 
-    manifest, results, analyses, inputs, options, share = job
-    torch.set_num_threads(1)
-    sweep = Sweep([c for c in Sweep.from_manifest(manifest) if c.name in share])
-    run_analyses(sweep, analyses, inputs, options, ResultsStore(results), progress=False)
+    run_analyses(Sweep.from_manifest(manifest), analyses, inputs, options, ResultsStore(results), progress=progress,
+                 executor=ProcessPool(workers))
 
 
 def cpu_time() -> float:
