@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from plastiscope.checkpoint import Checkpoint
 
 LOGITS = "logits"  # not a hook point: the model's output [batch, pos, vocab], handed over after the forward
-ATTENTION_IMPLEMENTATION = "plastiscope_sdpa"  # the attention function registered with transformers (see native_attention)
+ATTENTION_IMPLEMENTATION = "plastiscope_fused"  # the attention function registered with transformers (see native_attention)
 _ATTENTION_NAME = re.compile(r"^blocks\.(\d+)\.attn\.(inputs|keys)$")
 
 

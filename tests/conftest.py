@@ -122,3 +122,39 @@ def replicated_results(tmp_path_factory, tiny_results, replicated_manifest):
     out = tmp_path_factory.mktemp("replicated-results")
     shutil.copytree(tiny_results / "cache", out / "cache")
     return analyze_every(replicated_manifest, out)
+
+
+def tiny_architecture(arch: str, vocab_size: int, seed: int = 0):
+    """A random-init causal LM (eval mode) of one architecture, 2 layers, d_model 32, 4 heads, context 64.
+
+    ``arch``: one of :data:`TINY_ARCHITECTURES`. Weights are drawn with std 0.2 (not 0.02), so attention is
+    far from uniform. ``gemma2``: logit softcapping 2.0, a query scaling other than 1/sqrt(d_head) and a
+    sliding window of 4 keys on alternating layers; ``mistral``: a sliding window of 4 keys on every layer;
+    ``llama`` and ``olmo2``: grouped-query attention (2 key-value heads).
+    """
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64, initializer_range=0.2)
+    configs = {
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                         initializer_range=0.2, bos_token_id=0, eos_token_id=0)),
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=2, **common)),
+        "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(rotary_pct=0.5, **common)),
+        "olmo2": lambda: tf.Olmo2ForCausalLM(tf.Olmo2Config(num_key_value_heads=2, **common)),
+        "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=4,
+                                                               attn_logit_softcapping=2.0, sliding_window=4, **common)),
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(num_key_value_heads=2, sliding_window=4, **common)),
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return configs[arch]().eval()
+
+
+TINY_ARCHITECTURES = ("gpt2", "llama", "gpt_neox", "olmo2", "gemma2", "mistral")
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """:func:`tiny_architecture` as a fixture: ``tiny_model(arch, vocab_size, seed=0)``."""
+    return tiny_architecture

@@ -10,7 +10,7 @@ import scipy.stats
 import torch
 
 from plastiscope import Checkpoint, load_documents
-from plastiscope.activations import Batch, feed
+from plastiscope.activations import Batch, feed, run_pass
 from plastiscope.attention import (
     ANALYSIS,
     PATTERN_METRICS,
@@ -469,3 +469,102 @@ def test_api_validates_options_and_runs_the_sweep(tiny_sweep, probe_docs):
         assert len(f) == 3 * tiny_sweep[0].n_layers * tiny_sweep[0].n_heads * len(metrics)
         assert f.value.notna().all()
     assert WEIGHTS_ANALYSIS.inputs == () and ANALYSIS.inputs == ("data",)
+
+
+# ---------------------------------------------------------------------- statistics from queries and keys (SDPA forward)
+ARCHITECTURES = ["gpt2", "llama", "gpt_neox", "olmo2", "gemma2", "mistral"]
+
+
+def window_reference(A: np.ndarray, **kwargs) -> dict[str, float]:
+    """reference_stats with the normalised entropy divided by log(keys the row attends to), the keys read off the
+    pattern's support (a disallowed key has weight exactly 0, an allowed one a positive weight)."""
+    ref = reference_stats(A, **kwargs)
+    keys = (A > 0).sum(axis=1)
+    H = np.array([scipy.stats.entropy(row[row > 0]) for row in A])
+    several = keys > 1
+    ref["entropy_normalized"] = np.mean(H[several] / np.log(keys[several])) if several.any() else np.nan
+    return ref
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_qk_statistics_equal_numpy_on_each_documents_eager_pattern(arch, tiny_model, tokenizer, docs):
+    """The analysis (queries and keys beside an SDPA forward, padded batches) against numpy on the bridge's eager
+    pattern of each document alone; GQA, partial rotary (NeoX), query/key norms (OLMo-2), softcapping and a
+    query scaling of its own on alternating sliding-window layers (Gemma 2), sliding windows (Mistral)."""
+    ckpt = Checkpoint.from_model(tiny_model(arch, len(tokenizer)), tokenizer, weight_decay=0.0, name=arch)
+    L = 6
+    consumer = PatternStatistics(2, spectral_tokens=L)
+    run_pass(ckpt, docs, [consumer], batch_size=5, progress=False)
+    doc_index, values = consumer.values()
+    assert list(doc_index) == list(range(len(docs)))
+    windowed = 0
+    for d, text in enumerate(docs):
+        tokens = torch.tensor([encode(ckpt.tokenizer, text, ckpt.n_ctx)])
+        with torch.no_grad():
+            _, cache = ckpt.bridge.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_pattern"))
+        for layer in range(2):
+            for head in range(4):
+                A = cache[f"blocks.{layer}.attn.hook_pattern"][0, head].double().numpy()
+                windowed += int(((A > 0).sum(axis=1) < np.arange(1, len(A) + 1)).any())
+                ref = reference_truncated(A, L) | {k: v for k, v in window_reference(A).items() if k not in SPECTRAL}
+                assert_matches(dict(zip(PATTERN_METRICS, values[d, layer, head].tolist())), ref, (arch, d, layer, head))
+    assert (windowed > 0) == (arch in ("gemma2", "mistral"))  # the windows were exercised where the model has them
+
+
+def test_sliding_window_normalisation_by_hand(tokenizer):
+    """Mistral with a window of 4 keys and zero query/key weights attends uniformly to the min(i + 1, 4) keys it may
+    see: every row's entropy is log(min(i + 1, 4)) and the normalised entropy is 1 (dividing by log(i + 1), as for full
+    causal attention, would report less), in both the eager-pattern and the query/key path."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=64, sliding_window=4)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.zero_()
+            layer.self_attn.k_proj.weight.zero_()
+    ckpt = Checkpoint.from_model(model, tokenizer, weight_decay=0.0, name="mistral-w4")
+    text = "the quick brown fox jumps over the lazy dog and keeps running far away"
+    n = len(encode(ckpt.tokenizer, text, ckpt.n_ctx))
+    assert n > 8
+    i = np.arange(n)
+    keys = np.minimum(i + 1, 4)
+    expected = {
+        "entropy": np.mean(np.log(keys)),
+        "entropy_normalized": 1.0,
+        "sink_share": np.mean(np.where(i < 4, 1 / (i + 1), 0.0)),
+        "mean_distance": np.mean((keys - 1) / 2),
+        "one_hot_share": 1 / n,
+        "frobenius_norm": math.sqrt(np.sum(1 / keys)),
+    }
+    causal = np.mean(np.log(keys[1:]) / np.log(i[1:] + 1))  # what full-causal normalisation would say
+    assert causal < 0.9
+    for source in ("qk", "pattern"):
+        consumer = PatternStatistics(2, source=source)
+        run_pass(ckpt, [text], [consumer], progress=False)
+        _, values = consumer.values()
+        for metric, value in expected.items():
+            np.testing.assert_allclose(values[0, :, :, PATTERN_METRICS.index(metric)], value, rtol=1e-5, err_msg=(source, metric))
+
+
+def test_qk_blocks_of_rows_change_nothing_and_stay_small():
+    """Query rows read a few at a time give the one-block numbers; the scores held at once stay a block, far below a pattern."""
+    from plastiscope.activations import AttentionInputs
+    from plastiscope.attention.qk import document_qk_statistics, qk_statistics
+
+    g = torch.Generator().manual_seed(7)
+    heads, kv, n, d = 4, 2, 256, 8
+    q, k = torch.randn(heads, n, d, generator=g) * 2, torch.randn(kv, n, d, generator=g) * 2
+    allowed = torch.ones(n, n, dtype=torch.bool).tril() & ~torch.ones(n, n, dtype=torch.bool).tril(-9)  # a window of 9 keys
+    args = (q, k, allowed, 0.35, 3.0, TOL, 0.9, 16)
+    whole = document_qk_statistics(*args, block=heads * n * n)
+    block = 4 * n * heads  # 4 query rows at a time
+    with LargestOutput(q, k, allowed) as mode:
+        parts = document_qk_statistics(*args, block=block)
+    for metric in PATTERN_METRICS:
+        torch.testing.assert_close(parts[metric], whole[metric], rtol=1e-5, atol=1e-6)
+    assert mode.largest <= block < heads * n * n // 16
+    with pytest.raises(ValueError, match="only causal"):
+        qk_statistics(AttentionInputs(q[None], k[None], torch.ones(1, 1, n, n, dtype=torch.bool), 1.0, None), torch.ones(1, n, dtype=torch.bool))
