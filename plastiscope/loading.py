@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,12 @@ UNREAD_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".m
 # a tokenizer must reach at least this share of the embedding's rows (real models pad a little:
 # Pythia 50277 tokens for 50304 rows, Phi-2 50295 for 51200)
 MIN_VOCABULARY_SHARE = 0.9
+# config.json keys of the context length (the bridge's n_ctx) and of the sizes tensors have, most telling first
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+SIZE_KEYS = ("vocab_size", "hidden_size", "n_embd", "d_model", "intermediate_size", "n_inner", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "max_position_embeddings", "n_positions")
+# a numbered block in a tensor name: model.layers.3., transformer.h.3., gpt_neox.layers.3.
+LAYER_NAME = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 # keys trainers use for the same hyperparameter -> our column name
 KEY_ALIASES = {"lr": "learning_rate", "lr_scheduler_type": "schedule", "global_step": "step", "wd": "weight_decay"}
 KEPT_KEYS = ("weight_decay", "learning_rate", "schedule", "seed", "step", "tokens", "label", "warmup_steps", "max_steps")
@@ -143,17 +148,20 @@ def check_causal_lm(config: Any, where: Any, architectures: Sequence[str] | None
         )
 
 
-def load_model(path: Path, dtype: torch.dtype, device: str, device_map: str | dict | None = None) -> Any:
+def load_model(
+    path: Path, dtype: torch.dtype, device: str, device_map: str | dict | None = None, attn_implementation: str = "eager"
+) -> Any:
     """The ``transformers`` causal LM of ``path``: safetensors only, no code from the folder, every tensor accounted for."""
     from transformers import AutoModelForCausalLM
 
     check_folder(path)  # the files may have changed since the sweep was read
     config = load_config(path)
+    check_config_fits_weights(path, config)  # before from_pretrained allocates what config.json says
     where = {"device_map": device_map} if device_map is not None else {}
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             str(path), config=config, local_files_only=True, trust_remote_code=False, use_safetensors=True,
-            output_loading_info=True, attn_implementation="eager", dtype=dtype, ignore_mismatched_sizes=True, **where,
+            output_loading_info=True, attn_implementation=attn_implementation, dtype=dtype, ignore_mismatched_sizes=True, **where,
         )  # fmt: skip
     except Exception as err:
         raise CheckpointError(
@@ -266,10 +274,74 @@ def check_folder(path: Path) -> None:
         )
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: not a model folder (no config.json); save the model with model.save_pretrained()")
-    read_config(path)
+    check_context(read_config(path), path / "config.json")
     weight_files(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         raise CheckpointError(f"{path}: no tokenizer files; save the training tokenizer there with tokenizer.save_pretrained()")
+
+
+def check_context(config: dict[str, Any], file: Path) -> None:
+    """Refuse a context (``max_position_embeddings``, GPT-2's ``n_positions``, ...) under two tokens.
+
+    A document is BOS and its text truncated to the context (:func:`plastiscope.data.encode`): a
+    context of one token holds BOS alone, so every statistic would be one of no text at all.
+    """
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 2:
+            raise CheckpointError(
+                f"{file}: {key}={value} leaves no text token after BOS (a document needs BOS and at least one token); "
+                f"restore the config.json saved with the model"
+            )
+
+
+def check_config_fits_weights(path: Path, config: Any) -> None:
+    """Refuse a ``config.json`` whose sizes the weights do not have, from the safetensors headers alone.
+
+    The layer count is compared with the numbered blocks of the tensor names, then the model is
+    built on the ``meta`` device (shapes, no memory) and every tensor it shares a name with is
+    compared with the header's shape. So ``num_hidden_layers=100000`` or ``vocab_size=10**9``
+    beside small weights is refused before anything is allocated, naming config.json and the
+    field, where ``transformers`` would first allocate the model and then blame the weights.
+    """
+    from transformers import AutoModelForCausalLM
+
+    file = path / "config.json"
+    shapes = {name: (weights, shape) for weights, names in weight_shapes(path).items() for name, shape in names.items()}
+    blocks = {int(m.group(1)) for name in shapes if (m := LAYER_NAME.search(name))}
+    layers = getattr(config, "num_hidden_layers", None)
+    if blocks and isinstance(layers, int) and layers != max(blocks) + 1:
+        key = config.attribute_map.get("num_hidden_layers", "num_hidden_layers")
+        raise CheckpointError(
+            f"{file}: {key}={layers} but the weights ({_names(shapes)}) hold {max(blocks) + 1} layers; "
+            f"restore the config.json saved with these weights"
+        )
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except Exception as err:
+        raise CheckpointError(f"{file}: no model can be built from it ({type(err).__name__}: {str(err)[:200]}); restore it") from None
+    sizes = {k: v for k, v in config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
+    state = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items() if name in shapes}
+    fitting = {size for name, shape in state.items() if shape == shapes[name][1] for size in shape}
+    for name, shape in state.items():
+        weights, stored = shapes[name]
+        if shape == stored:
+            continue
+        differ = {a for a, b in zip(shape, stored) if a != b} if len(shape) == len(stored) else set(shape)
+        # a size some other tensor has in the weights too is the config's right: this tensor is then the odd one,
+        # which transformers' loading info names (check_loading_info)
+        fields = [k for k in (*SIZE_KEYS, *sizes) if sizes.get(k) in differ - fitting]
+        if fields:
+            raise CheckpointError(
+                f"{file}: {fields[0]}={sizes[fields[0]]} does not fit the weights: {name} is {list(stored)} in {weights.name}, "
+                f"the config implies {list(shape)}; restore the config.json saved with these weights"
+            )
+
+
+def _names(shapes: dict[str, tuple[Path, tuple[int, ...]]]) -> str:
+    files = sorted({weights.name for weights, _ in shapes.values()})
+    return ", ".join(files[:2]) + (f" (+{len(files) - 2} more)" if len(files) > 2 else "")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -287,12 +359,23 @@ def read_config(path: Path) -> dict[str, Any]:
 def weight_files(path: Path) -> list[Path]:
     """The weight files ``transformers`` loads from ``path`` with ``use_safetensors=True``, checked.
 
+    ``model.safetensors`` when it is there: ``transformers`` loads it even beside a
+    ``model.safetensors.index.json`` (which re-saving a sharded model unsharded leaves behind),
+    so the file it loads, never the index, decides what is checked and hashed. Else
     ``model.safetensors.index.json`` and every shard it names (each present, each header sound,
-    every tensor of the index in its shard), else ``model.safetensors``. Any other
-    ``*.safetensors`` file is not the model's weights and does not make a folder loadable;
-    pickles (``pytorch_model.bin``, ``*.pt``) are never loaded.
+    every tensor of the index in its shard). Any other ``*.safetensors`` file is not the model's
+    weights and does not make a folder loadable; pickles (``pytorch_model.bin``, ``*.pt``) are
+    never loaded.
     """
+    return list(weight_shapes(path))
+
+
+def weight_shapes(path: Path) -> dict[Path, dict[str, tuple[int, ...]]]:
+    """The shapes of every tensor of the weights ``transformers`` loads (:func:`weight_files`), by file and
+    tensor name, read from the safetensors headers alone (no tensor is read)."""
     index, single = path / WEIGHTS_INDEX, path / WEIGHTS
+    if single.exists() or single.is_symlink():
+        return {single: safetensors_shapes(single)}
     if index.exists():
         try:
             weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
@@ -301,22 +384,21 @@ def weight_files(path: Path) -> list[Path]:
         except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{index}: not a valid safetensors index ({err}); re-save the model with save_pretrained()") from None
         shards = sorted(set(weight_map.values()))
-        outside = [s for s in shards if Path(s).name != s]
+        outside = [s for s in shards if Path(s).name != s or s in (".", "..")]
         if outside:
             raise CheckpointError(f"{index}: names shards outside the folder ({_few(outside)}); re-save the model with save_pretrained()")
         missing = [s for s in shards if not (path / s).exists()]
         if missing:
             raise CheckpointError(f"{index}: {len(missing)} shard(s) it names are missing: {_few(missing)}; copy them into {path}")
-        found: set[str] = set()
-        for shard in shards:
-            found |= set(check_safetensors(path / shard))
+        shapes = {path / shard: safetensors_shapes(path / shard) for shard in shards}
+        found = set().union(*(set(names) for names in shapes.values()))
         absent = sorted(set(weight_map) - found)
         if absent:
             raise CheckpointError(f"{index}: tensors {_few(absent)} are in no shard; re-copy the checkpoint")
-        return [index] + [path / s for s in shards]
-    if single.exists() or single.is_symlink():
-        check_safetensors(single)
-        return [single]
+        twice = sorted(name for name in found if sum(name in names for names in shapes.values()) > 1)
+        if twice:
+            raise CheckpointError(f"{index}: tensors {_few(twice)} are in more than one shard; re-save the model with save_pretrained()")
+        return {index: {}, **shapes}
     pickles = sorted(p.name for p in path.iterdir() if p.name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt", ".bin.index.json")))
     others = sorted(p.name for p in path.glob("*.safetensors"))
     if pickles and not others:
@@ -332,26 +414,19 @@ def weight_files(path: Path) -> list[Path]:
     )
 
 
-def check_safetensors(file: Path) -> list[str]:
-    """Check a safetensors file's header and size without loading it (catches truncated or corrupt files);
-    return the names of its tensors."""
+def safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor in a safetensors file, from its header alone; a truncated or corrupt file
+    (header length, JSON, offsets against the file's size, a header over 100 MB) is refused naming it."""
+    from safetensors import safe_open
+
     if not file.exists():
         raise CheckpointError(f"{file}: a link to a missing file (an incomplete download?); download or copy the checkpoint again")
-    size = file.stat().st_size
     try:
-        with file.open("rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > min(size - 8, 100 << 20):
-                raise ValueError("header length beyond the file")
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        with safe_open(str(file), framework="pt") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     except Exception as err:
-        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({err}); re-copy or re-save the checkpoint") from None
-    if 8 + n + end != size:
-        raise CheckpointError(
-            f"{file}: truncated or corrupt safetensors file ({size} bytes, header says {8 + n + end}); re-copy the checkpoint"
-        )
-    return [k for k in header if k != "__metadata__"]
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({reason}); re-copy or re-save the checkpoint") from None
 
 
 def hashed_files(path: Path) -> list[Path]:
@@ -360,7 +435,7 @@ def hashed_files(path: Path) -> list[Path]:
     Every file a loader may read: the weights ``transformers`` loads (:func:`weight_files`),
     config files, every tokenizer file whatever its name, and any other file beside them. Left
     out: the hyperparameter files (:data:`HYPERPARAMETER_FILES`: results take hyperparameters
-    from the sweep as it is now), ``*.safetensors`` files that are not the weights, pickles and
+    from the sweep as it is now), ``*.safetensors`` files and an index that are not the weights, pickles and
     other weight formats (never loaded), Python files (never run), docs and hidden files.
     """
     weights = set(weight_files(path))
@@ -369,8 +444,8 @@ def hashed_files(path: Path) -> list[Path]:
         name = file.name
         if name.startswith(".") or not file.is_file() or name in HYPERPARAMETER_FILES:
             continue
-        if name.endswith(".safetensors") and file not in weights:
-            continue
+        if (name.endswith(".safetensors") or name == WEIGHTS_INDEX) and file not in weights:
+            continue  # weights transformers does not load: another model's, or an index beside model.safetensors
         if name.lower().endswith(UNREAD_SUFFIXES) or name.startswith("events.out.tfevents"):
             continue
         files.append(file)

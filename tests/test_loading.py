@@ -351,3 +351,75 @@ def test_every_transformers_call_is_local_and_runs_no_code(llama, monkeypatch):
         assert kwargs.get("local_files_only") is True and kwargs.get("trust_remote_code") is False, (name, kwargs)
     model_kwargs = next(k for n, k in seen if n == "AutoModelForCausalLM")
     assert model_kwargs["use_safetensors"] is True and model_kwargs["output_loading_info"] is True
+
+
+# ---------------------------------------------------------------------- the loaded file decides
+def test_single_file_beside_a_stale_index_is_what_loads_is_checked_and_hashed(tokenizer, tmp_path):
+    """``transformers`` loads ``model.safetensors`` when a folder also holds a sharded index; the checks and the
+    content hash follow the file it loads, so replacing it is seen, and a stale index with missing shards is no error."""
+    folder = tmp_path / "both"
+    torch.manual_seed(0)
+    ARCHITECTURES["llama"](len(tokenizer)).save_pretrained(folder, max_shard_size="20KB")  # index + shards
+    tokenizer.save_pretrained(folder)
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        models.append(ARCHITECTURES["llama"](len(tokenizer)).eval())
+    save_file(models[0].state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
+    assert (folder / "model.safetensors.index.json").exists()
+    ids = torch.tensor([[1, 5, 9, 20]])
+    first = Checkpoint.from_pretrained(folder, weight_decay=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(first.hf_model(ids).logits, models[0](ids).logits)
+    before = first.content_hash()
+    state = {k: v.contiguous() for k, v in models[1].state_dict().items()}
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    second = Checkpoint.from_pretrained(folder, weight_decay=0.0)
+    assert second.content_hash() != before
+    with torch.no_grad():
+        torch.testing.assert_close(second.hf_model(ids).logits, models[1](ids).logits)
+    for shard in folder.glob("model-*.safetensors"):
+        shard.unlink()  # what re-saving unsharded over a sharded save leaves: the index, no shards
+    assert Checkpoint.from_pretrained(folder, weight_decay=0.0).content_hash() == second.content_hash()
+
+
+# ---------------------------------------------------------------------- config.json against the weights
+def _set_config(folder: Path, **fields) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(fields)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("field, value", [("num_hidden_layers", 3), ("num_hidden_layers", 100000), ("hidden_size", 64),
+                                          ("hidden_size", 10**7), ("vocab_size", 301), ("vocab_size", 10**9),
+                                          ("intermediate_size", 10**8)])
+def test_config_sizes_that_the_weights_do_not_have_are_refused_before_allocating(llama, field, value):
+    """A config.json whose sizes the weights do not have is refused from the safetensors headers alone, naming
+    config.json and the field (not the weights), before any tensor of those sizes is allocated."""
+    from tests_support import peak_rss_during
+
+    _set_config(llama, **{field: value})
+    ckpt = Checkpoint.from_pretrained(llama, weight_decay=0.0)
+    raised = []
+
+    def load():
+        with pytest.raises(CheckpointError) as err:
+            ckpt.bridge
+        raised.append(str(err.value))
+
+    start = time.monotonic()
+    grew = peak_rss_during(load)
+    (message,) = raised
+    assert f"{llama / 'config.json'}: {field}={value}" in message and "model.safetensors" in message, message
+    assert "\n" not in message and grew < 200 << 20 and time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("field", ["max_position_embeddings", "n_positions"])
+def test_a_context_that_leaves_no_text_token_is_refused(llama, tokenizer, tmp_path, field):
+    """A context of one token holds BOS alone: every document would be BOS and every statistic one of nothing."""
+    if field == "n_positions":
+        torch.manual_seed(0)
+        llama = save(ARCHITECTURES["gpt2"](len(tokenizer)), tokenizer, tmp_path / "gpt2")
+    _set_config(llama, **{field: 1})
+    with pytest.raises(CheckpointError, match=rf"config.json: {field}=1 leaves no text token after BOS"):
+        Checkpoint.from_pretrained(llama, weight_decay=0.0)
