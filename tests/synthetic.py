@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from plastiscope.metrics import attach
 from plastiscope.results import tidy, variant_label
+from plastiscope.runner import declarations
 
 PROBE_METRICS = ("accuracy", "macro_f1", "cross_entropy", "selectivity_control_task", "mdl_codelength", "fisher_criterion")
 ATTENTION_METRICS = ("entropy", "entropy_normalized", "effective_rank", "stable_rank", "sink_share", "mean_distance")
@@ -119,4 +121,4 @@ def synthetic_results(
         for column, value in hyper.items():
             frame[column] = value
         frames.append(frame)
-    return tidy(pd.concat(frames, ignore_index=True))
+    return attach(tidy(pd.concat(frames, ignore_index=True)), declarations())  # what each metric means, as a run records it

@@ -15,12 +15,14 @@ import pytest
 from scipy.stats import false_discovery_control, spearmanr
 from synthetic import synthetic_results
 
+from plastiscope.metrics import attach
 from plastiscope.reports import association_table, figures, summary, write_report, write_reports
 from plastiscope.reports.correlate import ranked_predictors
 from plastiscope.reports.figures import make_axis
 from plastiscope.reports.frame import configuration_means, prepare
 from plastiscope.reports.report import build
 from plastiscope.results import ResultsStore, load_results, tidy
+from plastiscope.runner import declarations
 
 INJECTION = "<script>alert(1)</script>"
 
@@ -35,7 +37,7 @@ def _frame(metrics: dict[str, list[float]], wds=(0.0, 0.001, 0.01, 0.1, 1.0), na
         for metric, values in metrics.items():
             rows.append({"checkpoint": name, "weight_decay": wd, "analysis": analyses.get(metric, "x"), "metric": metric,
                          "value": values[i], **({"seed": seeds[i]} if seeds else {}), **(extra or {})})
-    return tidy(pd.DataFrame(rows))
+    return attach(tidy(pd.DataFrame(rows)), declarations())
 
 
 def _text(path: Path) -> str:
