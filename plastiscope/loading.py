@@ -43,6 +43,8 @@ MIN_VOCABULARY_SHARE = 0.9
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 SIZE_KEYS = ("vocab_size", "hidden_size", "n_embd", "d_model", "intermediate_size", "n_inner", "num_attention_heads",
              "num_key_value_heads", "head_dim", "max_position_embeddings", "n_positions")
+# a commit hash: what a revision or the content of refs/<revision> in the hub cache must be
+COMMIT = re.compile(r"[0-9a-f]{40}")
 # a numbered block in a tensor name: model.layers.3., transformer.h.3., gpt_neox.layers.3.
 LAYER_NAME = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 # keys trainers use for the same hyperparameter -> our column name
@@ -501,7 +503,7 @@ def hf_snapshot(repo: str, revision: str = "main", cache_dir: str | Path | None 
     fetch = f"download it while online (hf download {repo} --revision {revision}) or pass the cache folder that holds it (cache_dir)"
     if not folder.is_dir():
         raise CheckpointError(f"{where}: not in the Hugging Face cache {cache} (no {folder.name}); {fetch}")
-    if re.fullmatch(r"[0-9a-f]{40}", revision):
+    if COMMIT.fullmatch(revision):
         commit = revision
     else:
         ref = folder.joinpath("refs", *parts)
@@ -510,8 +512,21 @@ def hf_snapshot(repo: str, revision: str = "main", cache_dir: str | Path | None 
             raise CheckpointError(
                 f"{where}: the cache {folder} has no ref for revision {revision!r} (it has {refs or 'none'}); {fetch}"
             )
-        commit = ref.read_text(encoding="utf-8").strip()
-    snapshot = folder / "snapshots" / commit
+        try:
+            commit = ref.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{where}: the ref {ref} is unreadable ({err}); {fetch}") from None
+        if not COMMIT.fullmatch(commit):
+            raise CheckpointError(
+                f"{where}: the ref {ref} holds {commit[:80]!r}, which is not a commit hash (40 hex digits); a ref names a "
+                f"snapshot of this repository, never a path: {fetch}"
+            )
+    snapshots = folder / "snapshots"
+    snapshot = snapshots / commit
     if not snapshot.is_dir():
-        raise CheckpointError(f"{where}: commit {commit} has no snapshot in {folder / 'snapshots'} (an incomplete download?); {fetch}")
+        raise CheckpointError(f"{where}: commit {commit} has no snapshot in {snapshots} (an incomplete download?); {fetch}")
+    if snapshot.resolve().parent != snapshots.resolve():
+        raise CheckpointError(
+            f"{where}: the snapshot {snapshot} is a link to {snapshot.resolve()}, outside the repository's snapshots; {fetch}"
+        )
     return snapshot

@@ -141,3 +141,26 @@ def test_spec_of_a_cache_revision_rebuilds_it(hub):
     assert spec.path == str(cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / _commit(1))
     assert spec.checkpoint().spec() == spec
     assert dataclasses.replace(spec, path=None).checkpoint().spec() == spec
+
+
+def test_refs_must_name_a_commit_inside_the_repository(hub, tmp_path):
+    """A ref holds a commit hash; one holding a path (absolute, or ``../..``) or a snapshot that is a link out of the
+    repository would load a model from anywhere under the label ``repo@revision``: refused, naming the ref."""
+    import shutil
+
+    cache, _ = hub
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy, symlinks=True)
+    folder = copy / "models--EleutherAI--pythia-tiny"
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(folder / "snapshots" / _commit(1), elsewhere)  # a loadable model outside the repository
+    (folder / "refs" / "absolute").write_text(str(elsewhere))
+    (folder / "refs" / "relative").write_text(os.path.relpath(elsewhere, folder / "snapshots"))
+    os.symlink(elsewhere, folder / "snapshots" / _commit(7))
+    (folder / "refs" / "linked").write_text(_commit(7))
+    for revision in ("absolute", "relative", "linked"):
+        sweep = Sweep.from_hf_cache(REPO, [revision], cache_dir=copy, weight_decay=0.01)
+        assert not len(sweep), revision
+        error = sweep.errors[0]["error"]
+        assert f"{REPO}@{revision}" in error and ("is not a commit hash" in error or "outside" in error), error
+    assert len(Sweep.from_hf_cache(REPO, ["main", _commit(1)], cache_dir=copy, weight_decay=0.01)) == 2
