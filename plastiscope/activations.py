@@ -265,7 +265,7 @@ def _attention_function(
         n = query.shape[-2]
         attention_mask = torch.ones(n, key.shape[-2], dtype=torch.bool, device=query.device).tril(key.shape[-2] - n)
     if attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask, -torch.inf)
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)  # finite, as eager: a padded row stays finite
     else:
         scores = scores + attention_mask
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)

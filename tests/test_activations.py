@@ -261,3 +261,75 @@ def test_reduced_precision_forward_gives_float32_statistics(tiny_manifest, probe
     assert 0 < diff.max() < 0.05  # nats: the inputs are rounded, the arithmetic is float32
     with pytest.raises(ValueError, match="dtype 'float8': choose from float32, bfloat16, float16"):
         full.to(dtype="float8")
+
+
+# ---------------------------------------------------------------------- SDPA unless a pattern is read
+class CountsSDPA:
+    """Counts calls of torch's fused scaled-dot-product attention (monkeypatched in for a test)."""
+
+    def __init__(self, monkeypatch):
+        self.calls, original = 0, torch.nn.functional.scaled_dot_product_attention
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "olmo2", "gemma2", "mistral"])
+def test_a_pass_that_reads_no_pattern_runs_sdpa_with_the_eager_numbers(arch, tiny_model, monkeypatch):
+    """Residual stream and logits of the SDPA pass equal those of the bridge's eager attention (the pass that also
+    reads a pattern); SDPA ran only in the first (Gemma 2's softcapping runs the exact softmax instead); afterwards
+    the bridge's attention is back in every layer and the model on eager attention."""
+    from tests_support import tokenizer
+    from transformer_lens.model_bridge.generalized_components import AttentionBridge
+
+    from plastiscope import Checkpoint
+
+    tok = tokenizer()
+    ckpt = Checkpoint.from_model(tiny_model(arch, len(tok)), tok, weight_decay=0.0, name=arch)
+    docs = ["the cat sat on the mat while the dog slept in the sun all day", "a short one", "words words words and more words"]
+    names = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"]
+    sdpa = CountsSDPA(monkeypatch)
+    native = list(stream(ckpt, docs, names, batch_size=2, return_logits=True, progress=False))
+    assert (sdpa.calls == 0) == (arch == "gemma2") and sdpa.calls in (0, 2 * len(native))
+    sdpa.calls = 0
+    eager = list(stream(ckpt, docs, names + ["blocks.0.attn.hook_pattern"], batch_size=2, return_logits=True, progress=False))
+    assert sdpa.calls == 0
+    for a, b in zip(native, eager):
+        real = a.mask
+        for name in names:
+            torch.testing.assert_close(a.activations[name][real], b.activations[name][real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.logits[real], b.logits[real], atol=1e-5, rtol=1e-5)
+    assert all(isinstance(block.attn, AttentionBridge) for block in ckpt.bridge.blocks)
+    layers = [m for m in ckpt.hf_model.modules() if type(m).__name__.endswith(("DecoderLayer", "Block", "Layer"))]
+    assert layers and all(any(isinstance(c, AttentionBridge) for c in layer.children()) for layer in layers)
+
+
+def test_probes_and_overfit_give_the_eager_numbers(tiny_sweep, monkeypatch):
+    """probes (features of the residual stream, the random-init baseline's too) and overfit (per-document losses
+    from the logits) under SDPA equal the same analyses with every pass forced onto the bridge's eager attention."""
+    from conftest import SMALL_OPTIONS
+
+    import plastiscope.activations as activations
+    from plastiscope.demo.corpus import load_corpus
+    from plastiscope.runner import Inputs, run_analyses
+
+    inputs = Inputs(data=load_corpus("probe", 60), train_data=load_corpus("train", 200).head(24),
+                    val_data=load_corpus("validation", 164).subset(range(100, 124)))
+    options = {name: SMALL_OPTIONS[name] for name in ("probes", "overfit")}
+    sdpa = CountsSDPA(monkeypatch)
+    fast, failures = run_analyses(tiny_sweep[:1], ["probes", "overfit"], inputs, options, batch_size=8, progress=False)
+    assert failures.empty, failures.to_dict("records")
+    assert sdpa.calls > 0
+    monkeypatch.setattr(activations, "reads_attention_internals", lambda bridge, names: True)
+    sdpa.calls = 0
+    eager, failures = run_analyses(tiny_sweep[:1], ["probes", "overfit"], inputs, options, batch_size=8, progress=False)
+    assert failures.empty and sdpa.calls == 0
+    key = [c for c in fast.columns if c not in ("value", "ci_low", "ci_high", "n") and fast[c].notna().any()]
+    fast, eager = fast.sort_values(key).reset_index(drop=True), eager.sort_values(key).reset_index(drop=True)
+    assert len(fast) == len(eager) and set(fast.analysis) == {"probes", "overfit"}
+    for column in ("value", "ci_low", "ci_high"):
+        torch.testing.assert_close(torch.tensor(fast[column].to_numpy(dtype=float)), torch.tensor(eager[column].to_numpy(dtype=float)),
+                                   rtol=1e-4, atol=1e-5, equal_nan=True)
