@@ -21,7 +21,7 @@ import pandas as pd
 from plastiscope.reports.figures import fmt_value
 from plastiscope.reports.frame import DEFAULT_X, Prepared, ResultsLike, _source_name, prepare, read_inputs, text
 from plastiscope.reports.markup import esc
-from plastiscope.reports.page import CSS
+from plastiscope.reports.page import shell
 from plastiscope.reports.report import check_formats, safe_name, write_prepared
 
 
@@ -121,13 +121,6 @@ def render_index(entries: list[dict], title: str) -> str:
         figures = f"<a href='{esc(quote(e['figures']))}'>figures</a>" if e["figures"] else ""
         rows.append(f"<tr><td>{link}</td><td class='num'>{e['checkpoints']}</td><td>{esc(e['axis'])}</td>"
                     f"<td>{esc(e['analyses'])}</td><td>{esc(e['groups'])}</td><td>{figures}</td></tr>")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
-<link rel="icon" href="data:,">
-<style>{CSS}</style></head><body>
-<header><h1>{esc(title)}</h1></header>
-<main><table class="ps-table" id="report-index"><thead><tr><th>report</th><th>checkpoints</th><th>axis</th>
-<th>analyses</th><th>groups</th><th>files</th></tr></thead><tbody>{''.join(rows)}</tbody></table></main>
-</body></html>
-"""
+    table = ("<table class='ps-table ps-sortable' id='report-index'><thead><tr><th>report</th><th>checkpoints</th><th>axis</th>"
+             f"<th>analyses</th><th>groups</th><th>files</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return shell(title, [], table, [], plots=False)

@@ -10,11 +10,15 @@ JSON placed in a ``<script>`` goes through :func:`json_script`, which writes ``<
 ``&`` as ``\\u003c``, ``\\u003e``, ``\\u0026`` so no string can close the script element or open
 a comment. Figures are drawn by ``Plotly.newPlot`` from those JSON blocks, lazily as they
 scroll into view (``window.plastiscopeReport.renderAll()`` unfolds the page and draws them all).
-Nothing is fetched: no CDN, no web fonts, no MathJax.
+Nothing is fetched: no CDN, no web fonts, no MathJax. The styles and the page's script are
+package files (``reports/assets/report.css``, ``report.js``), read with :mod:`importlib.resources`
+and inlined, so the page stays one offline file; :func:`shell` is the one page around a report
+and around the index of several (:mod:`.batch`).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import platform
@@ -401,129 +405,7 @@ else the column <code>final_val_loss</code> written by the trainer (used here: {
             f"<h3>Report</h3>{kv_table(dict(extra_versions))}<h4>Results read</h4>{kv_table(prep.sources)}</details>")
 
 
-CSS = """
-:root{--fg:#1d2330;--muted:#5b6475;--line:#dde1e8;--bg:#fff;--accent:#2456a6}
-*{box-sizing:border-box}
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;\
-color:var(--fg);background:var(--bg);margin:0;line-height:1.4}
-header{padding:12px 28px;border-bottom:1px solid var(--line);background:#f6f8fb}
-header h1{margin:0 0 2px;font-size:1.3rem}
-nav{font-size:.9rem}nav a{margin-right:14px;color:var(--accent);text-decoration:none}
-main{padding:4px 28px 40px;max-width:1500px;margin:auto}
-h2{border-bottom:2px solid var(--line);padding-bottom:3px;margin:18px 0 8px;font-size:1.25rem}
-h3{margin:4px 0;font-size:1rem}
-.ps-muted{color:var(--muted);font-size:.88rem}
-.ps-scroll{overflow-x:auto;max-width:100%}
-.ps-table{border-collapse:collapse;font-size:.84rem;margin:6px 0}
-.ps-table caption{text-align:left;color:var(--muted);padding:4px 0;font-size:.85rem}
-.ps-table th,.ps-table td{border:1px solid var(--line);padding:2px 7px;text-align:left;vertical-align:top}
-.ps-table td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ps-table thead th{background:#eef2f7;position:sticky;top:0}
-.ps-sortable thead th{cursor:pointer;user-select:none}
-.ps-sortable thead th[aria-sort=ascending]::after{content:" \\25B2"}
-.ps-sortable thead th[aria-sort=descending]::after{content:" \\25BC"}
-.ps-table tbody tr:nth-child(even){background:#fafbfd}
-.ps-kv th{width:14em;background:#f6f8fb}
-.ps-kv pre{margin:0;white-space:pre-wrap;word-break:break-all;font-size:.8rem}
-.ps-callout{border-left:5px solid;padding:8px 14px;margin:8px 0;border-radius:3px}
-.ps-warn{border-color:#d9822b;background:#fff6ec}.ps-ok{border-color:#3a9a5b;background:#effaf3}.ps-info{border-color:#7a8699;background:#f4f6f9}
-.ps-decision{border-color:var(--accent);background:#f3f6fc}
-.ps-decision p{margin:2px 0}.ps-design{margin:4px 0;padding-left:20px;font-size:.9rem}
-.ps-flag{color:#a3400b}
-.ps-panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(380px,1fr));gap:10px}
-.ps-panel{border:1px solid var(--line);border-radius:4px;padding:6px 8px;min-width:0}
-.ps-panel.ps-absent{align-self:start}
-.ps-verdicts{list-style:none;margin:2px 0;padding:0;font-size:.86rem}
-.ps-word{font-weight:700;padding:0 5px;border-radius:3px;color:#fff;background:#7a8699}
-.ps-holds,.ps-increases,.ps-decreases,.ps-differs{background:#2e7d4f}.ps-opposite{background:#b3261e}
-.ps-evidence{color:var(--muted)}
-.ps-note{color:var(--muted);font-size:.8rem;margin:0}
-.ps-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px}
-.ps-cell{border:1px solid var(--line);border-radius:4px;padding:4px;min-width:0}
-.ps-cell.ps-wide{grid-column:1/-1}
-.ps-plot{width:100%}
-details>summary{cursor:pointer;font-weight:600;margin:8px 0}
-details.ps-fold>summary,details.ps-analysis>summary{font-size:1.1rem}
-code{background:#f1f3f7;padding:0 3px;border-radius:2px}
-"""
 
-JS = r"""
-(function () {
-  'use strict';
-  var template = JSON.parse(document.getElementById('ps-template').textContent);
-  var config = {displaylogo: false, responsive: true, showSendToCloud: false, showEditInChartStudio: false,
-                showLink: false, plotlyServerURL: '', toImageButtonOptions: {format: 'png', scale: 2}};
-  var plots = Array.prototype.slice.call(document.querySelectorAll('.ps-plot'));
-  function render(div) {
-    if (div.getAttribute('data-state')) return;
-    div.setAttribute('data-state', 'rendering');
-    var spec = JSON.parse(document.getElementById(div.getAttribute('data-spec')).textContent);
-    spec.layout.template = template;
-    Plotly.newPlot(div, spec.data, spec.layout, config).then(function () {
-      div.setAttribute('data-state', 'rendered');
-    }, function (err) {
-      div.setAttribute('data-state', 'failed');
-      div.textContent = 'This figure could not be drawn: ' + err;
-    });
-  }
-  function unfold() {
-    Array.prototype.forEach.call(document.querySelectorAll('details'), function (d) { d.open = true; });
-  }
-  if ('IntersectionObserver' in window) {
-    var io = new IntersectionObserver(function (entries) {
-      entries.forEach(function (e) { if (e.isIntersecting) { io.unobserve(e.target); render(e.target); } });
-    }, {rootMargin: '800px 0px'});
-    plots.forEach(function (p) { io.observe(p); });
-  } else {
-    unfold();
-    plots.forEach(render);
-  }
-  window.plastiscopeReport = {
-    plots: plots.length,
-    renderAll: function () { unfold(); plots.forEach(render); },
-    rendered: function () { return document.querySelectorAll('.ps-plot[data-state=rendered]').length; }
-  };
-  window.addEventListener('beforeprint', function () { unfold(); plots.forEach(render); });
-
-  function sortValue(cell) {
-    var raw = cell.getAttribute('data-sort');
-    if (raw === null) raw = cell.textContent;
-    var num = raw.trim() === '' ? NaN : Number(raw);
-    return {empty: raw.trim() === '', num: num, text: raw.toLowerCase()};
-  }
-  function compare(a, b) {
-    if (a.empty || b.empty) return a.empty === b.empty ? 0 : (a.empty ? 1 : -1);
-    var an = !isNaN(a.num), bn = !isNaN(b.num);
-    if (an && bn) return a.num - b.num;
-    if (an !== bn) return an ? -1 : 1;
-    return a.text < b.text ? -1 : (a.text > b.text ? 1 : 0);
-  }
-  function sortTable(table, column, header) {
-    var ascending = header.getAttribute('aria-sort') !== 'ascending';
-    Array.prototype.forEach.call(header.parentNode.cells, function (th) { th.removeAttribute('aria-sort'); });
-    header.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
-    var body = table.tBodies[0];
-    var rows = Array.prototype.slice.call(body.rows).map(function (row, i) {
-      return {row: row, key: sortValue(row.cells[column]), i: i};
-    });
-    rows.sort(function (x, y) {
-      if (x.key.empty !== y.key.empty) return x.key.empty ? 1 : -1;  // empty cells last either way
-      var c = compare(x.key, y.key);
-      return (ascending ? c : -c) || x.i - y.i;
-    });
-    rows.forEach(function (r) { body.appendChild(r.row); });
-  }
-  Array.prototype.forEach.call(document.querySelectorAll('table.ps-sortable'), function (table) {
-    if (!table.tHead) return;
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
-      th.addEventListener('click', function () { sortTable(table, column, th); });
-      th.addEventListener('keydown', function (e) {
-        if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); sortTable(table, column, th); }
-      });
-    });
-  });
-})();
-"""
 
 
 def plotly_template() -> dict:
@@ -546,8 +428,20 @@ def plot_cells(specs: list[FigureSpec]) -> tuple[list[str], dict[str, list[tuple
     return scripts, cells
 
 
-def shell(title: str, nav: list[str], body: str, scripts: list[str]) -> str:
-    """The page around ``body``: head, styles, navigation, plotly.js inlined once, figure JSON, the page's script."""
+def asset(name: str) -> str:
+    """A page asset of the package (``report.css``, ``report.js`` in ``reports/assets``) as text, to inline in the page."""
+    text = importlib.resources.files("plastiscope.reports").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
+    if "</" in text:
+        raise ValueError(f"reports/assets/{name} contains '</', which would end its inline element early")
+    return text
+
+
+def shell(title: str, nav: list[str], body: str, scripts: list[str], plots: bool = True) -> str:
+    """The one page around ``body`` (a report or the index of several): head, styles, navigation, and with ``plots``
+    plotly.js inlined once and the figures' JSON; the page's script always (sortable tables). Nothing is fetched."""
+    figures = f"""<script>{plotly.offline.get_plotlyjs()}</script>
+{json_script("ps-template", plotly_template())}
+{''.join(scripts)}""" if plots else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -555,14 +449,12 @@ def shell(title: str, nav: list[str], body: str, scripts: list[str]) -> str:
 style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
 <link rel="icon" href="data:,">
 <title>{esc(title)}</title>
-<style>{CSS}</style>
+<style>{asset("report.css")}</style>
 </head><body>
 <header><h1>{esc(title)}</h1><nav>{''.join(nav)}</nav></header>
 <main>{body}</main>
-<script>{plotly.offline.get_plotlyjs()}</script>
-{json_script("ps-template", plotly_template())}
-{''.join(scripts)}
-<script>{JS}</script>
+{figures}
+<script>{asset("report.js")}</script>
 </body></html>
 """
 

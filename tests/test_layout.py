@@ -45,6 +45,24 @@ def test_reports_and_core_import_no_analysis():
             assert not bad, f"{file} imports an analysis: {bad}"
 
 
+def test_reports_know_no_analysis_by_heart():
+    """Reports read what each metric means from the declarations recorded with the results, never from an analysis:
+    no import of the runner's registry or the pipeline (they import analyses), and no analysis's metric named in code."""
+    import plastiscope.metrics as metrics_module
+    from plastiscope.runner import declarations
+
+    for file, names in _imports(ROOT / "reports").items():
+        assert not {n for n in names if n in ("plastiscope.runner", "plastiscope.pipeline", "plastiscope.distributed")}, file
+    declared = {m.name for ms in declarations().analyses.values() for m in ms if "{" not in m.name}
+    headline = {m.name for ms in declarations().analyses.values() for m in ms if m.headline is not None}
+    for name in ("verdict.py", "page.py", "figures.py", "baselines.py", "report.py", "batch.py"):  # panels, pages, figures
+        file = ROOT / "reports" / name
+        text = file.read_text()
+        named = {name for name in headline if re.search(rf"[\"']{re.escape(name)}[\"']", text)}
+        assert not named, f"{file.name} names headline metrics {named}: declare them in their analysis instead"
+    assert declared and metrics_module.DECLARATIONS_FILE == "metrics.json"
+
+
 def test_importing_the_library_changes_no_process_state():
     probe = """
 import os, torch
