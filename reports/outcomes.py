@@ -362,7 +362,9 @@ def add_outcomes(results: pd.DataFrame, paths: str | Path | Sequence[str | Path]
     new = outcome_frame(matched, results)
     old = (results["analysis"] == OUTCOME_ANALYSIS) & results.set_index(["checkpoint", "metric"]).index.isin(
         new.set_index(["checkpoint", "metric"]).index)
-    return tidy(pd.concat([results[~old], new], ignore_index=True))
+    combined = tidy(pd.concat([results[~old], new], ignore_index=True))
+    combined.attrs.update(results.attrs)  # what the results record beside their rows (metric declarations)
+    return combined
 
 
 def _piece_hashes(store: ResultsStore) -> dict[str, tuple[float, str]]:
