@@ -198,8 +198,9 @@ def decide(prep: Prepared, table: pd.DataFrame) -> Decision:
     best = best_configurations(prep)
     titles = {panel.key: panel.title for panel in headline}
     lines = [(v.group, titles[v.panel] + (f" ({v.label})" if v.label else ""), v.key) for v in verdicts]
-    for b in best:
-        lines += [(b.group, f"Outcome: {key}", key) for key in b.outcomes if (b.group, key) not in {(g, k) for g, _, k in lines}]
+    for b in best:  # every outcome and validation loss, whether or not a panel shows them
+        extra = [(f"Outcome: {key}", key) for key in b.outcomes] + [("Validation loss", val_loss_key(prep))]
+        lines += [(b.group, label, key) for label, key in extra if (b.group, key) not in {(g, k) for g, _, k in lines}]
     lines = list(dict.fromkeys(lines))
     return Decision(verdicts, missing, best, design_limits(prep, verdicts), choice=choice_table(prep, chosen_outcome(prep)),
                     noise=noise_table(prep, lines))
