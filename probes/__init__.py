@@ -11,12 +11,16 @@ decay gives more linearly separable representations. Public API:
   layer, task and pooling; metrics ``accuracy``, ``macro_f1``, ``cross_entropy``,
   ``selectivity_control_task`` (token-level tasks), ``selectivity_shuffled``, ``mdl_codelength``,
   ``mdl_compression``, ``fisher_criterion``, for ``init="trained"`` and ``init="random"``
-  (meanings in :mod:`plastiscope.probes.analysis`).
+  (meanings in :mod:`plastiscope.probes.analysis`); the majority-class baseline (``init="majority"``)
+  and the paired differences ``accuracy_above_majority`` / ``accuracy_above_random_init``.
+- :func:`logme`, :func:`h_score`, :func:`rankme`, :func:`alpha_req` -- transferability
+  estimators with no probe trained (:mod:`plastiscope.probes.transfer`).
 """
 
 from plastiscope.probes.analysis import ANALYSIS, OPTIONS, probe_sweep, start
+from plastiscope.probes.baselines import majority_scores, paired_accuracy_difference
 from plastiscope.probes.estimator import LinearProbe
-from plastiscope.probes.evaluate import evaluate_layers, mdl_records
+from plastiscope.probes.evaluate import HeldOut, cross_validate, evaluate_layers, mdl_records
 from plastiscope.probes.metrics import (
     MDL_FRACTIONS,
     classification_scores,
@@ -29,6 +33,17 @@ from plastiscope.probes.metrics import (
 )
 from plastiscope.probes.tasks import BUILTIN_TASKS, FeatureCollector, select_examples, sequence_examples, token_examples
 from plastiscope.probes.trainer import LogisticFit, Preconditioner, fit_logistic, preconditioner, standardization
+from plastiscope.probes.transfer import (
+    TRANSFER_METRICS,
+    alpha_req,
+    bayesian_evidence,
+    h_score,
+    ledoit_wolf_covariance,
+    logme,
+    rankme,
+    singular_spectrum,
+    transfer_records,
+)
 
 __all__ = [
     "ANALYSIS",
@@ -36,6 +51,19 @@ __all__ = [
     "OPTIONS",
     "MDL_FRACTIONS",
     "FeatureCollector",
+    "HeldOut",
+    "TRANSFER_METRICS",
+    "alpha_req",
+    "bayesian_evidence",
+    "cross_validate",
+    "h_score",
+    "ledoit_wolf_covariance",
+    "logme",
+    "majority_scores",
+    "paired_accuracy_difference",
+    "rankme",
+    "singular_spectrum",
+    "transfer_records",
     "LinearProbe",
     "LogisticFit",
     "Preconditioner",

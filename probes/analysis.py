@@ -27,6 +27,38 @@ transmitted examples):
 - ``fisher_criterion`` (higher): Fisher's ``tr(S_W^-1 S_B)`` on the standardised features with a
   Ledoit-Wolf-shrunk ``S_W`` (detail column ``shrinkage``: its intensity), per test fold.
 
+Baselines (option ``majority_baseline``): rows ``init="majority"`` of ``accuracy`` and ``macro_f1``
+for always predicting the training part's majority class, under the same outer folds and example
+cap as the probe, intervals over folds as the probe's; one row per layer with the same value (the
+predictor reads no features), so every layer's probe has its baseline beside it. And, on the
+checkpoint's rows, whether its probe clears each baseline on the very same held-out examples
+(:mod:`~plastiscope.probes.baselines`):
+
+- ``accuracy_above_majority`` (higher): accuracy minus the majority baseline's, on every layer
+  (also for ``init="random"``);
+- ``accuracy_above_random_init`` (higher; needs ``random_baseline``): the trained probe's accuracy
+  minus the random-init model's probe's, same examples and folds.
+
+Both are the difference of the two reported fold-mean accuracies; their interval is a paired
+bootstrap that resamples documents within each fold (``n``: documents), so it counts the
+sampling of the held-out examples given the fitted probes. A lower end above 0 is the flag:
+the checkpoint's accuracy is distinguishable from that baseline.
+
+Transferability estimators (option ``transfer``; on all examples, no probe trained, no interval
+(NaN): a bootstrap that duplicates examples changes the spectrum they measure; ``n``: examples;
+definitions in :mod:`~plastiscope.probes.transfer`):
+
+- ``logme`` (higher): LogME (You et al. 2021), the maximised log evidence per example of a
+  Bayesian linear model from the raw features to each class's one-hot target, mean over classes.
+- ``h_score`` (higher): H-score (Bao et al. 2019) ``tr(cov(f)^-1 cov(E[f|y]))`` on the
+  standardised features, with the Ledoit-Wolf-shrunk ``cov(f)`` of Ibrahim et al. (2022)
+  (detail column ``shrinkage``).
+- ``rankme`` (no better direction): RankMe (Garrido et al. 2023), the exponential of the entropy
+  of the normalised singular values of the raw feature matrix; label-free.
+- ``alpha_req`` (no better direction; near 1 is best in the paper): the power-law decay exponent of
+  the covariance eigenspectrum (Agrawal et al. 2022), least squares in log-log over ranks 1 to half
+  the non-zero eigenvalues (detail column ``fit_r2``); label-free.
+
 Features come from the shared forward pass (a :class:`~plastiscope.probes.tasks.FeatureCollector`);
 the random-init baseline needs its own pass over the data (a different model), run in
 ``finish()`` and memoised (:class:`~plastiscope.memo.Memo`): all checkpoints of a sweep share
@@ -40,6 +72,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from plastiscope.activations import run_pass
@@ -60,7 +93,8 @@ from plastiscope.options import (
     Text,
     validate,
 )
-from plastiscope.probes.evaluate import DEFAULT_CS, evaluate_layers
+from plastiscope.probes.baselines import paired_accuracy_difference
+from plastiscope.probes.evaluate import DEFAULT_CS, HeldOut, cross_validate
 from plastiscope.probes.tasks import POOLINGS, Examples, FeatureCollector, select_examples, sequence_examples, token_examples
 from plastiscope.results import make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
@@ -101,6 +135,8 @@ OPTIONS = OptionTable({
     "shuffled": Option(True, Boolean(), "report selectivity_shuffled (label-permutation baseline)"),
     "mdl": Option(True, Boolean(), "report mdl_codelength and mdl_compression"),
     "fisher": Option(True, Boolean(), "report fisher_criterion"),
+    "transfer": Option(True, Boolean(), "report the transferability estimators logme, h_score, rankme, alpha_req"),
+    "majority_baseline": Option(True, Boolean(), "majority-class rows (init='majority') and accuracy_above_majority"),
     "random_baseline": Option(True, Boolean(), "the same metrics for a random-init model (init='random')"),
     "seed": Option(0, Integer(0), "seed of subsampling, folds and controls"),
     "token_labels": Option(None, Nullable(Function()), "Python API only: callable(token ids) -> label per position"),
@@ -170,12 +206,15 @@ class ProbesTask:
             return list(zip(examples.doc.tolist(), examples.position.tolist()))
         return [(d, pooling) for d in examples.doc.tolist()]
 
-    def _records(self, collector: FeatureCollector, init: str) -> list[dict[str, Any]]:
+    def _records(self, collector: FeatureCollector, init: str) -> tuple[list[dict[str, Any]], list[HeldOut]]:
+        """Rows of every task and pooling for the model whose features ``collector`` holds, and each
+        task's held-out predictions (in the order of ``self.tasks``). The majority-class rows, which
+        read no features, come with the trained model's only."""
         o = self.o
-        records = []
+        records, held_out = [], []
         for examples, pooling in self.tasks:
             X = collector.take(self._requests(examples, pooling))
-            rows = evaluate_layers(
+            rows, held = cross_validate(
                 X, examples.y, types=examples.types,
                 groups=examples.doc if examples.level == "token" else None,
                 n_classes=len(examples.classes), folds=int(o["folds"]), inner_folds=int(o["inner_folds"]),
@@ -183,12 +222,34 @@ class ProbesTask:
                 tol=float(o["tol"]), control_task=bool(o["control_task"]) and examples.level == "token",
                 shuffled=bool(o["shuffled"]),
                 mdl=bool(o["mdl"]), fisher=bool(o["fisher"]), seed=int(o["seed"]),
+                majority=bool(o["majority_baseline"]), transfer=bool(o["transfer"]),
             )
             for row in rows:
+                if row.get("init") == "majority" and init != "trained":
+                    continue
                 row["layer"] = self.layers[row["layer"]]
-                row.update(task=examples.task, pooling=pooling, init=init)
-            records += rows
+                row.update(task=examples.task, pooling=pooling)
+                row.setdefault("init", init)
+                records.append(row)
+            held_out.append(held)
             del X
+        return records, held_out
+
+    def _above_random_init(self, held_out: list[HeldOut], random_correct: np.ndarray) -> list[dict[str, Any]]:
+        """``accuracy_above_random_init`` rows: the trained probe's hits against the random-init
+        model's (``random_correct [layer, example]``, the tasks' examples one after another) on the same
+        examples and folds, paired bootstrap over documents within folds."""
+        records, offset = [], 0
+        for (examples, pooling), held in zip(self.tasks, held_out):
+            n = len(examples)
+            other = random_correct[:, offset : offset + n]
+            offset += n
+            value, low, high, units = paired_accuracy_difference(held.correct, other, held.fold, examples.doc, seed=int(self.o["seed"]))
+            records += [
+                {"layer": layer, "metric": "accuracy_above_random_init", "value": float(value[l]), "ci_low": float(low[l]),
+                 "ci_high": float(high[l]), "n": units, "task": examples.task, "pooling": pooling, "init": "trained"}
+                for l, layer in enumerate(self.layers)
+            ]
         return records
 
     def _random_key(self) -> dict[str, Any]:
@@ -200,22 +261,39 @@ class ProbesTask:
         return {"architecture": config, "vocab": vocab, "data": self.data.sha256(), "options": options,
                 "layers": self.layers, "dtype": str(self.checkpoint.dtype), "device": self.checkpoint.device_type}
 
-    def _random_baseline(self) -> pd.DataFrame:
+    def _random_baseline(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """The random-init model's rows and its probes' held-out hits ``[layer, example]`` (tasks one after another)."""
         baseline = self.checkpoint.random_init(seed=int(self.o["seed"]))
         try:
             collector = FeatureCollector(self.layers, list(self.collector.row), self.has_bos)
             run_pass(baseline, self.data, [collector], progress=False)
-            return pd.DataFrame(self._records(collector, "random"))
+            records, held_out = self._records(collector, "random")
+            return pd.DataFrame(records), np.concatenate([h.correct for h in held_out], axis=1)
         finally:
             baseline.unload()
 
+    def _random(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """:meth:`_random_baseline`, memoised: every checkpoint of a sweep shares the architecture, so it is computed once."""
+        key = self._random_key()
+        computed: dict[str, Any] = {}
+
+        def rows() -> pd.DataFrame:
+            computed["rows"], computed["correct"] = self._random_baseline()
+            return computed["rows"]
+
+        frame = self.memo.get("probes-random-init", key, rows)
+        # the hits were computed with the rows, unless the rows came from a memo file written without them
+        correct = self.memo.get("probes-random-init-correct", key, lambda: computed["correct"] if computed else self._random_baseline()[1])
+        return frame, correct
+
     def finish(self) -> pd.DataFrame:
-        """Probe rows of every task, pooling and layer, with the random-init baseline's when asked for."""
-        records = self._records(self.collector, "trained")
+        """Probe rows of every task, pooling and layer, with the baselines' rows when asked for."""
+        records, held_out = self._records(self.collector, "trained")
         self.collector.features = None  # free before the baseline's pass
         if self.o["random_baseline"]:
-            # every checkpoint of a sweep shares the architecture: the baseline is computed once
-            records += self.memo.get("probes-random-init", self._random_key(), self._random_baseline).to_dict("records")
+            frame, random_correct = self._random()
+            records += frame.to_dict("records")
+            records += self._above_random_init(held_out, random_correct)
         return make_frame(self.checkpoint, NAME, records, VARIANTS)
 
 
@@ -234,7 +312,7 @@ METRICS = (
            Headline("separability", "Separability: probe accuracy", "rise", "Han et al. 2026",
                     "run the probes analysis (--data with --label-column)", order=20)),
     Metric("macro_f1", "Held-out macro-averaged F1 of the linear probe (each class weighted equally).", "fraction", "higher", _PROBE,
-           (Baseline(init="random", label="random-init model"),)),
+           _ABOVE_BASELINES),
     Metric("cross_entropy", "Held-out cross-entropy (nats) of the linear probe's predicted class distribution.", "nats", "lower", _PROBE,
            (Baseline(init="random", label="random-init model"),)),
     Metric("selectivity_control_task", "Probe accuracy on the real task minus accuracy on a control task that gives each word type a "
@@ -249,6 +327,28 @@ METRICS = (
     Metric("fisher_criterion", "Fisher's criterion tr(S_W^-1 S_B) of the pooled representation (within-class scatter S_W shrunk "
            "towards a scaled identity); higher = classes more linearly separable.", "", "higher",
            "Fisher 1936; Ledoit & Wolf 2004 (shrinkage)", (Baseline(init="random", label="random-init model"),)),
+    Metric("accuracy_above_majority", "Probe accuracy minus the accuracy of always predicting the training part's majority class, on "
+           "the same held-out examples and folds; interval: paired bootstrap over documents within folds (lower end above 0: the "
+           "probe beats the label frequencies).", "fraction", "higher", "Ojala & Garriga 2010 (baselines a classifier must beat)",
+           (Baseline(value=0.0, label="majority class"),)),
+    Metric("accuracy_above_random_init", "The checkpoint's probe accuracy minus the random-init model's probe accuracy, on the same "
+           "held-out examples and folds; interval: paired bootstrap over documents within folds (lower end above 0: training added "
+           "separability).", "fraction", "higher", _PROBE, (Baseline(value=0.0, label="random-init model"),)),
+    Metric("logme", "LogME: the log marginal evidence per example of a Bayesian linear model from the layer's raw pooled features to "
+           "each class's one-hot target, maximised over its prior and noise precisions, averaged over classes; no probe trained. "
+           "Comparable only at the same examples and classes.", "nats per example", "higher",
+           "You et al. 2021 (LogME, ICML)", (Baseline(init="random", label="random-init model"),)),
+    Metric("h_score", "H-score tr(cov(f)^-1 cov(E[f|y])) of the standardised pooled features, cov(f) shrunk towards a scaled identity "
+           "(Ledoit-Wolf) and cov(E[f|y]) scaled by the same factor; higher = class means further apart in units of the features' "
+           "spread.", "", "higher", "Bao et al. 2019 (ICIP); Ibrahim et al. 2022 (shrinkage)",
+           (Baseline(init="random", label="random-init model"),)),
+    Metric("rankme", "RankMe: exp of the entropy of the normalised singular values of the layer's raw pooled feature matrix, an "
+           "effective number of directions in use (label-free; at most min(examples, width)).", "directions", None,
+           "Garrido et al. 2023 (RankMe, ICML)", (Baseline(init="random", label="random-init model"),)),
+    Metric("alpha_req", "alpha-ReQ: decay exponent alpha of a power law lambda_i ~ i^-alpha fitted in log-log to the covariance "
+           "eigenvalues of the layer's pooled features (ranks 1 to half the non-zero eigenvalues); smaller = flatter spectrum; the paper "
+           "finds downstream accuracy best near 1 (label-free).", "", None, "Agrawal et al. 2022 (alpha-ReQ, NeurIPS)",
+           (Baseline(init="random", label="random-init model"),)),
 )
 
 ANALYSIS = Analysis(name=NAME, inputs=("data",), start=start, options=OPTIONS, variants=VARIANTS, metrics=METRICS)
@@ -280,9 +380,11 @@ def probe_sweep(
     - other ``options``: see :data:`OPTIONS` (``folds``, ``Cs``, ``max_examples``, ...).
 
     Rows: ``metric`` in ``accuracy, macro_f1, cross_entropy, selectivity_shuffled,
-    mdl_codelength, mdl_compression, fisher_criterion`` per ``layer`` (and
+    mdl_codelength, mdl_compression, fisher_criterion, accuracy_above_majority,
+    accuracy_above_random_init, logme, h_score, rankme, alpha_req`` per ``layer`` (and
     ``selectivity_control_task`` for token-level tasks), with columns ``task``, ``pooling`` and
-    ``init`` (``trained`` / ``random``); the module docstring says what each means. Failed
+    ``init`` (``trained`` / ``random``, and ``majority`` for the majority-class baseline's
+    ``accuracy`` and ``macro_f1``); the module docstring says what each means. Failed
     checkpoints are warned about and listed in ``frame.attrs["failures"]``.
     """
     docs = load_documents(data)

@@ -21,6 +21,14 @@ criterion), each with a 95 % interval. Protocol:
    blocks at :data:`~plastiscope.probes.metrics.MDL_FRACTIONS`, every block's probe fitted in
    one batched call at the ``C`` chosen most often across outer folds; interval by bootstrap
    over the transmitted examples' code lengths.
+6. With ``majority=True``: the majority-class baseline under the same outer folds
+   (:mod:`~plastiscope.probes.baselines`), as rows with ``init="majority"``, and the probe's
+   ``accuracy_above_majority`` with a paired bootstrap interval over the held-out examples.
+7. With ``transfer=True``: the transferability estimators of
+   :mod:`~plastiscope.probes.transfer` on all examples (no probe, no folds).
+
+:func:`cross_validate` also returns every example's held-out hit (:class:`HeldOut`), from which
+a caller compares two models' probes on the same examples and folds.
 """
 
 from __future__ import annotations
@@ -30,12 +38,14 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from plastiscope.probes.baselines import majority_scores, paired_accuracy_difference
 from plastiscope.probes.metrics import (
     MDL_FRACTIONS,
     classification_scores,
@@ -47,11 +57,26 @@ from plastiscope.probes.metrics import (
     types_repeat,
 )
 from plastiscope.probes.trainer import Preconditioner, fit_logistic, preconditioner, standardization, threads_for
+from plastiscope.probes.transfer import transfer_records
 from plastiscope.stats import bootstrap_ci
 
 log = logging.getLogger("plastiscope")
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
+
+
+@dataclass
+class HeldOut:
+    """Every example's held-out prediction in the outer cross-validation.
+
+    ``fold [example]``: the outer fold whose test part holds the example; ``correct [layer,
+    example]``: the probe (task labels) predicts it right; ``majority [example]``: the training
+    part's majority class is right.
+    """
+
+    fold: np.ndarray
+    correct: np.ndarray
+    majority: np.ndarray
 
 
 def class_weights(y: np.ndarray, train: np.ndarray, mode: str | None) -> np.ndarray:
@@ -118,6 +143,8 @@ def evaluate_layers(
     mdl: bool = True,
     fisher: bool = True,
     seed: int = 0,
+    majority: bool = False,
+    transfer: bool = False,
 ) -> list[dict[str, Any]]:
     """Metric records ``{layer, metric, value, ci_low, ci_high, n}`` for every layer of ``X``.
 
@@ -133,11 +160,39 @@ def evaluate_layers(
     control task's accuracy), ``selectivity_shuffled`` (accuracy minus the accuracy on permuted
     labels), ``mdl_codelength`` (bits), ``mdl_compression``, ``fisher_criterion`` (detail
     column ``shrinkage``: the mean Ledoit-Wolf intensity over folds).
+    ``majority=True`` adds the majority-class baseline's ``accuracy`` and ``macro_f1`` (records
+    with ``init="majority"``, the same value on every layer) and ``accuracy_above_majority``;
+    ``transfer=True`` adds ``logme``, ``h_score``, ``rankme``, ``alpha_req``.
     Three batched fits: every outer fold's inner cross-validation (outer folds x inner folds x
     Cs problems), the refits at the chosen C (outer folds x label sets), the MDL blocks.
     Features are standardised with the statistics of all examples (label-free, so no label
     leaks into the held-out scores); folds never share an example.
     """
+    return cross_validate(X, y, types, groups, n_classes, folds, inner_folds, Cs, class_weight, max_iter, tol,
+                          control_task, shuffled, mdl, fisher, seed, majority, transfer)[0]
+
+
+def cross_validate(
+    X: torch.Tensor,
+    y: np.ndarray,
+    types: Sequence[Hashable] | None = None,
+    groups: np.ndarray | None = None,
+    n_classes: int | None = None,
+    folds: int = 5,
+    inner_folds: int = 3,
+    Cs: Sequence[float] = DEFAULT_CS,
+    class_weight: str | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    control_task: bool = True,
+    shuffled: bool = True,
+    mdl: bool = True,
+    fisher: bool = True,
+    seed: int = 0,
+    majority: bool = False,
+    transfer: bool = False,
+) -> tuple[list[dict[str, Any]], HeldOut]:
+    """:func:`evaluate_layers`'s records and every example's held-out prediction (:class:`HeldOut`)."""
     X = X.float()
     L, n, _ = X.shape
     y = np.asarray(y, dtype=np.int64)
@@ -157,11 +212,11 @@ def evaluate_layers(
         control_task = False
     with threads_for(L * n * X.shape[2] * K * folds * inner_folds * len(Cs)):
         return _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_iter, tol,
-                         control_task, shuffled, mdl, fisher, seed)
+                         control_task, shuffled, mdl, fisher, seed, majority, transfer)
 
 
 def _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_iter, tol,
-              control_task, shuffled, mdl, fisher, seed) -> list[dict[str, Any]]:
+              control_task, shuffled, mdl, fisher, seed, majority, transfer) -> tuple[list[dict[str, Any]], HeldOut]:
     L, n, _ = X.shape
     mean, scale = standardization(X)
     pre = preconditioner(X, mean, scale, seed=seed)
@@ -211,10 +266,14 @@ def _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_
     )
     scores: dict[str, np.ndarray] = {}  # metric -> [fold, layer]
     shrinkage = np.zeros((len(outer), L))
+    fold_of = np.zeros(n, dtype=np.int64)
+    correct = np.zeros((L, n), dtype=bool)
     for f, (_, test) in enumerate(outer):
         Xt = X[:, test]
         base = f * len(label_sets)
         logp = fit.log_proba(Xt, list(range(base, base + len(label_sets)))).double().numpy()  # [L, sets, n_test, K]
+        fold_of[test] = f
+        correct[:, test] = logp[:, 0].argmax(-1) == y[test]
         per = {
             name: [classification_scores(logp[l, i], labels[test]) for l in range(L)]
             for i, (name, labels) in enumerate(label_sets.items())
@@ -236,12 +295,36 @@ def _evaluate(X, y, K, types, groups, folds, inner_folds, Cs, class_weight, max_
             records.append({"layer": l, "metric": metric, "value": estimate, "ci_low": low, "ci_high": high, "n": n})
             if metric == "fisher_criterion":
                 records[-1]["shrinkage"] = float(shrinkage[:, l].mean())
+    baseline, majority_correct = majority_scores(y, outer)
+    if majority:
+        records += majority_records(baseline, n, L)
+        difference, low, high, units = paired_accuracy_difference(correct, majority_correct, fold_of, groups, seed=seed)
+        records += [
+            {"layer": l, "metric": "accuracy_above_majority", "value": float(difference[l]), "ci_low": float(low[l]),
+             "ci_high": float(high[l]), "n": units}
+            for l in range(L)
+        ]
+    if transfer:
+        records += transfer_records(X, y, mean, scale)
 
     # 3. MDL at the C chosen most often across outer folds
     if mdl:
         mdl_C = np.array([Counter(chosen[:, l].tolist()).most_common(1)[0][0] for l in range(L)])
         records += mdl_records(X, y, K, mdl_C, class_weight, max_iter, tol, seed, precondition=pre, mean=mean, scale=scale)
     log.debug("probe C per fold and layer: %s", chosen.tolist())
+    return records, HeldOut(fold=fold_of, correct=correct, majority=majority_correct)
+
+
+def majority_records(scores: dict[str, np.ndarray], n: int, n_layers: int) -> list[dict[str, Any]]:
+    """Rows ``init="majority"`` of the majority-class baseline's per-fold ``scores`` (``{metric: [fold]}``),
+    one per layer (the baseline reads no features: the same value on every layer), intervals over folds as the probe's."""
+    records = []
+    for metric, values in scores.items():
+        estimate, low, high = _ci(values)
+        records += [
+            {"layer": l, "metric": metric, "value": estimate, "ci_low": low, "ci_high": high, "n": n, "init": "majority"}
+            for l in range(n_layers)
+        ]
     return records
 
 

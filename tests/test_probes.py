@@ -30,6 +30,8 @@ SEQUENCE_METRICS = {
     "accuracy", "macro_f1", "cross_entropy", "selectivity_shuffled", "mdl_codelength", "mdl_compression", "fisher_criterion",
 }
 METRICS = SEQUENCE_METRICS | {"selectivity_control_task"}  # token level: word types repeat
+# what the analysis adds by default: the baselines' paired differences and the transferability estimators
+ANALYSIS_METRICS = SEQUENCE_METRICS | {"accuracy_above_majority", "accuracy_above_random_init", "logme", "h_score", "rankme", "alpha_req"}
 FAST = dict(folds=3, inner_folds=2, Cs=[0.1, 1.0], max_examples=240, min_per_class=6)
 
 
@@ -345,8 +347,10 @@ def test_probes_analysis_end_to_end(tokenizer, checkpoint, docs):
     for column in ("checkpoint", "weight_decay", "analysis", "metric", "layer", "head", "value", "ci_low", "ci_high", "n",
                    "task", "pooling", "init"):
         assert column in results.columns
-    assert set(results["metric"]) == SEQUENCE_METRICS  # no control task at the sequence level
-    assert set(results["init"]) == {"trained", "random"}
+    assert set(results["metric"]) == ANALYSIS_METRICS  # no control task at the sequence level
+    assert set(results["init"]) == {"trained", "random", "majority"}
+    assert set(results.loc[results["init"] == "majority", "metric"]) == {"accuracy", "macro_f1"}
+    assert set(results.loc[results["init"] == "random", "metric"]) == ANALYSIS_METRICS - {"accuracy_above_random_init"}
     assert set(results["pooling"]) == {"mean", "last"} and set(results["task"]) == {"pos"}
     assert set(results["layer"]) == {0, 1} and results["head"].isna().all()
     assert set(results["checkpoint"]) == {"tiny", "tiny-b"} and (results["analysis"] == "probes").all()
@@ -360,6 +364,16 @@ def test_probes_analysis_end_to_end(tokenizer, checkpoint, docs):
     np.testing.assert_allclose(random.loc["tiny"].sort_index(), random.loc["tiny-b"].sort_index())
     trained = results[results["init"] == "trained"].set_index(["checkpoint", "pooling", "layer", "metric"])["value"]
     assert not np.allclose(trained.loc["tiny"].sort_index(), trained.loc["tiny-b"].sort_index())
+    # the paired differences are the differences of the reported accuracies, per checkpoint, pooling and layer
+    majority = results[results["init"] == "majority"].set_index(["checkpoint", "pooling", "layer", "metric"])["value"]
+    for key, value in trained.items():
+        checkpoint_name, pooling, layer, metric = key
+        if metric == "accuracy_above_majority":
+            assert value == pytest.approx(trained[(checkpoint_name, pooling, layer, "accuracy")] - majority[key[:3] + ("accuracy",)])
+        if metric == "accuracy_above_random_init":
+            assert value == pytest.approx(trained[(checkpoint_name, pooling, layer, "accuracy")] - random[key[:3] + ("accuracy",)])
+    # the majority class reads no features: one value per pooling, on every layer and checkpoint
+    assert (majority.groupby(level=["pooling", "metric"]).nunique() == 1).all()
 
 
 def test_probe_sweep_token_level_and_errors(checkpoint, docs):
@@ -375,18 +389,23 @@ def test_probe_sweep_token_level_and_errors(checkpoint, docs):
         checkpoint, data, level="token", token_labels=lambda ids: [i if i in frequent else None for i in ids],
         layers=[-1], random_baseline=False, mdl=False, progress=False, **FAST,
     )
-    assert set(frame["pooling"]) == {"token"} and set(frame["layer"]) == {1} and set(frame["init"]) == {"trained"}
+    assert set(frame["pooling"]) == {"token"} and set(frame["layer"]) == {1} and set(frame["init"]) == {"trained", "majority"}
+    trained = frame[frame["init"] == "trained"]
     # the residual stream at a position carries the token's embedding: its identity is decodable
-    assert frame[frame["metric"] == "accuracy"]["value"].item() > 0.9
+    assert trained[trained["metric"] == "accuracy"]["value"].item() > 0.9
     # token types repeat: the control task is reported (the type is the token, so its label is learnable too)
-    assert set(frame["metric"]) == METRICS - {"mdl_codelength", "mdl_compression"}
+    assert set(frame["metric"]) == METRICS - {"mdl_codelength", "mdl_compression"} | {
+        "accuracy_above_majority", "logme", "h_score", "rankme", "alpha_req"}
+    # grouped folds: the paired difference's units are documents, fewer than the tokens probed
+    above = trained[trained["metric"] == "accuracy_above_majority"]
+    assert above["n"].item() < trained[trained["metric"] == "accuracy"]["n"].item() and above["ci_low"].item() > 0
     # word-level labels in a column (one per whitespace-separated word), grouped folds by document
     function_words = {"the", "a", "an", "of", "or", "and", "to", "in"}
     tags = [["FUNC" if w.lower() in function_words else "CONTENT" for w in text.split()] for text in data.texts]
     tagged = Documents(data.texts, {"tags": tags})
     frame = probe_sweep(checkpoint, tagged, level="token", label_column="tags", layers=[0], random_baseline=False,
                         mdl=False, progress=False, **FAST)
-    assert set(frame["task"]) == {"tags"} and frame[frame["metric"] == "accuracy"]["value"].item() > 0.8
+    assert set(frame["task"]) == {"tags"} and frame[(frame["metric"] == "accuracy") & (frame["init"] == "trained")]["value"].item() > 0.8
     with pytest.raises(ValueError, match="unknown option"):
         probe_sweep(checkpoint, docs, bogus=1, progress=False)
     with pytest.raises(ValueError, match="pooling"):
@@ -424,7 +443,7 @@ def test_probe_accuracy_at_defaults_matches_sklearn_on_the_natural_distribution(
     data = load_corpus("probe", 800)
     checkpoint = tiny_sweep[1]
     frame = probe_sweep(checkpoint, data, task=column, random_baseline=False, mdl=False, progress=False)
-    ours = frame[frame["metric"] == "accuracy"].set_index("layer")
+    ours = frame[(frame["metric"] == "accuracy") & (frame["init"] == "trained")].set_index("layer")
     # the natural distribution: every document of every class with >= 10 examples (the default min_per_class)
     labels = np.array(data.column(column))
     names, counts = np.unique(labels, return_counts=True)
