@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -191,3 +192,27 @@ def test_block_permutations_stay_within_blocks():
     assert not exact and perms.shape == (500, 12) and (perms[0] == np.arange(12)).all()
     assert (blocks[perms] == blocks).all()  # every unit stays in its block
     assert len({tuple(p) for p in perms}) > 400
+
+
+def test_no_cluster_bootstrap_interval_below_eight_clusters():
+    from math import comb
+
+    from plastiscope.stats import MIN_BOOTSTRAP_CLUSTERS, cluster_association
+
+    rng = np.random.default_rng(4)
+    x = np.arange(8, dtype=float)
+    y = x + rng.normal(0, 2, 8)
+    seven = cluster_association(x[:7], y[:7], np.arange(7), n_resamples=500)
+    assert np.isnan(seven.low) and np.isnan(seven.high) and math.isfinite(seven.estimate) and math.isfinite(seven.p)
+    assert seven.no_interval == "no interval: 7 configurations; a cluster bootstrap needs at least 8"
+    eight = cluster_association(x, y, np.arange(8), n_resamples=500)
+    assert eight.low < eight.estimate < eight.high and eight.no_interval == ""
+    three = cluster_association(x[:3], [3.0, 2.0, 1.0], np.arange(3))
+    assert three.estimate == -1.0 and np.isnan(three.low)  # never "-1.00 [-1.00, -1.00]"
+    # the rule's reason, by enumeration: the share of resamples that draw 3 or fewer distinct clusters
+    def degenerate(k: int) -> float:
+        draws = np.array(list(itertools.product(range(k), repeat=k)), dtype=np.int8) if k <= 7 else rng.integers(0, k, size=(400000, k))
+        distinct = 1 + (np.diff(np.sort(draws, axis=1), axis=1) != 0).sum(axis=1)
+        return float(np.mean(distinct <= 3))
+
+    assert degenerate(7) > 0.025 > degenerate(MIN_BOOTSTRAP_CLUSTERS) and comb(2 * 8 - 1, 8) == 6435
