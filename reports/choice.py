@@ -390,7 +390,8 @@ def noise_section(prep: Prepared, table: pd.DataFrame | None) -> str:
     grouped = bool(prep.group_by)
     seeds = table["seeds"].iloc[0]
     intro = (f"<p>Measurement noise only, {N_DRAWS} draws: {esc(NOISE_MODEL)}. Seed-to-seed variation: {esc(seeds)}. "
-             "— where no checkpoint has an interval (nothing to redraw). Columns: how often the best configuration and the full ordering of configurations are the observed ones, and "
+             "— where no checkpoint has an interval (nothing to redraw). Columns: how often the best configuration and the "
+             "full ordering of configurations are the observed ones, and "
              f"Spearman ρ with {esc(prep.x)} over the draws (2.5–97.5 %), with how often it keeps its sign.</p>")
     columns = ([("group", "")] if grouped else []) + [
         ("headline metric", ""), ("series", ""), ("configurations", ""), ("checkpoints with an interval", ""),
