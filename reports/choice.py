@@ -224,8 +224,8 @@ def noise_table(prep: Prepared, lines: list[tuple[str, str, str]], n_draws: int 
     """
     low, high = prep.seeds_per_configuration
     seeds = "unknown: one seed per configuration" if high < 2 else (
-        f"measured by {low}-{high} seeds (the seed ranges and the cluster interval)" if low != high
-        else f"measured by {low} seeds (the seed ranges and the cluster interval)")
+        f"measured by {low}-{high} seeds per configuration (their ranges in the summary and the figures)" if low != high
+        else f"measured by {low} seeds per configuration (their ranges in the summary and the figures)")
     records = []
     for group, label, key in lines:
         mask = (prep.checkpoints["_group"] == group).to_numpy()
