@@ -352,3 +352,20 @@ def test_report_command_imports_outcomes_and_refuses_unknown_names(tmp_path):
     _write(pd.DataFrame({"checkpoint": ["wd0", "wd7"], "metric": "arc_err", "value": [0.3, 0.2]}), tmp_path / "bad.csv")
     bad = runner.invoke(app, ["report", str(folder), "--outcomes", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "b.html")])
     assert bad.exit_code == 2 and "no checkpoint matches 'wd7'" in bad.output
+
+
+def test_compare_sees_imported_outcomes_with_their_direction(tmp_path):
+    from plastiscope.reports import sweep_agreement
+
+    recipes = {"recipe": ["web", "code", "books"]}
+    sides = {}
+    for side, err in (("proxy", [0.30, 0.20, 0.25]), ("target", [0.28, 0.22, 0.21])):
+        folder = _folder(tmp_path / side, _sweep({"val_loss": [3.0, 3.1, 3.3]}, extra=recipes))
+        _write(pd.DataFrame({"checkpoint": list(NAMES), "metric": "arc_err", "value": err}), tmp_path / f"{side}.csv")
+        import_outcomes(folder, tmp_path / f"{side}.csv")
+        sides[side] = folder
+    table = sweep_agreement(sides["proxy"], sides["target"], key="recipe", n_resamples=50).set_index("series")
+    row = table.loc["outcome.arc_err"]
+    # lower is better (from the name): the proxy picks code (0.20), whose target error is 0.22; the target's best is books, 0.21
+    assert row["better"] == "lower" and row["proxy_top"] == "code" and row["target_best"] == "books"
+    assert row["regret"] == pytest.approx(0.01)
