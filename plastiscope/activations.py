@@ -37,6 +37,10 @@ are computed exactly without the pattern; and ``blocks.{l}.attn.keys``
 to under the layer's own mask (sliding windows included), which is also handed out beside an
 eager pattern.
 
+A pass whose consumers read both a pattern and ``blocks.{l}.attn.inputs`` runs two forwards
+per batch: the bridge's (eager) for every hook point, keys and logits, then the SDPA one for
+the queries and keys.
+
 **Failures.** With ``isolate=True`` (the runner's setting) a consumer that raises is no longer
 fed and its error is returned, while the others finish the pass: one analysis's bug does not
 fail the other analyses of a checkpoint.
@@ -407,44 +411,49 @@ def _passes(
         extra["logits_to_keep"] = 1  # nobody reads the logits: unembed the last position only
     eager = reads_attention_internals(bridge, names)  # someone reads the pattern: the bridge's own attention
     wanted = {(int(m.group(1)), m.group(2)): name for name in names if (m := _ATTENTION_NAME.match(name))}
-    if eager and any(kind == "inputs" for _, kind in wanted):
-        raise ValueError(
-            f"{checkpoint.name}: one pass cannot hand out both hook points inside attention (patterns) and "
-            f"attention inputs ({attention_inputs_name(0)!r}, ...): read them in separate passes"
-        )
+    # q and k come from the model's own attention only: beside a pattern reader, a second (SDPA) forward hands them out
+    second = {key: name for key, name in wanted.items() if key[1] == "inputs"} if eager else {}
+    first = {key: name for key, name in wanted.items() if key not in second}
     blocks = list(bridge.blocks)
-    layer_of = {id(block.attn.original_component if not eager else block.attn): layer for layer, block in enumerate(blocks)}
+    native_layer = {id(block.attn.original_component): layer for layer, block in enumerate(blocks)}
+    bridge_layer = {id(block.attn): layer for layer, block in enumerate(blocks)}
     current: list[Batch] = []
+    listening: list[dict[tuple[int, str], str]] = [first]
 
     def listen(module: torch.nn.Module, inputs: AttentionInputs) -> None:  # native attention: the layer's q, k and mask
-        layer = layer_of.get(id(module))
-        if layer is None:
-            return
-        if (layer, "keys") in wanted:
-            give(current[0], wanted[layer, "keys"], _keys_of(inputs.allowed, inputs.query.shape[0], inputs.query.shape[-2]))
-        if (layer, "inputs") in wanted:
-            give(current[0], wanted[layer, "inputs"], inputs)
+        layer, wanted_now = native_layer.get(id(module)), listening[0]
+        if (layer, "keys") in wanted_now:
+            give(current[0], wanted_now[layer, "keys"], _keys_of(inputs.allowed, inputs.query.shape[0], inputs.query.shape[-2]))
+        if (layer, "inputs") in wanted_now:
+            give(current[0], wanted_now[layer, "inputs"], inputs)
 
     def mask_hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:  # eager attention: the layer's mask
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        give(current[0], wanted[layer_of[id(module)], "keys"],
+        give(current[0], first[bridge_layer[id(module)], "keys"],
              _keys_of(_allowed(kwargs.get("attention_mask")), hidden.shape[0], hidden.shape[1]))
 
-    for batch in batches(checkpoint, data, batch_size, max_tokens, progress):
-        current[:] = [batch]
-        hooks = [(name, lambda value, hook, name=name, batch=batch: give(batch, name, value))
-                 for name in names if name != LOGITS and not _ATTENTION_NAME.match(name)]
+    def forward(batch: Batch, hook_names: Sequence[str], on_bridge: bool, attention: dict[tuple[int, str], str], **kwargs: Any) -> Any:
+        hooks = [(name, lambda value, hook, name=name: give(batch, name, value)) for name in hook_names]
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.no_grad())
             stack.enter_context(bridge.hooks(fwd_hooks=hooks))
-            if eager:
-                for layer in {layer for layer, _ in wanted}:
+            if on_bridge:
+                for layer in {layer for layer, _ in attention}:
                     stack.callback(blocks[layer].attn.register_forward_pre_hook(mask_hook, with_kwargs=True).remove)
             else:
                 stack.enter_context(native_attention(bridge))
-                token = _LISTENER.set(listen if wanted else None)
+                listening[0] = attention
+                token = _LISTENER.set(listen if attention else None)
                 stack.callback(_LISTENER.reset, token)
-            logits = bridge(batch.tokens, attention_mask=batch.mask.long(), **extra)
+            return bridge(batch.tokens, attention_mask=batch.mask.long(), **kwargs)
+
+    hook_names = [name for name in names if name != LOGITS and not _ATTENTION_NAME.match(name)]
+    last_only = {"use_cache": False} | ({"logits_to_keep": 1} if _accepts_logits_to_keep(bridge.original_model) else {})
+    for batch in batches(checkpoint, data, batch_size, max_tokens, progress):
+        current[:] = [batch]
+        logits = forward(batch, hook_names, eager, first, **extra)
+        if second:
+            forward(batch, [], False, second, **last_only)
         if wants_logits:
             give(batch, LOGITS, logits)
         del logits
