@@ -22,7 +22,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+# plain help (click's formatter): long option names and texts wrap to any terminal width instead of being cut
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0].replace("``", ""), rich_markup_mode=None,
+                  context_settings={"max_content_width": 120})
 EXIT_BAD_INPUT, EXIT_FAILURES = 2, 3
 
 
@@ -38,15 +40,16 @@ def _folder(path: Path, flag: str) -> None:
 
 
 @contextlib.contextmanager
-def _bad_input_exits() -> Iterator[None]:
-    """Bad input raised inside (a missing file, a broken checkpoint or data file, a bad value) ends the command
-    with exit code 2 and its one-line reason; anything else propagates."""
+def _bad_input_exits(*also: type[Exception]) -> Iterator[None]:
+    """Bad input raised inside (a missing file, a broken checkpoint or data file, a bad value, a missing optional
+    package) ends the command with exit code 2 and its one-line reason; so do the exceptions ``also`` names (the
+    documented one-line errors of a command); anything else propagates."""
     from plastiscope.checkpoint import CheckpointError
     from plastiscope.data import DataError
 
     try:
         yield
-    except (CheckpointError, DataError, FileNotFoundError, ValueError, KeyError) as err:
+    except (CheckpointError, DataError, FileNotFoundError, ValueError, KeyError, ImportError, *also) as err:
         _fail(err)
 
 
@@ -66,7 +69,7 @@ def main(
 ) -> None:
     """Measure the mechanisms of language-model plasticity across weight-decay sweeps."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the command never reaches a hub: checkpoints are local
-    ctx.obj = {"verbose": verbose}
+    ctx.ensure_object(dict)["verbose"] = verbose
     if threads:
         import torch
 
@@ -312,7 +315,7 @@ def report(
     """Write self-contained HTML reports (plotly embedded, opens offline)."""
     from plastiscope import reports
 
-    with _bad_input_exits():
+    with _bad_input_exits(RuntimeError):  # PNG/SVG without kaleido, or kaleido without a browser
         if (out is None) == (out_dir is None):
             raise ValueError("pass exactly one of --out FILE or --out-dir DIR")
         if out is not None and out.is_dir():
