@@ -32,7 +32,8 @@ The store keeps one parquet file ("piece") per (checkpoint content, analysis, ca
 ``RESULTS_DIR/cache/``, so a rerun after a crash or Ctrl-C recomputes nothing that is already
 done. A piece carries no identity columns (they are stamped from the sweep as it is now) but
 records, in its parquet metadata, the identity its checkpoint had when it was written.
-``metrics.parquet`` / ``metrics.csv`` hold every valid piece of the folder: running one more
+``metrics.parquet`` / ``metrics.csv`` hold every valid piece of the folder (in the CSV, text a
+spreadsheet would run as a formula starts with ``'``: :func:`spreadsheet_safe`): running one more
 analysis into a results folder adds to what is there. For a checkpoint of the current run
 (matched by content), an analysis the run requested is the run's outcome (a fresh or cached
 piece, or a row of ``failures.csv``: a piece computed earlier with other options, data or
@@ -275,9 +276,9 @@ class ResultsStore:
             parts = [p for p in parts if len(p)] or [frame]
             combined = tidy(pd.concat(parts, ignore_index=True)) if len(parts) > 1 else frame
             self._replace("metrics.parquet", lambda tmp: combined.to_parquet(tmp, index=False))
-            self._replace("metrics.csv", lambda tmp: combined.to_csv(tmp, index=False))
+            self._replace("metrics.csv", lambda tmp: spreadsheet_safe(combined).to_csv(tmp, index=False))
             if failures is not None and len(failures):
-                self._replace("failures.csv", lambda tmp: failures.to_csv(tmp, index=False))
+                self._replace("failures.csv", lambda tmp: spreadsheet_safe(failures).to_csv(tmp, index=False))
             elif (self.root / "failures.csv").exists():
                 (self.root / "failures.csv").unlink()
         return self.root / "metrics.parquet"
@@ -285,6 +286,37 @@ class ResultsStore:
     def _replace(self, name: str, writer: Any) -> None:
         """Write ``root/name`` through ``writer(tmp)`` and an atomic rename."""
         atomic_write(self.root / name, writer)
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` for a CSV file: text a spreadsheet would run as a formula gets a leading ``'``.
+
+    The OWASP rule against CSV injection: a text cell or column name starting with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return (a manifest label ``=HYPERLINK(...)``) is prefixed
+    with an apostrophe, which spreadsheets show as text. Numbers (``-0.5``), and text that is a
+    plain number, stay as they are; ``metrics.parquet`` always keeps the true values.
+    """
+    out = frame.copy()
+    for column in out.columns:
+        if not (pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_bool_dtype(out[column])):
+            out[column] = out[column].astype(object).map(_inert)
+    out.columns = [_inert(c) for c in out.columns]
+    return out
+
+
+def _inert(value: Any) -> Any:
+    if not isinstance(value, str) or not value.startswith(FORMULA_STARTS):
+        return value
+    if value[0] not in "\t\r":
+        try:
+            float(value)
+            return value  # a number written as text: a spreadsheet reads it as that number
+        except ValueError:
+            pass
+    return "'" + value
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

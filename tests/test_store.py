@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -249,3 +250,57 @@ def test_two_processes_writing_one_store(tmp_path):
                 analyses=["norm"])
     combined = load_results(tmp_path / "res")
     assert {"shared", "a", "b", "final"} <= set(combined["checkpoint"])
+
+
+# ---------------------------------------------------------------------- what lands on disk
+@pytest.fixture(scope="module")
+def two_folders(tmp_path_factory):
+    """Two saved tiny GPT-2 checkpoints (the tests write manifests beside them)."""
+    root = tmp_path_factory.mktemp("two")
+    tok = train_tokenizer(load_corpus("train", 300).texts, 300)
+    for n in (1, 2):
+        torch.manual_seed(n)
+        save(ARCHITECTURES["gpt2"](len(tok)), tok, root / f"m{n}")
+    return root
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_result_files_respect_the_umask(two_folders, probe_docs, tmp_path, umask, mode):
+    """Every file a run writes (combined results, cache pieces, memo values, run records) gets ``0o666`` less the umask,
+    as ``open()`` would give it; a temporary file's ``0o600`` never reaches the results folder."""
+    (two_folders / "manifest.csv").write_text("path,weight_decay\nm1,0.0\nm2,0.1\n")
+    from plastiscope.memo import Memo
+
+    old = os.umask(umask)
+    try:
+        analyze(two_folders / "manifest.csv", tmp_path / "res", [NORM], _docs(probe_docs), progress=False)
+        Memo(tmp_path / "res" / "cache" / "memo").get("baseline", {"n": 1}, lambda: np.arange(3.0))
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "res").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    names = {p.name for p in written}
+    assert {"metrics.parquet", "metrics.csv", "run.json"} <= names and any(p.parent.name == "cache" for p in written)
+    assert any(p.suffix == ".npy" for p in written)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: oct(mode) for p in written}
+
+
+def test_spreadsheet_formulas_in_the_csv_are_neutralised_and_parquet_keeps_true_values(two_folders, probe_docs, tmp_path):
+    """Cells a spreadsheet would run (a string starting with = + - @, a tab or a carriage return; OWASP CSV injection)
+    get a leading apostrophe in metrics.csv and failures.csv only; numbers (-0.5) and plain text stay as they are."""
+    rows = [{"path": "m1", "weight_decay": 0.0, "label": '=HYPERLINK("http://x","y")', "note": "@SUM(A1)", "shift": -0.5},
+            {"path": "m2", "weight_decay": 0.1, "label": "+cmd", "note": "-cmd", "shift": 2.0},
+            {"path": "missing", "weight_decay": 0.2, "label": "=1+1", "note": "\tx", "shift": 1.0}]
+    (two_folders / "formulas.json").write_text(json.dumps(rows))
+    results, failures = analyze(two_folders / "formulas.json", tmp_path / "res", [NORM], _docs(probe_docs), progress=False)
+    assert set(results["checkpoint"]) == {'=HYPERLINK("http://x","y")', "+cmd"}
+    with open(tmp_path / "res" / "metrics.csv", newline="") as f:
+        cells = list(csv.DictReader(f))
+    assert {(r["checkpoint"], r["note"], r["shift"]) for r in cells} == {
+        ("'=HYPERLINK(\"http://x\",\"y\")", "'@SUM(A1)", "-0.5"), ("'+cmd", "'-cmd", "2.0")}
+    assert {r["analysis"] for r in cells} == {"norm"} and all(not r["value"].startswith("'") for r in cells)
+    with open(tmp_path / "res" / "failures.csv", newline="") as f:
+        (failure,) = list(csv.DictReader(f))
+    assert failure["checkpoint"] == "'=1+1"
+    stored = pd.read_parquet(tmp_path / "res" / "metrics.parquet")
+    assert set(stored["checkpoint"]) == {'=HYPERLINK("http://x","y")', "+cmd"} and set(stored["note"]) == {"@SUM(A1)", "-cmd"}
+    assert sorted(stored["shift"].unique()) == [-0.5, 2.0]
