@@ -177,3 +177,40 @@ def test_batch_size_below_one_is_refused(tiny_sweep, probe_docs):
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match=r"batch_size=.*must be an integer >= 1"):
             run_analyses(tiny_sweep, [NORM], Inputs(data=probe_docs.subset(range(4))), batch_size=bad, progress=False)
+
+
+def test_public_api_is_discoverable_and_imported_lazily():
+    """dir(plastiscope) offers the public names; none of them is imported (nor torch) until it is used."""
+    import subprocess
+    import sys
+
+    probe = """
+import sys, plastiscope
+names = dir(plastiscope)
+assert {"analyze", "report", "Inputs", "load_documents", "Sweep", "Checkpoint"} <= set(names) and set(plastiscope.__all__) <= set(names)
+assert "torch" not in sys.modules and "plastiscope.pipeline" not in sys.modules, sorted(m for m in sys.modules if "plast" in m)
+from plastiscope.pipeline import analyze
+from plastiscope.runner import Inputs
+assert plastiscope.analyze is analyze and plastiscope.Inputs is Inputs
+print("lazy")
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "lazy" in out.stdout, out.stderr
+
+
+def test_analyze_reads_documents_given_by_path_with_their_columns(tiny_manifest, tmp_path):
+    """plastiscope.analyze(manifest, out, data={path, text_column, label_column}): the documents the run read are the
+    file's, and run.json records where they came from."""
+    import plastiscope
+    from plastiscope.data import load_documents
+
+    rows = [{"body": f"a small gloss number {i} about things", "kind": "ab"[i % 2]} for i in range(20)]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = {"path": str(tmp_path / "d.jsonl"), "text_column": "body", "label_column": "kind"}
+    results, failures = plastiscope.analyze(tiny_manifest, tmp_path / "res", [NORM], data=spec, max_docs=12, progress=False)
+    assert failures.empty and len(results) == 6
+    run = json.loads((tmp_path / "res" / "run.json").read_text())
+    assert run["config"]["data"] == spec and run["data"]["data"]["documents"] == 12
+    assert run["data"]["data"]["sha256"] == load_documents(tmp_path / "d.jsonl", "body", max_docs=12).sha256()
+    with pytest.raises(ValueError, match="not both"):
+        plastiscope.analyze(tiny_manifest, tmp_path / "res", [NORM], Inputs(), data=spec, progress=False)
