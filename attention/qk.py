@@ -31,8 +31,6 @@ on GPT-2, Llama with grouped-query attention, GPT-NeoX, OLMo-2, Gemma 2 and Mist
 
 from __future__ import annotations
 
-import math
-
 import torch
 from einops import rearrange
 
@@ -94,12 +92,20 @@ def qk_statistics(
     return out
 
 
-def scores(q: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None) -> torch.Tensor:
-    """Float32 scores ``[kv_head, group, rows, keys]`` of ``q [kv_head, group, rows, d]`` against ``k [kv_head, keys, d]``."""
-    s = torch.einsum("kgid,kjd->kgij", q.float(), k.float()).mul_(scaling)
-    if softcap is not None:
-        s = s.div_(softcap).tanh_().mul_(softcap)
-    return s
+MASKED = -1e30  # score of a key a row may not attend to: finite, so its weight is exactly 0 and 0 * log 0 stays 0
+
+
+def scores(q: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None, allowed: torch.Tensor) -> torch.Tensor:
+    """Float32 scores ``[kv_head, group * rows, keys]`` of ``q [kv_head, group, rows, d]`` against ``k [kv_head, keys, d]``,
+    :data:`MASKED` where ``allowed [rows, keys]`` is False (one fused multiply-add without softcapping)."""
+    groups = q.shape[1]
+    q = rearrange(q.float(), "kv g r d -> kv (g r) d")
+    k = k.float().transpose(-2, -1)
+    if softcap is None:
+        bias = torch.zeros(allowed.shape, device=q.device).masked_fill_(~allowed, MASKED).repeat(groups, 1)
+        return torch.baddbmm(bias, q, k, alpha=scaling)
+    s = torch.bmm(q, k).mul_(scaling / softcap).tanh_().mul_(softcap)
+    return s.masked_fill_(~allowed.repeat(groups, 1), MASKED)
 
 
 def document_qk_statistics(
@@ -119,29 +125,26 @@ def document_qk_statistics(
     qg = rearrange(q, "(kv g) n d -> kv g n d", g=groups)  # head h reads key head h // groups (repeat_kv)
     rows = {name: torch.empty(heads, n, device=q.device) for name in ("entropy", "sink", "distance", "one_hot")}
     squares = torch.zeros(heads, dtype=torch.float64, device=q.device)
+    positions = torch.arange(n, device=q.device, dtype=torch.float32)
     step = max(1, block // max(1, heads * n))  # query rows per block
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
-        s = scores(qg[:, :, i0:i1], k[:, :i1], scaling, softcap)  # [kv, g, rows, keys <= last row]
-        visible = allowed[i0:i1, :i1]
-        s.masked_fill_(~visible, -math.inf)
-        lse = torch.logsumexp(s, dim=-1, keepdim=True)
-        if not bool(torch.isfinite(lse).all()):
-            raise ValueError("the attention scores are non-finite (NaN/inf): the model's weights or inputs are broken")
-        top = s.amax(-1)
-        p = torch.exp(s - lse)  # the pattern's rows, 0 where not allowed
-        offset = (torch.arange(i0, i1, device=q.device)[:, None] - torch.arange(i1, device=q.device)[None, :]).float()  # i - j
-        flat = lambda x: rearrange(x, "kv g r -> (kv g) r")  # noqa: E731
-        rows["entropy"][:, i0:i1] = flat(lse[..., 0] - (p * s.masked_fill_(~visible, 0.0)).sum(-1))
-        rows["sink"][:, i0:i1] = flat(p[..., 0])
-        rows["distance"][:, i0:i1] = flat((p * offset).sum(-1))
-        rows["one_hot"][:, i0:i1] = flat((torch.exp(top - lse[..., 0]) > one_hot_threshold).float())
-        squares += rearrange(p.square().sum(dim=(-2, -1)), "kv g -> (kv g)").double()
-        del s, p, lse
+        log_p = torch.log_softmax(scores(qg[:, :, i0:i1], k[:, :i1], scaling, softcap, allowed[i0:i1, :i1]), dim=-1)
+        p = torch.exp(log_p)  # [kv, (g rows), keys]: the pattern's rows, exactly 0 where not allowed
+        per_row = lambda x: rearrange(x, "kv (g r) -> (kv g) r", g=groups)  # noqa: E731
+        rows["entropy"][:, i0:i1] = per_row(-torch.einsum("krj,krj->kr", p, log_p))
+        rows["sink"][:, i0:i1] = per_row(p[..., 0])
+        rows["distance"][:, i0:i1] = per_row(positions[i0:i1].repeat(groups) - p @ positions[:i1])  # sum_j p_ij (i - j)
+        rows["one_hot"][:, i0:i1] = per_row((p.amax(-1) > one_hot_threshold).float())
+        squares += per_row(torch.einsum("krj,krj->kr", p, p)).double().sum(-1)
+        del p, log_p
+    checks = torch.stack([rows["entropy"].sum(), rows["distance"].sum(), squares.sum().float()])
+    if not bool(torch.isfinite(checks).all()):
+        raise ValueError("the attention scores are non-finite (NaN/inf): the model's weights or inputs are broken")
     stats = summarize_rows(rows | {"squares": squares}, keys)
     L = n if spectral_tokens is None else min(n, spectral_tokens)
-    s = scores(qg[:, :, :L], k[:, :L], scaling, softcap).masked_fill_(~allowed[:L, :L], -math.inf)
-    block_pattern = rearrange(torch.softmax(s, dim=-1), "kv g i j -> (kv g) i j")  # the pattern's leading [L, L] block
+    block_pattern = torch.softmax(scores(qg[:, :, :L], k[:, :L], scaling, softcap, allowed[:L, :L]), dim=-1)
+    block_pattern = rearrange(block_pattern, "kv (g i) j -> (kv g) i j", g=groups)  # the pattern's leading [L, L] block
     with one_thread():
         singular_values = torch.linalg.svdvals(block_pattern)  # [head, L]
     return spectral_summary(singular_values, tol) | stats
