@@ -11,9 +11,11 @@ from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from plastiscope.cli import app
+from plastiscope.metrics import attach, write_declarations
 from plastiscope.reports import sweep_agreement, write_agreement
 from plastiscope.reports.agreement import regret_record
 from plastiscope.results import ResultsStore, tidy
+from plastiscope.runner import declarations
 
 RECIPES = ["web", "code", "books", "wiki", "math"]
 TARGET_LOSS = np.array([3.1, 2.8, 3.4, 2.9, 3.6])  # the target's validation loss per recipe: code best, math worst
@@ -29,7 +31,7 @@ def _sweep(values: dict[str, np.ndarray], seeds: int = 1, extra: dict | None = N
                 rows.append({"checkpoint": f"{name}-{recipe}-s{seed}", "weight_decay": 0.1, "recipe": recipe, "seed": seed,
                              "analysis": analyses[metric], "metric": metric, "value": v[i] + 0.01 * (seed - (seeds - 1) / 2),
                              **(extra or {})})
-    return tidy(pd.DataFrame(rows))
+    return attach(tidy(pd.DataFrame(rows)), declarations())  # what each metric means, as a run records it
 
 
 def _target(seeds: int = 2) -> pd.DataFrame:
@@ -130,6 +132,8 @@ def test_compare_command(tmp_path):
     proxy, target = tmp_path / "proxy", tmp_path / "target"
     ResultsStore(proxy).write(_proxy(-TARGET_LOSS))
     ResultsStore(target).write(_target())
+    for folder in (proxy, target):
+        write_declarations(folder, declarations())
     runner = CliRunner()
     result = runner.invoke(app, ["compare", str(proxy), str(target), "--key", "recipe", "--top-k", "2",
                                  "--out", str(tmp_path / "a.html"), "--csv", str(tmp_path / "a.csv")])
