@@ -482,10 +482,10 @@ METRICS = (
            "nats", "lower"),
     Metric("mia_auc_{score}", "Membership-inference ROC AUC separating training from validation documents by the {score} score; "
            "0.5 = no leakage, higher = more memorization.", "", "lower",
-           "Carlini et al. 2021 (Extracting Training Data from Large Language Models)", (Baseline(value=0.5, label="chance"),)),
+           "Carlini et al. 2021 (Extracting Training Data from Large Language Models)", (Baseline(value=0.5, label="chance level", side="above"),)),
     Metric("mia_tpr_at_1fpr", "Membership inference: true-positive rate at 1 % false-positive rate of telling training from "
            "validation documents by the score named in the variant; higher = more memorization.", "fraction", "lower", _LIRA,
-           (Baseline(value=0.01, label="chance (TPR = FPR)"),)),
+           (Baseline(value=0.01, label="chance level (TPR = FPR)", side="above"),)),
     Metric("exact_match_{split}", "Exact memorization ({split} documents): share of continuations reproduced token for token by "
            "greedy decoding.", "fraction", "lower", _MEMO),
     Metric("matched_prefix_{split}", "Memorization ({split} documents): mean number of continuation tokens greedy decoding "

@@ -46,6 +46,7 @@ ATTRS_KEY = "metrics"
 BETTER = ("higher", "lower", None)
 EXPECTED = ("rise", "fall")
 ROLES = ("", "outcome", "outcome_accuracy", "validation_loss")
+SIDES = ("above", "below", "apart", None)
 
 
 class DeclarationError(ValueError):
@@ -59,17 +60,28 @@ class Baseline:
     - ``value``: a constant in the metric's unit (0.5 for chance AUC, 1.0 for uniform attention);
     - ``init``: the ``init`` column of baseline rows of the same metric, task, pooling, layer
       and head (``"random"``: the random-initialisation model; ``"majority"``: the majority class);
-    - ``label``: how the page names it ("chance", "random-init model").
+    - ``label``: how the page names it, after "the" ("chance level", "random-init model");
+    - ``side``: where trained values must lie to clear it: ``"above"``, ``"below"`` or
+      ``"apart"`` (either way); None: the metric's better direction (above for "higher",
+      below for "lower", apart without one). Membership AUC is better low, yet clears chance
+      above it (leakage measured at all).
     """
 
     value: float | None = None
     init: str | None = None
     label: str = ""
+    side: str | None = None
 
     def __post_init__(self) -> None:
-        """Exactly one of ``value`` and ``init``."""
+        """Exactly one of ``value`` and ``init``; ``side`` one of :data:`SIDES`."""
         if (self.value is None) == (self.init is None):
             raise DeclarationError(f"baseline {self.label!r}: give exactly one of value (a constant) and init (baseline rows)")
+        if self.side not in SIDES:
+            raise DeclarationError(f"baseline {self.label!r}: side must be one of {SIDES}, not {self.side!r}")
+
+    def side_for(self, better: str | None) -> str:
+        """Where trained values must lie to clear this baseline, for a metric whose better direction is ``better``."""
+        return self.side or {"higher": "above", "lower": "below"}.get(better or "", "apart")
 
     @property
     def name(self) -> str:
@@ -173,7 +185,7 @@ class Metric:
             return cls(
                 name=str(data["name"]), description=str(data.get("description", "")), unit=str(data.get("unit", "")),
                 better=data.get("better"), citation=str(data.get("citation", "")),
-                baselines=tuple(Baseline(**{k: b[k] for k in ("value", "init", "label") if k in b})
+                baselines=tuple(Baseline(**{k: b[k] for k in ("value", "init", "label", "side") if k in b})
                                 for b in data.get("baselines", ())),
                 headline=None if not headline else Headline(**{k: headline[k] for k in
                                                                ("panel", "title", "expected", "source", "absent", "variant", "order")

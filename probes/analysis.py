@@ -317,9 +317,9 @@ METRICS = (
            (Baseline(init="random", label="random-init model"),)),
     Metric("selectivity_control_task", "Probe accuracy on the real task minus accuracy on a control task that gives each word type a "
            "random label (token-level tasks only, where word types repeat); high selectivity means the representation, not the probe, "
-           "carries the labels.", "fraction", "higher", _CONTROL, (Baseline(value=0.0, label="no selectivity"),)),
+           "carries the labels.", "fraction", "higher", _CONTROL, (Baseline(value=0.0, label="zero-selectivity level"),)),
     Metric("selectivity_shuffled", "Probe accuracy on the real labels minus accuracy on shuffled labels.", "fraction", "higher", _CONTROL,
-           (Baseline(value=0.0, label="no selectivity"),)),
+           (Baseline(value=0.0, label="zero-selectivity level"),)),
     Metric("mdl_codelength", "Online (prequential) codelength in bits of transmitting the labels with probes trained on growing "
            "prefixes of the data; shorter = more easily extractable.", "bits", "lower", _MDL),
     Metric("mdl_compression", "Uniform codelength divided by online codelength; higher = labels more compressible from the "

@@ -9,8 +9,9 @@ head columns.
 Per checkpoint, the trained rows are averaged over the units (layer, head) the baseline also
 has, their 95 % intervals with them (the mean of the rows' ``ci_low`` and of their
 ``ci_high``); the baseline rows likewise. A checkpoint *clears* a baseline when the two are
-apart in the metric's better direction (higher: the trained interval's low end above the
-baseline's high end; lower: the reverse; no better direction: apart either way); a constant is
+apart on the baseline's side (:meth:`plastiscope.metrics.Baseline.side_for`: declared, or the
+metric's better direction: higher, the trained interval's low end above the baseline's high
+end; lower, the reverse; no better direction, apart either way); a constant is
 an interval of zero width, and a value without an interval is its own interval. A checkpoint
 that does not clear a baseline is *indistinguishable* from it (its interval overlaps the
 baseline's or contains the constant), and the page flags it.
@@ -104,16 +105,16 @@ class Check:
                 continue
             cleared, compared = self.counts(c)
             if compared:
-                where = {"higher": "above", "lower": "below"}.get(c.better or "", "apart from")
+                where = {"apart": "apart from"}.get(c.baseline.side_for(c.better), c.baseline.side_for(c.better))
                 parts.append(f"{where} the {c.label} in {cleared} of {compared} checkpoints")
         return "; ".join(parts)
 
 
-def _direction_clear(better: str | None, low: np.ndarray, high: np.ndarray, base_low: np.ndarray, base_high: np.ndarray) -> np.ndarray:
-    """1.0 where the trained interval is apart from the baseline's in the better direction, 0.0 where not, NaN without values."""
+def _side_clear(side: str, low: np.ndarray, high: np.ndarray, base_low: np.ndarray, base_high: np.ndarray) -> np.ndarray:
+    """1.0 where the trained interval lies on ``side`` of the baseline's ("above", "below", "apart"), 0.0 where not, NaN without values."""
     above = low > base_high
     below = high < base_low
-    apart = above if better == "higher" else below if better == "lower" else (above | below)
+    apart = above if side == "above" else below if side == "below" else (above | below)
     out = np.where(apart, 1.0, 0.0)
     valid = np.isfinite(low) & np.isfinite(high) & np.isfinite(base_low) & np.isfinite(base_high)
     return np.where(valid, out, np.nan)
@@ -160,7 +161,7 @@ def compare(prep: Prepared, key: str, declaration: Metric | None) -> list[Compar
             joined = trained.merge(mine, on=["ck", "layer", "head"], suffixes=("", "_base"))
             value, low, high, base, base_low, base_high = _per_checkpoint(
                 n, joined, ("value", "low", "high", "value_base", "low_base", "high_base"))
-        cleared = _direction_clear(declaration.better, low, high, base_low, base_high)
+        cleared = _side_clear(baseline.side_for(declaration.better), low, high, base_low, base_high)
         out.append(Comparison(baseline, declaration.better, measured, value, low, high, base, base_low, base_high, cleared))
     return out
 
