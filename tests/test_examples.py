@@ -35,10 +35,21 @@ def shown_text(outputs: list) -> str:
     return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in outputs)
 
 
-def test_quickstart_notebook_executes(tiny_manifest, tmp_path, monkeypatch):
-    monkeypatch.setenv("PLASTISCOPE_MANIFEST", str(tiny_manifest))
+def test_quickstart_notebook_executes_on_a_manifest_the_demo_did_not_write(tiny_manifest, tmp_path, monkeypatch):
+    """Checkpoint folders without the demo trainer's plastiscope.json, listed by a manifest of path and weight_decay only."""
+    import shutil
+
+    sweep = tmp_path / "other-sweep"
+    lines = ["path,weight_decay"]
+    for row in pd.read_csv(tiny_manifest).itertuples():
+        folder = shutil.copytree(tiny_manifest.parent / row.path, sweep / f"model-{row.Index}")
+        (folder / "plastiscope.json").unlink()
+        lines.append(f"{folder.name},{row.weight_decay}")
+    (sweep / "manifest.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("PLASTISCOPE_MANIFEST", str(sweep / "manifest.csv"))
     outputs = execute("quickstart.ipynb", tmp_path, monkeypatch)
-    assert "figures, e.g." in shown_text(outputs)
+    text = shown_text(outputs)
+    assert "figures, e.g." in text and "model-2" in text and "tokens_per_parameter" not in text
 
 
 def test_schedules_notebook(tmp_path, monkeypatch):
