@@ -31,6 +31,8 @@ on GPT-2, Llama with grouped-query attention, GPT-NeoX, OLMo-2, Gemma 2 and Mist
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange
 
@@ -95,17 +97,21 @@ def qk_statistics(
 MASKED = -1e30  # score of a key a row may not attend to: finite, so its weight is exactly 0 and 0 * log 0 stays 0
 
 
-def scores(q: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None, allowed: torch.Tensor) -> torch.Tensor:
+def scores(
+    q: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None, allowed: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Float32 scores ``[kv_head, group * rows, keys]`` of ``q [kv_head, group, rows, d]`` against ``k [kv_head, keys, d]``,
-    :data:`MASKED` where ``allowed [rows, keys]`` is False (one fused multiply-add without softcapping)."""
+    :data:`MASKED` where ``allowed [rows, keys]`` is False (one fused multiply-add without softcapping), into ``out``."""
     groups = q.shape[1]
     q = rearrange(q.float(), "kv g r d -> kv (g r) d")
     k = k.float().transpose(-2, -1)
+    shape = (q.shape[0], q.shape[1], k.shape[-1])
+    out = torch.empty(shape, device=q.device) if out is None else out[: math.prod(shape)].view(shape)
     if softcap is None:
         bias = torch.zeros(allowed.shape, device=q.device).masked_fill_(~allowed, MASKED).repeat(groups, 1)
-        return torch.baddbmm(bias, q, k, alpha=scaling)
-    s = torch.bmm(q, k).mul_(scaling / softcap).tanh_().mul_(softcap)
-    return s.masked_fill_(~allowed.repeat(groups, 1), MASKED)
+        return torch.baddbmm(bias, q, k, alpha=scaling, out=out)
+    torch.bmm(q, k, out=out).mul_(scaling / softcap).tanh_().mul_(softcap)
+    return out.masked_fill_(~allowed.repeat(groups, 1), MASKED)
 
 
 def document_qk_statistics(
@@ -114,7 +120,7 @@ def document_qk_statistics(
 ) -> dict[str, torch.Tensor]:
     """Every metric of :data:`PATTERN_METRICS` for one document: ``q [head, n, d]``, ``k [kv_head, n, d]``,
     ``allowed [n, n]`` bool (query, key); ``{metric: [head]}`` float64. Raises for attention above the
-    diagonal, a row with no key, or non-finite scores."""
+    diagonal, a row with no key, or non-finite scores. Work memory: two float32 buffers of ``block`` elements."""
     heads, n, _ = q.shape
     if bool(allowed.triu(1).any()):
         raise ValueError("the attention mask lets queries attend to later keys: only causal attention (key j <= query i) is supported")
@@ -127,17 +133,23 @@ def document_qk_statistics(
     squares = torch.zeros(heads, dtype=torch.float64, device=q.device)
     positions = torch.arange(n, device=q.device, dtype=torch.float32)
     step = max(1, block // max(1, heads * n))  # query rows per block
+    size = heads * min(step, n) * n
+    S, P = torch.empty(size, device=q.device), torch.empty(size, device=q.device)  # reused: no allocation per block
+    per_row = lambda x: rearrange(x, "kv (g r) -> (kv g) r", g=groups)  # noqa: E731
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
-        log_p = torch.log_softmax(scores(qg[:, :, i0:i1], k[:, :i1], scaling, softcap, allowed[i0:i1, :i1]), dim=-1)
-        p = torch.exp(log_p)  # [kv, (g rows), keys]: the pattern's rows, exactly 0 where not allowed
-        per_row = lambda x: rearrange(x, "kv (g r) -> (kv g) r", g=groups)  # noqa: E731
-        rows["entropy"][:, i0:i1] = per_row(-torch.einsum("krj,krj->kr", p, log_p))
+        s = scores(qg[:, :, i0:i1], k[:, :i1], scaling, softcap, allowed[i0:i1, :i1], out=S)  # [kv, (g rows), keys]
+        p = P[: s.numel()].view(s.shape)
+        top = s.amax(-1, keepdim=True)
+        torch.sub(s, top, out=p).exp_()
+        z = p.sum(-1, keepdim=True)  # row i: sum_j exp(s_ij - max_j s_ij) >= 1
+        p.div_(z)  # the pattern's rows A_ij, exactly 0 where not allowed
+        log_p = s.sub_(top + z.log())  # log A_ij (= s_ij - lse_i)
+        rows["entropy"][:, i0:i1] = per_row(-torch.linalg.vecdot(p, log_p))
         rows["sink"][:, i0:i1] = per_row(p[..., 0])
-        rows["distance"][:, i0:i1] = per_row(positions[i0:i1].repeat(groups) - p @ positions[:i1])  # sum_j p_ij (i - j)
-        rows["one_hot"][:, i0:i1] = per_row((p.amax(-1) > one_hot_threshold).float())
-        squares += per_row(torch.einsum("krj,krj->kr", p, p)).double().sum(-1)
-        del p, log_p
+        rows["distance"][:, i0:i1] = per_row(positions[i0:i1].repeat(groups) - p @ positions[:i1])  # sum_j A_ij (i - j)
+        rows["one_hot"][:, i0:i1] = per_row((z[..., 0].reciprocal() > one_hot_threshold).float())  # max_j A_ij = 1 / z_i
+        squares += per_row(torch.linalg.vecdot(p, p)).double().sum(-1)
     checks = torch.stack([rows["entropy"].sum(), rows["distance"].sum(), squares.sum().float()])
     if not bool(torch.isfinite(checks).all()):
         raise ValueError("the attention scores are non-finite (NaN/inf): the model's weights or inputs are broken")
