@@ -46,6 +46,9 @@ class BrowserCheck:
     screenshot: Path | None = None
     first_fold_top: float = 0.0  # px from the top of the page to the first folded section, before unfolding
     summary_verdicts: int = 0  # verdict words in the summary's panels
+    panel_error_bars: int = 0  # drawn error bars (checkpoints' intervals) in the summary's panels
+    panel_dashed_lines: int = 0  # drawn dashed lines (baselines) in the summary's panels
+    baseline_notes: list[str] = field(default_factory=list)  # the verdict lines' baseline sentences
 
 
 WIDTH, HEIGHT = 1280, 900
@@ -93,6 +96,11 @@ def check_report_in_browser(path: Path, tmp_path: Path, timeout_ms: int = 90_000
             result.first_column_after = page.evaluate(first_column)
             result.sort_changed_order = after_first != result.first_column_before or result.first_column_after != after_first
             result.body_text = page.inner_text("body")
+            result.panel_error_bars = page.evaluate("document.querySelectorAll('#summary .ps-plot .errorbar path').length")
+            result.panel_dashed_lines = page.evaluate(
+                "Array.from(document.querySelectorAll('#summary .ps-plot path')).filter("
+                "p => (p.style.strokeDasharray || '').length > 0 && p.style.strokeDasharray !== 'none').length")
+            result.baseline_notes = page.evaluate("Array.from(document.querySelectorAll('#summary .ps-baseline')).map(e => e.textContent)")
             result.plot_titles = page.evaluate("() => Array.from(document.querySelectorAll('.gtitle')).map(t => t.textContent)")
         finally:
             browser.close()
@@ -139,6 +147,10 @@ def test_report_in_browser(tmp_path):
     assert_clean(check, path, expected)
     assert check.first_fold_top <= 2 * HEIGHT, f"the summary is {check.first_fold_top:.0f} px tall: more than two screens"
     assert check.summary_verdicts >= 7  # outcome (3 lines), separability, attention, overfitting, sharpness, basin
+    # every headline panel with intervals in the results draws them; the declared baselines are drawn dashed and stated
+    assert check.panel_error_bars >= 10 * 3, check.panel_error_bars  # outcome, separability, overfitting: 10 checkpoints each
+    assert check.panel_dashed_lines >= 1, check.panel_dashed_lines
+    assert any("random-init model in 10 of 10 checkpoints" in note for note in check.baseline_notes), check.baseline_notes
     assert check.sort_changed_order, (check.first_column_before, check.first_column_after)
     assert sorted(check.first_column_after) == sorted(check.first_column_before)
     # the injected name is shown as text, in the table and the title
