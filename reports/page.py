@@ -191,13 +191,19 @@ def panel_html(prep: Prepared, panel, decision: Decision, cell: str, band: str) 
             f"{cell}<p class='ps-note'>{note}</p></div>")
 
 
+def outcome_hint(prep: Prepared) -> str:
+    """How to obtain the outcome, as its declaration says (``": run the ... analysis"``); empty without a declared outcome."""
+    declared = [m for _, m in prep.declarations.with_role("outcome") if m.headline is not None and m.headline.absent]
+    return f": {declared[0].headline.absent}" if declared else ""  # type: ignore[union-attr]
+
+
 def summary_section(prep: Prepared, decision: Decision, cells: dict[str, tuple[str, str]]) -> str:
     """The opening section: best configuration, trade-off, what the design supports, one panel per mechanism."""
     if decision.best:
         best = "".join(best_html(prep, b, decision) for b in decision.best)
     else:
-        best = ("<p class='ps-best'>No downstream loss after fine-tuning in these results, so no best checkpoint after "
-                "fine-tuning: run the plasticity analysis (name it, with a downstream task as --finetune-data).</p>")
+        best = ("<p class='ps-best'>No outcome after fine-tuning in these results, so no best checkpoint after "
+                f"fine-tuning{esc(outcome_hint(prep))}.</p>")
     design = "".join(f"<li>{esc(line)}</li>" for line in decision.design)
     how = (f"Verdicts test each metric against {esc(prep.x)} across configurations (replicate seeds averaged): Spearman ρ "
            f"with a 95 % cluster bootstrap interval, permutation p within seed blocks, Holm-adjusted across every headline "
@@ -226,8 +232,8 @@ def predictors_section(prep: Prepared, stats: pd.DataFrame) -> str:
         ("configurations", "configurations with both values"), ("p", "permutation p-value (within seed blocks)"),
         ("q (BH)", "Benjamini-Hochberg across all series"), ("verdict", f"predicts where q < {ALPHA}")]
     if ranked.empty:
-        outcome = ("<p class='ps-muted' id='no-outcome'>No outcome to predict: the results have no downstream loss after "
-                   "fine-tuning (run the plasticity analysis).</p>")
+        outcome = ("<p class='ps-muted' id='no-outcome'>No outcome to predict: the results have no outcome after "
+                   f"fine-tuning{esc(outcome_hint(prep))}.</p>")
         short = ""
     else:
         outcome_key = ranked["outcome"].iloc[0]
@@ -381,9 +387,11 @@ the full list: Benjamini-Hochberg q-values (Benjamini &amp; Hochberg 1995). A ve
 (the expected direction with weight decay, or not) or <i>increases</i> / <i>decreases</i> (another numeric axis) or
 <i>differs</i> (a categorical axis) where the adjusted p is below {ALPHA}; else <i>inconclusive</i>. The report says so
 when even a perfect monotone trend could not reach that level with these configurations and seeds.</li>
-<li><b>Sharpness.</b> The raw Hessian eigenvalues and trace grow as weight decay shrinks the weights (curvature scales
-with 1/||w||², Dinh et al. 2017), so they do not compare flatness across weight decays; the headline uses the
-scale-invariant adaptive sharpness (Kwon et al. 2021; Andriushchenko et al. 2023).</li>
+<li><b>Baselines.</b> A metric's declaration names what its trained values must clear: a constant (chance, the uniform
+pattern) or a baseline model's rows (<code>init</code> "random", "majority"). Each checkpoint is compared through its
+own 95 % interval (the mean of its rows' intervals, over the layers and heads the baseline also has); one whose interval
+overlaps the baseline's, or contains the constant, is flagged as indistinguishable from it, and a headline line whose
+checkpoints do not clear a measured baseline in more than half of them is <i>inconclusive</i> whatever its trend.</li>
 <li><b>Validation loss</b> is the metric <code>val_loss</code> (analysis <code>overfit</code> first) where measured,
 else the column <code>final_val_loss</code> written by the trainer (used here: {esc(prep.loss_sources.get("val_loss") or "none")}).</li>
 </ul>"""
