@@ -11,8 +11,11 @@ class means whose strength grows with depth, so accuracy is meaningful and varie
     python benchmarks/probes.py            # 12 layers, d=768, 8k examples (~1.5 min)
     python benchmarks/probes.py --full     # the issue's size: 12 layers, d=768, 20k examples
     python benchmarks/probes.py --cv       # also time the inner-CV choice of C (batched vs loop)
+    python benchmarks/probes.py --transfer # the transferability estimators and the majority baseline
+                                           # against the probe's own evaluation (2000 x 2048 by default)
 
-Targets: speed ratio >= 10x, accuracy difference <= 1 point.
+Targets: speed ratio >= 10x, accuracy difference <= 1 point; the transferability estimators
+and baselines add a small fraction of the probe evaluation's time (reported as a ratio).
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from plastiscope.probes import fit_logistic, standardization
+from plastiscope.probes import (
+    cross_validate,
+    fit_logistic,
+    majority_scores,
+    paired_accuracy_difference,
+    standardization,
+    transfer_records,
+)
+from plastiscope.probes.evaluate import split
 
 
 def synthetic_features(n_layers: int, n: int, d: int, n_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -67,10 +78,44 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-4)
     parser.add_argument("--cv", action="store_true", help="also compare choosing C by 3-fold CV over 4 values")
     parser.add_argument("--threads", type=int, default=1, help="threads for both torch and BLAS (same for both sides)")
+    parser.add_argument("--transfer", action="store_true",
+                        help="time the transferability estimators and the majority baseline against the probe evaluation")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
-        run(args)
+        if args.transfer:
+            run_transfer(args)
+        else:
+            run(args)
+
+
+def run_transfer(args: argparse.Namespace) -> None:
+    """The extra time of ``transfer=True`` and ``majority=True`` in :func:`~plastiscope.probes.evaluate_layers`,
+    against the probe evaluation they join (default options: 5 outer folds, 3 inner folds, 4 values of C, MDL, Fisher)."""
+    n = args.examples or 2000
+    L = 2 if args.layers == 12 else args.layers  # default: 2 layers (the cost is per layer)
+    d = 2048 if args.d_model == 768 else args.d_model
+    print(f"size: {L} layers x {n} examples x d={d}, {args.classes} classes; {args.threads} thread(s)")
+    X, y = synthetic_features(L, n, d, args.classes)
+    Xt = torch.from_numpy(X)
+    start = time.perf_counter()
+    _, held = cross_validate(Xt, y, control_task=False)
+    probe_time = time.perf_counter() - start
+    start = time.perf_counter()
+    records = transfer_records(Xt, y)
+    transfer_time = time.perf_counter() - start
+    start = time.perf_counter()
+    folds = split(y, None, 5, 0)
+    _, majority = majority_scores(y, folds)
+    paired_accuracy_difference(held.correct, majority, held.fold)
+    baseline_time = time.perf_counter() - start
+    print(f"probe evaluation: {probe_time:.1f} s ({probe_time / L:.1f} s per layer)")
+    print(f"transferability estimators: {transfer_time:.1f} s ({transfer_time / L:.1f} s per layer), "
+          f"{transfer_time / probe_time:.1%} of the probe evaluation")
+    print(f"majority baseline and its paired bootstrap: {baseline_time:.2f} s, {baseline_time / probe_time:.1%} of the probe evaluation")
+    for r in records:
+        detail = {k: round(v, 4) for k, v in r.items() if k in ("shrinkage", "fit_r2")}
+        print(f"  layer {r['layer']} {r['metric']:>10} {r['value']:.4f} {detail or ''}")
 
 
 def run(args: argparse.Namespace) -> None:

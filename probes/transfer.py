@@ -42,6 +42,7 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import torch
 
 TRANSFER_METRICS = ("logme", "h_score", "rankme", "alpha_req")
@@ -228,8 +229,8 @@ def h_score(Z: np.ndarray, y: np.ndarray, shrinkage: float | None = None) -> tup
         S = centred.T @ centred / len(Z)
         S = (1 - delta) * S + delta * np.trace(S) / S.shape[0] * np.eye(S.shape[0])
     M = onehot.T @ centred / onehot.sum(0)[:, None]  # [K, d] class means minus the overall mean
-    if delta > 0 and np.trace(S) > 0:  # positive definite
-        X = np.linalg.solve(S, M.T)  # [d, K]
+    if delta > 0 and np.trace(S) > 0:  # positive definite: a Cholesky solve
+        X = scipy.linalg.solve(S, M.T, assume_a="pos", overwrite_a=True)  # [d, K]
     else:  # the plug-in covariance is singular when d >= n: its pseudo-inverse, on its range
         X = np.linalg.pinv(S, hermitian=True) @ M.T
     return float((1 - delta) * np.einsum("k,kd,dk->", share, M, X)), delta
