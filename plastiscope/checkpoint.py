@@ -214,17 +214,24 @@ class Checkpoint:
     ) -> Checkpoint:
         """An in-memory ``transformers`` causal LM or ``TransformerBridge`` and its tokenizer.
 
-        The bridge wraps the model's modules in place (TransformerBridge's design): pass a copy
-        (``copy.deepcopy(model)``) if the notebook will keep training or saving the original.
-        Non-finite parameters and a tokenizer that does not fit the embedding are refused on
-        first use, as for folders.
+        A ``transformers`` model is left exactly as it is (its modules, training mode, device,
+        dtype, ``requires_grad``, config): the bridge wraps a copy of its module tree that shares
+        its parameters (:func:`module_tree_copy`; a converted copy only where :meth:`to` asks
+        for another device or dtype). The checkpoint runs where the model's parameters are and
+        in their dtype unless :meth:`to` says otherwise. A ``TransformerBridge`` is used as it
+        is (and set to eval mode). Non-finite parameters and a tokenizer that does not fit the
+        embedding are refused on first use, as for folders.
         """
         if tokenizer is None:
             raise CheckpointError("from_model: a tokenizer is required (the one the model was trained with)")
         if weight_decay is None:
             raise CheckpointError("from_model: weight_decay is required (pass weight_decay=...)")
         name = name or hyperparameters.get("label") or f"model-{id(model):x}"
-        return cls(name, weight_decay, hyperparameters, model=model, tokenizer=tokenizer)
+        checkpoint = cls(name, weight_decay, hyperparameters, model=model, tokenizer=tokenizer)
+        first = next((p for p in model.parameters() if p.is_floating_point()), None) if hasattr(model, "parameters") else None
+        if first is not None:
+            checkpoint.device, checkpoint.dtype = str(first.device), first.dtype
+        return checkpoint
 
     def spec(self) -> CheckpointSpec:
         """What another process needs to rebuild this checkpoint (:meth:`CheckpointSpec.checkpoint`).
@@ -259,11 +266,9 @@ class Checkpoint:
             dtype = DTYPES[dtype]
         changed = (device or self.device, dtype or self.dtype, device_map) != (self.device, self.dtype, self.device_map)
         self.device, self.dtype, self.device_map = device or self.device, dtype or self.dtype, device_map
-        if changed and self._model is not None and self.device_map is None:
-            self._model = self._model.to(device=self.device, dtype=self.dtype)
-            self._bridge = None
-        elif changed:
-            self.unload()
+        if changed:
+            self._bridge = None  # rebuilt where asked on next use (an in-memory model itself never moves)
+            gc.collect()
         return self
 
     @property
@@ -302,13 +307,13 @@ class Checkpoint:
             check_finite(model, self.where, self.dtype)
             check_vocabulary(self.tokenizer, model, self.where)
             if isinstance(self._model, TransformerBridge):
-                bridge = self._model
+                bridge = self._model.to(device=self.device, dtype=self.dtype)  # a bridge is used as it is: moved if asked
             else:
-                config = self._model.config
-                if not getattr(config, "architectures", None):
-                    config.architectures = [type(self._model).__name__]
+                tree = module_tree_copy(self._model, self.device, self.dtype)
+                if not getattr(tree.config, "architectures", None):
+                    tree.config.architectures = [type(self._model).__name__]
                 bridge = TransformerBridge.boot_transformers(
-                    f"in-memory/{self.name}", hf_model=self._model, tokenizer=_bridge_tokenizer(self.tokenizer), device=self.device
+                    f"in-memory/{self.name}", hf_model=tree, tokenizer=_bridge_tokenizer(self.tokenizer), device=self.device
                 )
         else:
             model = load_model(self.path, self.dtype, self.device, self.device_map)
@@ -387,10 +392,12 @@ class Checkpoint:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False).eval()
+        device = self.device if self.device_map is None else "cpu"
+        model = model.to(device=device, dtype=self.dtype)  # ours: moved, not copied
         hyper = {**self.hyperparameters, "init": "random"}
         hyper.pop("weight_decay", None)
         baseline = Checkpoint.from_model(model, self.tokenizer, self.weight_decay, name=f"{self.name} (random init)", **hyper)
-        return baseline.to(device=self.device if self.device_map is None else "cpu", dtype=self.dtype)
+        return baseline.to(device=device, dtype=self.dtype)
 
 
 def _bridge_tokenizer(tokenizer: Any) -> Any:
@@ -400,3 +407,50 @@ def _bridge_tokenizer(tokenizer: Any) -> Any:
     if tok.bos_token is not None:
         tok.init_kwargs["add_bos_token"] = True  # stops the bridge from re-loading a BOS variant from the folder
     return tok
+
+
+def module_tree_copy(model: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A new module tree over ``model``'s tensors, for a wrapper that changes modules in place.
+
+    Every module is a shallow copy with its own children, parameter, buffer and hook tables and
+    its own training flag; the config is a deep copy. Parameters and buffers already on
+    ``device`` in ``dtype`` (floating-point ones) are the same tensors (no memory is copied;
+    tied weights stay tied); others are converted copies. So wrapping the copy (TransformerLens
+    replaces submodules with bridge components), setting it to eval mode or moving it leaves
+    ``model`` as it was.
+    """
+    target = torch.device(device)
+    config = copy.deepcopy(model.config) if hasattr(model, "config") else None
+    tensors: dict[int, Any] = {}
+    modules: dict[int, torch.nn.Module] = {}
+
+    def tensor(value: Any, parameter: bool) -> Any:
+        if value is None:
+            return None
+        if id(value) not in tensors:
+            want = dtype if value.is_floating_point() else value.dtype
+            same_device = value.device.type == target.type and target.index in (None, value.device.index)
+            if same_device and value.dtype == want:
+                tensors[id(value)] = value
+            else:
+                data = value.detach().to(device=target, dtype=want)
+                tensors[id(value)] = torch.nn.Parameter(data, requires_grad=value.requires_grad) if parameter else data
+        return tensors[id(value)]
+
+    def tree(module: torch.nn.Module) -> torch.nn.Module:
+        if id(module) in modules:
+            return modules[id(module)]
+        new = copy.copy(module)
+        modules[id(module)] = new
+        for key, value in vars(module).items():
+            if isinstance(value, (dict, list, set)):
+                vars(new)[key] = copy.copy(value)  # hook tables, sets of names: the copy's own
+            elif config is not None and value is model.config:
+                vars(new)[key] = config
+        new._parameters = {k: tensor(p, True) for k, p in module._parameters.items()}
+        new._buffers = {k: tensor(b, False) for k, b in module._buffers.items()}
+        new._modules = {k: tree(m) if m is not None else None for k, m in module._modules.items()}
+        return new
+
+    return tree(model)
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from transformers import (
@@ -267,3 +268,43 @@ def test_spec_of_in_memory_model_is_refused(tokenizer):
     ckpt = Checkpoint.from_model(model, tokenizer, weight_decay=0.1, name="mem")
     with pytest.raises(ValueError, match="in-memory model cannot be rebuilt in another process.*save_pretrained"):
         ckpt.spec()
+
+
+FAST_PROBES = dict(folds=3, inner_folds=2, Cs=[0.1, 1.0], max_examples=240, min_per_class=4)
+
+
+def _module_state(model):
+    """Everything about a model an analysis must leave alone: module classes and modes, parameters' identity,
+    device, dtype and requires_grad, the config."""
+    modules = [(name, type(m).__name__, m.training) for name, m in model.named_modules()]
+    parameters = [(name, p.device, p.dtype, p.requires_grad, p.data_ptr(), id(p)) for name, p in model.named_parameters()]
+    return modules, parameters, model.config.to_dict()
+
+
+def test_analyses_leave_an_in_memory_model_as_it_was(tokenizer, probe_docs, tmp_path):
+    """An analysis of ``from_model`` wraps a copy of the module tree (sharing the parameters), never the user's model:
+    its modules, training mode, device, dtype and requires_grad are unchanged, and the numbers equal those of the
+    same model loaded from disk."""
+    from plastiscope.attention.analysis import attention_stats
+    from plastiscope.probes import probe_sweep
+
+    torch.manual_seed(0)
+    model = ARCHITECTURES["llama"](len(tokenizer)).train()  # a notebook model left in training mode
+    for p in model.model.layers[0].parameters():
+        p.requires_grad_(False)
+    before = _module_state(model)
+    data = probe_docs.subset(range(80))
+    ckpt = Checkpoint.from_model(model, tokenizer, weight_decay=0.1, name="m")
+    attention = attention_stats(ckpt, data, progress=False, n_resamples=50)
+    probes = probe_sweep(ckpt, data, task="pos", layers=[0, 1], random_baseline=False, mdl=False, progress=False, **FAST_PROBES)
+    ckpt.to(dtype="bfloat16")
+    attention_stats(ckpt, data.subset(range(4)), progress=False, n_resamples=10)
+    assert _module_state(model) == before
+    assert model.training and model.model.embed_tokens.weight.dtype == torch.float32
+    folder = save(model, tokenizer, tmp_path / "m")
+    disk = Checkpoint.from_pretrained(folder, weight_decay=0.1, name="m")
+    columns = ["metric", "layer", "head", "value", "ci_low", "ci_high"]
+    pd.testing.assert_frame_equal(attention_stats(disk, data, progress=False, n_resamples=50)[columns], attention[columns],
+                                  check_exact=False, rtol=1e-4, atol=1e-6)
+    on_disk = probe_sweep(disk, data, task="pos", layers=[0, 1], random_baseline=False, mdl=False, progress=False, **FAST_PROBES)
+    pd.testing.assert_frame_equal(on_disk[columns], probes[columns], check_exact=False, rtol=1e-4, atol=1e-6)
