@@ -133,7 +133,9 @@ def bayesian_evidence(
     sum s2 z^2 c^2``, ``||F m - t||^2 = sum z^2 c^2 + t2 - ||z||^2`` and ``d/2 log alpha - 1/2 log|A|
     = -1/2 sum log(1 + rho s2_i)``. Where the evidence keeps growing with ``alpha`` (no linear
     signal) the iteration stops once ``rho s2_max < 1e-15``: ``L`` is then its limit to machine
-    precision. Returns ``(L, alpha, beta)``, each ``[target]`` (scalars for one target).
+    precision. Returns ``(L, alpha, beta)``, each ``[target]`` (scalars for one target); ``L`` is NaN
+    for an all-zero target or features, and where an update leaves the finite numbers (a target with
+    no component in the features' span, or one they fit with no noise at all).
     """
     s2 = np.asarray(s2, dtype=np.float64)
     z = np.asarray(z, dtype=np.float64)
@@ -174,7 +176,7 @@ def bayesian_evidence(
             alpha[index[ok]], beta[index[ok]], L[index[ok]] = new_alpha[ok], new_beta[ok], new_L[ok]
             L[index[~ok]] = np.nan
             active[index[done | ~ok]] = False
-    L = np.where(t2 > 0, L, np.nan)
+    L = np.where((t2 > 0) & (top > 0), L, np.nan)  # no evidence for an empty target or all-zero features
     if one:
         return L[0], alpha[0], beta[0]
     return L, alpha, beta
