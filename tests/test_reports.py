@@ -15,7 +15,7 @@ import pytest
 from scipy.stats import false_discovery_control, spearmanr
 from synthetic import synthetic_results
 
-from plastiscope.metrics import attach
+from plastiscope.metrics import attach, read_declarations, write_declarations
 from plastiscope.reports import association_table, figures, summary, write_report, write_reports
 from plastiscope.reports.correlate import ranked_predictors
 from plastiscope.reports.figures import make_axis
@@ -430,6 +430,7 @@ def test_report_for_20_checkpoints_24_layers_16_heads_is_under_10_mb(tmp_path):
 def _results_dir(root: Path, name: str, frame: pd.DataFrame, run_info: dict | None = None) -> Path:
     folder = root / name
     ResultsStore(folder).write(frame)
+    write_declarations(folder, read_declarations(frame))  # what each metric means, beside the results as a run writes it
     if run_info is not None:
         (folder / "run.json").write_text(json.dumps(run_info))
     return folder
