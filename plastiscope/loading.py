@@ -346,6 +346,25 @@ def _names(shapes: dict[str, tuple[Path, tuple[int, ...]]]) -> str:
     return ", ".join(files[:2]) + (f" (+{len(files) - 2} more)" if len(files) > 2 else "")
 
 
+def check_out_folder(out: str | Path, folder: str | Path) -> None:
+    """Refuse a results folder that is a checkpoint folder or lies inside one.
+
+    Results written there (``metrics.parquet``, ``run.json``, ...) would be files of the
+    checkpoint: its content hash (:func:`hashed_files`) would change on every run, and no run
+    would ever find its cached results. ``folder`` that is no model folder (no ``config.json``:
+    a sweep folder, a manifest) is no objection.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return
+    out_abs, folder_abs = Path(out).resolve(), folder.resolve()
+    if out_abs == folder_abs or out_abs.is_relative_to(folder_abs):
+        raise CheckpointError(
+            f"{out}: the results folder is inside the checkpoint folder {folder} (its files would change the checkpoint's "
+            f"content hash on every run); pass a results folder (--out) outside the checkpoint folders"
+        )
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """``config.json`` of ``path`` as a dict; a clear error when it is not a JSON object."""
     file = path / "config.json"

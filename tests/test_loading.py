@@ -423,3 +423,17 @@ def test_a_context_that_leaves_no_text_token_is_refused(llama, tokenizer, tmp_pa
     _set_config(llama, **{field: 1})
     with pytest.raises(CheckpointError, match=rf"config.json: {field}=1 leaves no text token after BOS"):
         Checkpoint.from_pretrained(llama, weight_decay=0.0)
+
+
+def test_a_results_folder_inside_a_checkpoint_folder_is_refused(llama, tmp_path):
+    """Results written into a checkpoint folder would change its content hash on every run: refused before anything runs."""
+    from plastiscope.loading import check_out_folder
+    from plastiscope.pipeline import analyze
+
+    (tmp_path / "manifest.csv").write_text("path,weight_decay\nllama,0.0\n")
+    for out in (llama, llama / "results", llama / "a" / ".." / "results"):
+        with pytest.raises(CheckpointError, match=rf"{out}: the results folder is inside the checkpoint folder .*llama"):
+            analyze(tmp_path / "manifest.csv", out, ["attention_weights"], progress=False)
+    assert not (llama / "results").exists() and not (llama / "run.json").exists()
+    check_out_folder(tmp_path / "results", llama)  # beside it: fine
+    check_out_folder(tmp_path / "results", tmp_path)  # a sweep folder, no model folder itself: fine
