@@ -484,16 +484,22 @@ def run_one(
     batch_size: int = 16,
     progress: bool = True,
     executor: str | Executor | None = None,
+    check: Callable[[dict[str, Any]], Any] | None = None,
 ) -> pd.DataFrame:
     """One analysis over a sweep, for the notebook functions (``probes``, ``attention``, ...), on ``executor``
-    (:func:`executor_named`; default in this process).
+    (:func:`executor_named`; default in this process). ``options`` are validated once by the analysis's
+    table; ``check``, if given, is called with the validated options before any model loads (a check
+    against the documents, say).
 
     Checkpoints that fail are reported by a warning (and kept as records in ``frame.attrs["failures"]``);
     if every checkpoint fails, the errors are raised.
     """
     if store is not None and not isinstance(store, ResultsStore):
         store = ResultsStore(store)
-    results, failures = run_analyses(sweep, [analysis], inputs, {analysis.name: options}, store, batch_size, progress, executor)
+    job = plan([analysis], inputs, {analysis.name: options}, batch_size, progress)
+    if check is not None:
+        check(job.options[analysis.name])
+    results, failures = drive(sweep, job, store, executor_named(executor), progress)
     if len(failures):
         lines = "; ".join(f"{r.checkpoint}: {r.error}" for r in failures.itertuples())
         if results.empty:
