@@ -180,3 +180,13 @@ def test_majority_class_rows_and_constants_are_baselines_too():
     np.testing.assert_array_equal(chance.cleared[prep.has_x], (values[prep.has_x] > 0.5).astype(float))  # leakage: above chance
     assert (chance.cleared[prep.has_x] == 0).sum() == 3
     assert chance.baseline.value == 0.5 and "above the chance level in 9 of 12 checkpoints" in auc.sentence()
+
+
+def test_a_notebook_frame_carries_the_declarations(tiny_sweep):
+    from plastiscope.attention import weight_stats
+
+    frame = weight_stats(tiny_sweep, progress=False)
+    assert read_declarations(frame) == declarations()
+    prep = prepare(frame)
+    assert prep.declarations.lookup("qk_effective_rank", "attention_weights").headline.panel == "attention"
+    assert [s.analysis for s in prep.series] == ["attention_weights"] * len(prep.series)
