@@ -3,11 +3,12 @@
 :func:`quiet` scopes the silencing to the block it wraps (a run of the driver), with the public
 switches of the libraries (``transformers.utils.logging.set_verbosity_error`` and
 ``disable_progress_bar``, :func:`warnings.catch_warnings`) and restores them afterwards: importing
-plastiscope changes no process-wide state. Inside the block our own warnings (raised from
-plastiscope's files, or logged as warnings on the ``plastiscope`` logger) are collected and, at
-the end, each distinct one is emitted once per run, with the checkpoints it concerned, rather
-than once per checkpoint. :func:`progress` draws a bar on a terminal or in a notebook, and
-prints plain lines where stderr is a file or a pipe (a log has no use for escape codes).
+plastiscope changes no process-wide state. Inside the block our own warnings (any warning not
+raised from a library's files nor a deprecation notice, and the ``plastiscope`` logger's
+warnings) are collected and, at the end, each distinct one is emitted once per run, with the
+checkpoints it concerned, rather than once per checkpoint. :class:`Progress` draws a bar on a
+terminal or in a notebook, and prints plain lines where stderr is a file or a pipe (a log has no
+use for escape codes).
 """
 
 from __future__ import annotations
@@ -47,23 +48,29 @@ class Notes:
         self.items += list(notes)
 
 
-def _our_roots() -> list[Path]:
-    """Folders of plastiscope's loaded modules (the core and the analysis packages)."""
-    roots = set()
-    for name, module in list(sys.modules.items()):
-        if (name == "plastiscope" or name.startswith("plastiscope.")) and getattr(module, "__file__", None):
-            roots.add(Path(module.__file__).resolve().parent)
-    return sorted(roots)
+LIBRARIES = ("torch", "transformers", "transformer_lens", "huggingface_hub", "accelerate", "peft", "safetensors", "tokenizers",
+             "sklearn", "scipy", "numpy", "pandas", "pyarrow", "einops", "tqdm")
 
 
-def _is_ours(message: warnings.WarningMessage, roots: Sequence[Path]) -> bool:
+def _library_roots() -> list[Path]:
+    """Folders of the loaded libraries whose warnings are theirs, not ours."""
+    roots = []
+    for name in LIBRARIES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            roots.append(Path(module.__file__).resolve().parent)
+    return roots
+
+
+def _is_library(message: warnings.WarningMessage, roots: Sequence[Path]) -> bool:
+    """A warning of a library (raised from its files, or a deprecation notice), silenced unless verbose."""
     if issubclass(message.category, LIBRARY_CATEGORIES):
-        return False
+        return True
     try:
         where = Path(message.filename).resolve()
     except (OSError, ValueError):
-        return False
-    return any(where.is_relative_to(root) for root in roots)
+        return True
+    return not where.is_file() or any(where.is_relative_to(root) for root in roots)
 
 
 class _Collect(logging.Filter):
@@ -95,12 +102,12 @@ def quiet(verbose: bool = False, names: Sequence[str] = (), emit: bool = True) -
     restore = _silence_transformers()
     collect = _Collect(notes)
     log.addFilter(collect)
-    roots = _our_roots()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             yield notes
-        notes.items[:0] = [Note("warning", w.category, str(w.message)) for w in caught if _is_ours(w, roots)]
+        roots = _library_roots()  # after the block: the libraries it imported count too
+        notes.items[:0] = [Note("warning", w.category, str(w.message)) for w in caught if not _is_library(w, roots)]
     finally:
         log.removeFilter(collect)
         restore()
