@@ -296,6 +296,16 @@ def _register() -> None:
         _REGISTERED = True
 
 
+def use_fused_attention(model: Any) -> Any:
+    """Set a plain ``transformers`` model (no bridge inside, e.g. :func:`plastiscope.training.trainable_copy`'s)
+    to the fused attention function :data:`ATTENTION_IMPLEMENTATION` (SDPA; the exact softmax under logit
+    softcapping); return it. For training and evaluation that read no pattern; not for double backward
+    (Hessian-vector products), which SDPA's CPU kernel lacks."""
+    _register()
+    model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
+    return model
+
+
 @contextlib.contextmanager
 def native_attention(model: Any) -> Iterator[None]:
     """Run ``model``'s attention on its own ``transformers`` modules with fused SDPA, then put the bridge's back.
