@@ -7,14 +7,15 @@ of a baseline model in the same series (``init="random"``: a randomly initialise
 head columns.
 
 Per checkpoint, the trained rows are averaged over the units (layer, head) the baseline also
-has, their 95 % intervals with them (the mean of the rows' ``ci_low`` and of their
-``ci_high``); the baseline rows likewise. A checkpoint *clears* a baseline when the two are
-apart on the baseline's side (:meth:`plastiscope.metrics.Baseline.side_for`: declared, or the
-metric's better direction: higher, the trained interval's low end above the baseline's high
-end; lower, the reverse; no better direction, apart either way); a constant is
-an interval of zero width, and a value without an interval is its own interval. A checkpoint
-that does not clear a baseline is *indistinguishable* from it (its interval overlaps the
-baseline's or contains the constant), and the page flags it.
+has (every unit when the baseline's rows have no layer or head), their 95 % intervals with them
+(the mean of the rows' ``ci_low`` and of their ``ci_high``); the baseline rows likewise. A
+checkpoint *clears* a baseline when the two are apart on the baseline's side
+(:meth:`plastiscope.metrics.Baseline.side_for`: declared, or the metric's better direction:
+higher, the trained interval's low end above the baseline's high end; lower, the reverse; no
+better direction, apart either way); a constant is an interval of zero width, and a value
+without an interval is its own interval. A checkpoint that does not clear a baseline is
+*indistinguishable* from it (its interval overlaps the baseline's or contains the constant),
+and the page flags it.
 
 A line of the report (a series in one group) *clears* its baselines when more than half of its
 checkpoints clear every baseline that was measured: a mechanism whose metric does not clear its
@@ -158,7 +159,9 @@ def compare(prep: Prepared, key: str, declaration: Metric | None) -> list[Compar
         else:
             mine = _unit_means(prep, key, rows.baseline & (rows.baseline_label == baseline.init))
             measured = len(mine) > 0
-            joined = trained.merge(mine, on=["ck", "layer", "head"], suffixes=("", "_base"))
+            whole = len(mine) > 0 and bool((mine["layer"] == -1).all() and (mine["head"] == -1).all())
+            joined = (trained.merge(mine.drop(columns=["layer", "head"]), on="ck", suffixes=("", "_base")) if whole  # one row: all units
+                      else trained.merge(mine, on=["ck", "layer", "head"], suffixes=("", "_base")))
             value, low, high, base, base_low, base_high = _per_checkpoint(
                 n, joined, ("value", "low", "high", "value_base", "low_base", "high_base"))
         cleared = _side_clear(baseline.side_for(declaration.better), low, high, base_low, base_high)

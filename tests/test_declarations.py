@@ -190,3 +190,15 @@ def test_a_notebook_frame_carries_the_declarations(tiny_sweep):
     prep = prepare(frame)
     assert prep.declarations.lookup("qk_effective_rank", "attention_weights").headline.panel == "attention"
     assert [s.analysis for s in prep.series] == ["attention_weights"] * len(prep.series)
+
+
+def test_a_baseline_without_layers_is_compared_with_every_layer():
+    frame = synthetic_results(n_checkpoints=4, n_layers=3, n_heads=2)
+    accuracy = frame[(frame["metric"] == "accuracy") & (frame["init"] == "trained") & (frame["task"] == "pos")]
+    one = accuracy.drop_duplicates("checkpoint").assign(init="majority", layer=pd.NA, ci_low=0.74, ci_high=0.76, value=0.75)
+    prep = prepare(attach(pd.concat([frame, one], ignore_index=True), declarations()))
+    majority = next(c for c in check(prep, ACCURACY).comparisons if c.label == "majority class")
+    for i, name in enumerate(prep.checkpoints["checkpoint"]):  # reference: the mean over all layers of ci_low against 0.76
+        low = accuracy.loc[accuracy["checkpoint"] == name, "ci_low"].mean()
+        assert majority.cleared[i] == float(low > 0.76), name
+    assert 0 < np.nansum(majority.cleared) < 4  # the rising trend crosses the baseline: a comparison that can fail
