@@ -70,8 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true", help="the issue's size: 20k examples")
     parser.add_argument("--examples", type=int, default=None)
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--d-model", type=int, default=768)
+    parser.add_argument("--layers", type=int, default=None, help="default 12 (2 with --transfer: its cost is per layer)")
+    parser.add_argument("--d-model", type=int, default=None, help="default 768 (2048 with --transfer)")
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--C", type=float, default=1.0)
     parser.add_argument("--max-iter", type=int, default=1000)
@@ -93,8 +93,7 @@ def run_transfer(args: argparse.Namespace) -> None:
     """The extra time of ``transfer=True`` and ``majority=True`` in :func:`~plastiscope.probes.evaluate_layers`,
     against the probe evaluation they join (default options: 5 outer folds, 3 inner folds, 4 values of C, MDL, Fisher)."""
     n = args.examples or 2000
-    L = 2 if args.layers == 12 else args.layers  # default: 2 layers (the cost is per layer)
-    d = 2048 if args.d_model == 768 else args.d_model
+    L, d = args.layers or 2, args.d_model or 2048
     print(f"size: {L} layers x {n} examples x d={d}, {args.classes} classes; {args.threads} thread(s)")
     X, y = synthetic_features(L, n, d, args.classes)
     Xt = torch.from_numpy(X)
@@ -120,7 +119,7 @@ def run_transfer(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     n = args.examples or (20000 if args.full else 8000)
-    L, d, K = args.layers, args.d_model, args.classes
+    L, d, K = args.layers or 12, args.d_model or 768, args.classes
     print(f"size: {L} layers x {n} examples x d={d}, {K} classes; C={args.C}, tol={args.tol}, max_iter={args.max_iter}; "
           f"{args.threads} thread(s) for torch and BLAS")
     X, y = synthetic_features(L, n, d, K)

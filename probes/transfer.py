@@ -46,7 +46,7 @@ import scipy.linalg
 import torch
 
 TRANSFER_METRICS = ("logme", "h_score", "rankme", "alpha_req")
-RANKME_EPS = 1e-7  # Garrido et al. (2023), eq. 1
+RANKME_EPS = 1e-7  # the epsilon of Garrido et al. (2023)
 
 
 def gram(F: np.ndarray) -> np.ndarray:
@@ -96,8 +96,8 @@ def ledoit_wolf_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
     The estimate of :func:`sklearn.covariance.ledoit_wolf` (``assume_centered=True``) with one
     ``d x d`` product instead of three: ``S = X^T X / n``, ``mu = tr(S) / d``, the intensity
     ``delta = min(b, c) / c`` with ``c = ||S - mu I||_F^2 / d`` and
-    ``b = (sum_i ||x_i||^4 / n - ||S||_F^2) / (d n)`` (their Lemma 3.2, ``sum_i ||x_i x_i^T - S||^2
-    = sum_i ||x_i||^4 - n ||S||^2``).
+    ``b = (sum_i ||x_i||^4 / n - ||S||_F^2) / (d n)``: their ``b^2 = 1/n^2 sum_i ||x_i x_i^T - S||^2 / d``,
+    with ``sum_i ||x_i x_i^T - S||^2 = sum_i ||x_i||^4 - n ||S||^2`` in place of the products of squares.
     """
     X = np.asarray(centred, dtype=np.float64)
     n, d = X.shape
@@ -117,7 +117,7 @@ def bayesian_evidence(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Maximised log evidence of ``t = F m + noise``, from the SVD of ``F [n, d]``; several targets at once.
 
-    Model (You et al. 2021, sec. 4.2): ``m ~ N(0, alpha^-1 I_d)``, ``t | F, m ~ N(F m, beta^-1 I_n)``;
+    Model (You et al. 2021): ``m ~ N(0, alpha^-1 I_d)``, ``t | F, m ~ N(F m, beta^-1 I_n)``;
     log evidence ``L = n/2 log beta + d/2 log alpha - n/2 log 2 pi - beta/2 ||F m - t||^2
     - alpha/2 ||m||^2 - 1/2 log|A|`` with ``A = alpha I + beta F^T F`` and ``m = beta A^-1 F^T t``
     the posterior mean. ``alpha`` and ``beta`` start at 1 and follow the paper's fixed point
@@ -212,7 +212,7 @@ def h_score(Z: np.ndarray, y: np.ndarray, shrinkage: float | None = None) -> tup
         H = tr(S_delta^-1 (1 - delta) S_B)
 
     Bao et al.'s H-score is ``tr(cov(f)^-1 cov(E[f|y]))``; its plug-in estimate is unstable when
-    ``d`` approaches ``n``, so, as Ibrahim et al. (2022, sec. 4) recommend, ``cov(f)`` is replaced by
+    ``d`` approaches ``n``, so, as Ibrahim et al. (2022) recommend, ``cov(f)`` is replaced by
     its Ledoit & Wolf (2004) shrinkage estimate (intensity ``delta``,
     :func:`ledoit_wolf_covariance`) and ``cov(E[f|y])`` scaled by the same ``1 - delta``.
     ``shrinkage``: a fixed ``delta`` instead (0: Bao et al.'s plug-in, computed on the range of
@@ -239,7 +239,7 @@ def h_score(Z: np.ndarray, y: np.ndarray, shrinkage: float | None = None) -> tup
 
 
 def rankme(singular_values: np.ndarray, eps: float = RANKME_EPS) -> float:
-    """RankMe (Garrido et al. 2023, eq. 1): ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / ||s||_1 + eps``.
+    """RankMe (Garrido et al. 2023): ``exp(-sum_k p_k log p_k)``, ``p_k = s_k / ||s||_1 + eps``.
 
     ``singular_values [k]``: of the feature matrix ``[n, d]`` (all ``min(n, d)`` of them; the
     zero ones add ``eps`` terms, as in the paper). Between about 1 (one direction) and
