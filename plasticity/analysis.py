@@ -33,6 +33,29 @@ percentile bootstrap over evaluation documents):
   mean per-document loss on the selection part after fine-tuning at that learning rate, the
   number the learning rate was chosen by (NaN when training diverged); ``n``: selection documents.
 
+**Prompt/response tasks** (documents with ``prompt`` and ``response`` fields, or chat
+``messages``: supervised fine-tuning data, recognised without further options; sequences as
+:mod:`plastiscope.downstream` builds them, through the tokenizer's chat template when it has
+one). The loss, in training and in every row, is on the response tokens only (the prompt is
+context), and the fine-tuned copy is also scored by generation. Rows, in this order:
+
+- **Primary outcome.** ``response_loss_after`` (nats; lower = better): mean over evaluation
+  documents of each document's mean cross-entropy on its response tokens, equal to
+  ``transformers``' ``labels=`` loss with the prompt's labels at -100.
+  ``generative_accuracy_after`` (higher = better): the share of evaluation prompts whose greedy
+  continuation (``max_new_tokens`` tokens, stopped at EOS) states the reference answer: exact
+  match after :func:`plastiscope.downstream.normalize_answer` (the text after the last
+  ``####``/``answer is`` marker, else the first line; lowercased, whitespace and trailing
+  punctuation stripped, numbers written canonically), as GSM8K is scored (Cobbe et al. 2021,
+  arXiv 2110.14168). ``generative_score_after``: the mean of the user's ``scorer(prediction,
+  reference) -> float`` (Python API option ``scorer``), when given.
+- ``response_loss_before`` / ``generative_accuracy_before`` / ``generative_score_before``: the
+  same, before fine-tuning.
+- ``plasticity_gain`` = ``response_loss_before - response_loss_after``; ``finetune_displacement``
+  and ``downstream_selection_loss`` (the response loss on the selection part) as above.
+
+Every row also carries ``finetune_method`` (``full`` or ``lora``), a detail column.
+
 The task's documents are shuffled with ``seed`` and split into ``eval_docs`` evaluation,
 ``select_docs`` selection and up to ``train_docs`` fine-tuning documents (disjoint).
 
@@ -42,6 +65,19 @@ masked out of the loss, AdamW with betas (0.9, 0.95), weight decay ``finetune_we
 clipped at 1, a constant learning rate. The copy keeps float32 master weights on the
 checkpoint's device; a checkpoint run in bfloat16 or float16 fine-tunes, and its fine-tuned copy
 is evaluated, under autocast to that dtype, so before and after are measured in one precision.
+
+``method="lora"`` trains low-rank adapters (Hu et al. 2021, arXiv 2106.09685; ``peft``'s
+``LoraConfig``: ``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``,
+default every linear layer but the output) on a frozen copy kept in the checkpoint's dtype,
+adapters in float32; its displacement is that of the merged weights.
+``gradient_checkpointing=true`` recomputes each layer's activations in the backward pass.
+**Before fine-tuning**, the memory it needs on the checkpoint's device is estimated
+(:mod:`plastiscope.plasticity.memory`: weights, gradients and AdamW state of the trainable
+parameters, activations at the batch and the longest fine-tuning document, the evaluation
+after) and compared with the device's free memory (or ``memory_limit_gb``): a run that would not
+fit is refused, naming the settings that would (LoRA, gradient checkpointing, a smaller batch),
+instead of running out of memory halfway through a sweep. One fine-tuned copy is alive at a
+time: a learning rate's copy is evaluated as soon as its selection loss is the best so far.
 """
 
 from __future__ import annotations
@@ -430,10 +466,13 @@ def plasticity(
     """Fine-tune every checkpoint on ``finetune_data`` and measure it after and before (tidy results frame).
 
     The outcome to rank checkpoints by is ``downstream_loss_after`` (lower is better) and, for a
-    labelled task, ``downstream_accuracy_after`` (higher is better); the module docstring lists
-    every row. ``finetune_data``: the downstream task's documents (anything
-    :func:`plastiscope.load_documents` reads); ``label_column`` makes it a labelled task (accuracy
-    is reported). ``options``: see :data:`OPTIONS`.
+    labelled task, ``downstream_accuracy_after`` (higher is better); for a prompt/response task
+    (``prompt``/``response`` or ``messages`` fields) ``response_loss_after`` and
+    ``generative_accuracy_after``; the module docstring lists every row. ``finetune_data``: the
+    downstream task's documents (anything :func:`plastiscope.load_documents` reads);
+    ``label_column`` makes it a labelled task (accuracy is reported). ``options``: see
+    :data:`OPTIONS`, e.g. ``method="lora"``, ``gradient_checkpointing=True``,
+    ``scorer=lambda prediction, reference: ...``.
     """
     docs = load_documents(finetune_data, label_column=label_column)
     return run_one(sweep, ANALYSIS, Inputs(finetune_data=docs), {"label_column": label_column, **options}, store,
