@@ -482,7 +482,8 @@ METRICS = (
            "nats", "lower"),
     Metric("mia_auc_{score}", "Membership-inference ROC AUC separating training from validation documents by the {score} score; "
            "0.5 = no leakage, higher = more memorization.", "", "lower",
-           "Carlini et al. 2021 (Extracting Training Data from Large Language Models)", (Baseline(value=0.5, label="chance level", side="above"),)),
+           "Carlini et al. 2021 (Extracting Training Data from Large Language Models)",
+           (Baseline(value=0.5, label="chance level", side="above"),)),
     Metric("mia_tpr_at_1fpr", "Membership inference: true-positive rate at 1 % false-positive rate of telling training from "
            "validation documents by the score named in the variant; higher = more memorization.", "fraction", "lower", _LIRA,
            (Baseline(value=0.01, label="chance level (TPR = FPR)", side="above"),)),
