@@ -24,6 +24,7 @@ tasks are kept. An exception inside an analysis (bad input) is not retried: it i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,12 +94,13 @@ class Ray:
             return
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, **dict(self.init_kwargs))
-        task = ray.remote(run_spec)
+        task = ray.remote(_task)
+        inputs = ray.put(work[0][1].inputs)  # the documents travel once, not once per task
         pending = {}
         for index, (checkpoint, job) in enumerate(work):
             options = {"num_cpus": self.num_cpus, "num_gpus": self.gpus(checkpoint), "max_retries": self.max_retries,
                        "retry_exceptions": False, **({"memory": self.memory} if self.memory else {})}
-            pending[task.options(**options).remote(checkpoint.spec(), job)] = index
+            pending[task.options(**options).remote(checkpoint.spec(), dataclasses.replace(job, inputs=Inputs()), inputs)] = index
         while pending:
             (ref,), _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(ref)
@@ -107,6 +109,11 @@ class Ray:
             except Exception as err:  # the worker died twice (killed, out of memory)
                 outcome = Outcome(failures=[failure_row(work[index][0], "*", f"{type(err).__name__}: {str(err).splitlines()[0]}")])
             yield index, outcome
+
+
+def _task(spec: Any, job: Job, inputs: Inputs) -> Outcome:
+    """Body of one Ray task: the job with its documents (a Ray object shared by every task), on the checkpoint of ``spec``."""
+    return run_spec(spec, dataclasses.replace(job, inputs=inputs))
 
 
 def run_analyses_ray(
