@@ -276,6 +276,9 @@ def check_folder(path: Path) -> None:
         )
     if not (path / "config.json").exists():
         raise CheckpointError(f"{path}: not a model folder (no config.json); save the model with model.save_pretrained()")
+    for entry in path.iterdir():
+        if not entry.name.startswith(".") and entry.exists() and not entry.is_dir():
+            check_regular(entry)  # a pipe would block a reader, a device feed it for ever
     check_context(read_config(path), path / "config.json")
     weight_files(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
@@ -309,7 +312,8 @@ def check_config_fits_weights(path: Path, config: Any) -> None:
     from transformers import AutoModelForCausalLM
 
     file = path / "config.json"
-    shapes = {name: (weights, shape) for weights, names in weight_shapes(path).items() for name, shape in names.items()}
+    shapes = {name: (weights, shape) for weights, names in weight_headers(path).items() for name, (_, shape) in names.items()}
+    dtypes = {name: (weights, dtype) for weights, names in weight_headers(path).items() for name, (dtype, _) in names.items()}
     blocks = {int(m.group(1)) for name in shapes if (m := LAYER_NAME.search(name))}
     layers = getattr(config, "num_hidden_layers", None)
     if blocks and isinstance(layers, int) and layers != max(blocks) + 1:
@@ -324,6 +328,14 @@ def check_config_fits_weights(path: Path, config: Any) -> None:
     except Exception as err:
         raise CheckpointError(f"{file}: no model can be built from it ({type(err).__name__}: {str(err)[:200]}); restore it") from None
     sizes = {k: v for k, v in config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
+    floating = {name for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    for name in sorted(floating & set(dtypes)):
+        weights, dtype = dtypes[name]
+        if not dtype.startswith(("F", "BF")):
+            raise CheckpointError(
+                f"{weights}: {name} is stored as {dtype}, not a floating-point type, for a floating-point parameter (transformers would "
+                f"cast it without a word); quantized or corrupt weights are not loaded: re-save the model in float precision"
+            )
     state = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items() if name in shapes}
     fitting = {size for name, shape in state.items() if shape == shapes[name][1] for size in shape}
     for name, shape in state.items():
@@ -365,9 +377,19 @@ def check_out_folder(out: str | Path, folder: str | Path) -> None:
         )
 
 
+def check_regular(file: Path) -> None:
+    """Refuse a file (or the target of a link) that is not a regular file: a named pipe, a device, a socket."""
+    if file.exists() and not file.is_file():
+        raise CheckpointError(
+            f"{file}: not a regular file (a pipe, device or socket{', linked' if file.is_symlink() else ''}); a checkpoint's "
+            f"files are plain files: re-copy the checkpoint"
+        )
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """``config.json`` of ``path`` as a dict; a clear error when it is not a JSON object."""
     file = path / "config.json"
+    check_regular(file)
     try:
         data = json.loads(file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -388,16 +410,17 @@ def weight_files(path: Path) -> list[Path]:
     weights and does not make a folder loadable; pickles (``pytorch_model.bin``, ``*.pt``) are
     never loaded.
     """
-    return list(weight_shapes(path))
+    return list(weight_headers(path))
 
 
-def weight_shapes(path: Path) -> dict[Path, dict[str, tuple[int, ...]]]:
-    """The shapes of every tensor of the weights ``transformers`` loads (:func:`weight_files`), by file and
-    tensor name, read from the safetensors headers alone (no tensor is read)."""
+def weight_headers(path: Path) -> dict[Path, dict[str, tuple[str, tuple[int, ...]]]]:
+    """``(dtype, shape)`` of every tensor of the weights ``transformers`` loads (:func:`weight_files`), by file
+    and tensor name (dtype as safetensors writes it: ``F32``, ``BF16``, ``I64``), from the headers alone."""
     index, single = path / WEIGHTS_INDEX, path / WEIGHTS
     if single.exists() or single.is_symlink():
-        return {single: safetensors_shapes(single)}
+        return {single: safetensors_header(single)}
     if index.exists():
+        check_regular(index)
         try:
             weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -411,7 +434,7 @@ def weight_shapes(path: Path) -> dict[Path, dict[str, tuple[int, ...]]]:
         missing = [s for s in shards if not (path / s).exists()]
         if missing:
             raise CheckpointError(f"{index}: {len(missing)} shard(s) it names are missing: {_few(missing)}; copy them into {path}")
-        shapes = {path / shard: safetensors_shapes(path / shard) for shard in shards}
+        shapes = {path / shard: safetensors_header(path / shard) for shard in shards}
         found = set().union(*(set(names) for names in shapes.values()))
         absent = sorted(set(weight_map) - found)
         if absent:
@@ -435,16 +458,17 @@ def weight_shapes(path: Path) -> dict[Path, dict[str, tuple[int, ...]]]:
     )
 
 
-def safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
-    """The shape of each tensor in a safetensors file, from its header alone; a truncated or corrupt file
-    (header length, JSON, offsets against the file's size, a header over 100 MB) is refused naming it."""
+def safetensors_header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``(dtype, shape)`` of each tensor in a safetensors file, from its header alone; a truncated or corrupt
+    file (header length, JSON, offsets against the file's size, a header over 100 MB) is refused naming it."""
     from safetensors import safe_open
 
     if not file.exists():
         raise CheckpointError(f"{file}: a link to a missing file (an incomplete download?); download or copy the checkpoint again")
+    check_regular(file)
     try:
         with safe_open(str(file), framework="pt") as f:
-            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+            return {name: (f.get_slice(name).get_dtype(), tuple(f.get_slice(name).get_shape())) for name in f.keys()}
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({reason}); re-copy or re-save the checkpoint") from None
@@ -481,6 +505,7 @@ def read_hyperparameters(path: Path) -> dict[str, Any]:
             file = folder / name
             if not file.exists():
                 continue
+            check_regular(file)
             try:
                 data = json.loads(file.read_bytes().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as err:

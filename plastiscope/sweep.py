@@ -30,6 +30,17 @@ class Sweep(Sequence[Checkpoint]):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise CheckpointError(f"several checkpoints are named {dupes}; give each a distinct label (a 'label' column)")
+        folders: dict[Path, str] = {}
+        for c in self.checkpoints:
+            if c.path is None:
+                continue
+            folder = Path(c.path).resolve()
+            if folder in folders:
+                raise CheckpointError(
+                    f"checkpoints {folders[folder]!r} and {c.name!r} are the same checkpoint folder {folder} (one model at two "
+                    f"sets of hyperparameters); list each checkpoint once"
+                )
+            folders[folder] = c.name
 
     def __len__(self) -> int:
         return len(self.checkpoints)

@@ -54,17 +54,25 @@ def hub(tmp_path_factory):
 
 def test_sweep_of_step_revisions_loads_offline(hub):
     cache, models = hub
-    sweep = Sweep.from_hf_cache(REPO, revisions=["step1000", "step2000", _commit(1)], cache_dir=cache, weight_decay=0.01)
-    assert [c.name for c in sweep] == [f"{REPO}@step1000", f"{REPO}@step2000", f"{REPO}@{_commit(1)}"]
-    assert [c.hyperparameters.get("step") for c in sweep] == [1000, 2000, None]
+    sweep = Sweep.from_hf_cache(REPO, revisions=["step1000", "step2000"], cache_dir=cache, weight_decay=0.01)
+    by_commit = Sweep.from_hf_cache(REPO, revisions=[_commit(1)], cache_dir=cache, weight_decay=0.01)
+    assert [c.name for c in sweep] + [c.name for c in by_commit] == [f"{REPO}@step1000", f"{REPO}@step2000", f"{REPO}@{_commit(1)}"]
+    assert [c.hyperparameters.get("step") for c in [*sweep, *by_commit]] == [1000, 2000, None]
     assert all(c.weight_decay == 0.01 for c in sweep) and not sweep.errors
     assert (sweep[0].path / "model.safetensors").is_symlink()
     ids = torch.tensor([[1, 4, 9, 16]])
-    for ckpt, n in zip(sweep, (1, 2, 1)):
+    for ckpt, n in zip([*sweep, *by_commit], (1, 2, 1)):
         with torch.no_grad():
             torch.testing.assert_close(ckpt.hf_model(ids).logits, models[n](ids).logits)
         ckpt.unload()
-    assert sweep[0].content_hash() == sweep[2].content_hash() != sweep[1].content_hash()
+    assert sweep[0].content_hash() == by_commit[0].content_hash() != sweep[1].content_hash()
+
+
+def test_two_revisions_of_one_snapshot_in_one_sweep_are_refused(hub):
+    """step1000 and its commit are one model: listing both would count it twice, at two steps."""
+    cache, _ = hub
+    with pytest.raises(CheckpointError, match=rf"'{REPO}@step1000' and '{REPO}@{_commit(1)}' are the same checkpoint folder"):
+        Sweep.from_hf_cache(REPO, revisions=["step1000", _commit(1)], cache_dir=cache, weight_decay=0.01)
 
 
 def test_labels_and_an_analysis_into_a_results_folder(hub, tmp_path):

@@ -437,3 +437,54 @@ def test_a_results_folder_inside_a_checkpoint_folder_is_refused(llama, tmp_path)
     assert not (llama / "results").exists() and not (llama / "run.json").exists()
     check_out_folder(tmp_path / "results", llama)  # beside it: fine
     check_out_folder(tmp_path / "results", tmp_path)  # a sweep folder, no model folder itself: fine
+
+
+# ---------------------------------------------------------------------- hostile folders
+def test_integer_weights_for_floating_parameters_are_refused(llama):
+    """transformers casts an int8 tensor into a float parameter without a word (a model of rounded, mostly zero
+    weights); the header's dtype is checked against the parameter's kind first."""
+    _rewrite(llama, lambda s: s.update({"model.layers.0.mlp.up_proj.weight": (s["model.layers.0.mlp.up_proj.weight"] * 100).to(torch.int8)}))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: model.layers.0.mlp.up_proj.weight is stored as I8, not a "
+                                              r"floating-point type, for a floating-point parameter"):
+        Checkpoint.from_pretrained(llama, weight_decay=0.0).bridge
+
+
+def test_a_fifo_or_device_in_place_of_a_file_is_refused_without_blocking(llama):
+    """A named pipe as config.json (or a link to a device as the weights) would block a reader for ever or feed it
+    endless bytes: files a loader reads must be regular files."""
+    import threading
+
+    (llama / "config.json").unlink()
+    os.mkfifo(llama / "config.json")
+    outcome = []
+
+    def build():
+        try:
+            Checkpoint.from_pretrained(llama, weight_decay=0.0)
+        except CheckpointError as err:
+            outcome.append(str(err))
+
+    thread = threading.Thread(target=build, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():
+        fd = os.open(llama / "config.json", os.O_WRONLY | os.O_NONBLOCK)  # release the blocked reader
+        os.close(fd)
+        pytest.fail("reading a named pipe as config.json blocked")
+    assert outcome and "config.json: not a regular file" in outcome[0], outcome
+    (llama / "config.json").unlink()
+
+
+def test_weights_linked_to_a_device_are_refused(llama):
+    (llama / "model.safetensors").unlink()
+    (llama / "model.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(CheckpointError, match=r"model.safetensors: not a regular file"):
+        Checkpoint.from_pretrained(llama, weight_decay=0.0)
+
+
+def test_a_sweep_listing_one_folder_twice_is_refused(llama, tmp_path):
+    """Two manifest rows naming one folder (however spelled) would put one model at two weight decays."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "manifest.csv").write_text("path,weight_decay,label\nllama,0.0,a\nsub/../llama/,0.1,b\n")
+    with pytest.raises(CheckpointError, match=r"'a' and 'b' are the same checkpoint folder .*llama \(one model at two .*list each checkpoint once"):
+        Sweep.from_manifest(tmp_path / "manifest.csv")
