@@ -214,3 +214,20 @@ def test_analyze_reads_documents_given_by_path_with_their_columns(tiny_manifest,
     assert run["data"]["data"]["sha256"] == load_documents(tmp_path / "d.jsonl", "body", max_docs=12).sha256()
     with pytest.raises(ValueError, match="not both"):
         plastiscope.analyze(tiny_manifest, tmp_path / "res", [NORM], Inputs(), data=spec, progress=False)
+
+
+def test_process_pool_gives_the_in_process_table_and_refuses_in_memory_models(tiny_sweep, probe_docs, tmp_path):
+    """Two spawned processes, one checkpoint per task, rebuilt from its spec: the same rows in the same order."""
+    from plastiscope.checkpoint import Checkpoint
+    from plastiscope.runner import ProcessPool
+
+    inputs = Inputs(data=probe_docs.subset(range(6)))
+    local, _ = run_analyses(tiny_sweep, ["attention_weights", "attention"], inputs, {"attention": {"n_resamples": 20}}, progress=False)
+    pooled, failures = run_analyses(tiny_sweep, ["attention_weights", "attention"], inputs, {"attention": {"n_resamples": 20}},
+                                    progress=False, executor=ProcessPool(2))
+    assert failures.empty, failures.to_dict("records")
+    pd.testing.assert_frame_equal(local, pooled)
+    model = tiny_sweep[0]
+    in_memory = Checkpoint.from_model(model.hf_model, model.tokenizer, weight_decay=0.0, name="mem")
+    with pytest.raises(ValueError, match=r"\['mem'\] are in memory; the process executor rebuilds"):
+        run_analyses([in_memory], ["attention_weights"], Inputs(), progress=False, executor="process")
