@@ -76,9 +76,9 @@ from plastiscope.checkpoint import Checkpoint
 from plastiscope.data import Documents, load_documents
 from plastiscope.memo import Memo
 from plastiscope.metrics import Baseline, Headline, Metric
-from plastiscope.options import Integer, ListOf, Nullable, OneOf, Option, OptionTable, Text, validate
+from plastiscope.options import Integer, ListOf, Nullable, OneOf, Option, OptionTable, Text
 from plastiscope.results import ResultsStore, make_frame
-from plastiscope.runner import Analysis, Inputs, run_one
+from plastiscope.runner import Analysis, Inputs, plan, run_one, run_passes
 from plastiscope.stats import bootstrap_ci, mean_ci
 from plastiscope.sweep import Sweep
 
@@ -524,9 +524,10 @@ def memorization_gap(
 def document_scores(
     checkpoint: Checkpoint, train_data: Any, val_data: Any, batch_size: int = 16, progress: bool = False, **options: Any
 ) -> pd.DataFrame:
-    """Per-document losses and membership scores of one checkpoint (see :meth:`OverfitTask.documents`)."""
+    """Per-document losses and membership scores of one checkpoint (see :meth:`OverfitTask.documents`):
+    the driver's passes (:func:`plastiscope.runner.run_passes`), without the metrics of :meth:`OverfitTask.finish`."""
     inputs = Inputs(train_data=load_documents(train_data), val_data=load_documents(val_data))
-    task = start(checkpoint, inputs, validate(NAME, OPTIONS, options), Memo())
-    for name, consumers in task.passes.items():
-        run_pass(checkpoint, getattr(inputs, name), consumers, batch_size=batch_size, progress=progress)
-    return task.documents()
+    tasks, failures = run_passes(checkpoint, plan([ANALYSIS], inputs, {NAME: options}, batch_size, progress), Memo())
+    if failures:
+        raise RuntimeError(f"{checkpoint.name}: {failures[0]['error']}")
+    return tasks[NAME][1].documents()
