@@ -97,18 +97,22 @@ class Check:
                 out[c.label] = [str(v) for v in prep.labels[flagged]]
         return out
 
-    def sentence(self) -> str:
-        """``"clears the random-init model in 3 of 3 checkpoints; chance: 1 of 3"``-like text; empty without baselines."""
-        parts = []
+    def parts(self) -> list[tuple[Comparison, str]]:
+        """Each baseline with its text: ``"above the random-init model in 3 of 3 checkpoints"``, or that it was not measured."""
+        out = []
         for c in self.comparisons:
             if not c.measured:
-                parts.append(f"{c.label}: not in these results")
+                out.append((c, f"{c.label}: not in these results"))
                 continue
             cleared, compared = self.counts(c)
             if compared:
-                where = {"apart": "apart from"}.get(c.baseline.side_for(c.better), c.baseline.side_for(c.better))
-                parts.append(f"{where} the {c.label} in {cleared} of {compared} checkpoints")
-        return "; ".join(parts)
+                side = c.baseline.side_for(c.better)
+                out.append((c, f"{'apart from' if side == 'apart' else side} the {c.label} in {cleared} of {compared} checkpoints"))
+        return out
+
+    def sentence(self) -> str:
+        """Every baseline's text (:meth:`parts`) joined by ``"; "``; empty without baselines."""
+        return "; ".join(text for _, text in self.parts())
 
 
 def _side_clear(side: str, low: np.ndarray, high: np.ndarray, base_low: np.ndarray, base_high: np.ndarray) -> np.ndarray:

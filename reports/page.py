@@ -161,14 +161,16 @@ def baseline_html(prep: Prepared, verdict: Verdict) -> str:
     check = verdict.baseline
     if check is None or not check.comparisons:
         return ""
-    parts = [f"<span class='ps-baseline'>baselines: {esc(check.sentence())}</span>"]
-    if not check.clears:
-        parts.append("<b class='ps-flag ps-not-cleared'>does not clear its baseline: no direction is claimed</b>")
-    for label, names in check.indistinguishable(prep).items():
+    flagged = check.indistinguishable(prep)
+    parts = []
+    for comparison, text in check.parts():
+        names = flagged.get(comparison.label, [])
         more = f" and {len(names) - MAX_FLAGGED} more" if len(names) > MAX_FLAGGED else ""
-        parts.append(f"<span class='ps-flag ps-indistinguishable'>indistinguishable from the {esc(label)}: "
-                     f"{esc(', '.join(names[:MAX_FLAGGED]))}{esc(more)}</span>")
-    return "<br>" + "<br>".join(parts)
+        flag = (f" (<span class='ps-flag ps-indistinguishable'>indistinguishable from it: {esc(', '.join(names[:MAX_FLAGGED]))}"
+                f"{esc(more)}</span>)" if names else "")
+        parts.append(esc(text) + flag)
+    verdict_flag = "" if check.clears else " <b class='ps-flag ps-not-cleared'>Does not clear its baseline: no direction is claimed.</b>"
+    return f"<br><span class='ps-baseline'>baselines: {'; '.join(parts)}.</span>{verdict_flag}"
 
 
 def panel_html(prep: Prepared, panel, decision: Decision, cell: str, band: str) -> str:
