@@ -364,15 +364,18 @@ def _layer_traces(prep: Prepared, s: Series, axis: Axis, data: list[pd.DataFrame
 
 
 def _baseline_traces(prep: Prepared, s: Series, axis: Axis, data: list[pd.DataFrame]) -> list[dict]:
+    """Dashed lines of the series' baseline rows, one per ``init`` value (named as the metric's declaration names it)."""
     r = prep.series_rows(s.key)
     traces = []
+    declared = prep.declarations.lookup(s.metric, s.analysis)
+    names = {b.init: b.label for b in declared.baselines if b.init and b.label} if declared is not None else {}
     for label in dict.fromkeys(r.baseline_label[r.baseline]):
         ck, value = _per_checkpoint(prep, s.key, r.baseline & (r.baseline_label == label))
         values = np.full(len(prep.checkpoints), np.nan)
         values[ck] = value
         table = configuration_means(prep, values)
         for i, (name, part) in enumerate(_lines(prep, table)):
-            title = f"{esc(name) + ': ' if name else ''}baseline init={esc(label)}"
+            title = f"{esc(name) + ': ' if name else ''}baseline init={esc(label)}" + (f" ({esc(names[label])})" if label in names else "")
             traces += line_traces(prep, axis, values, "#7f7f7f", title, f"b{i}", part, dash="dash")
             data.append(_frame(part, f"{name + ': ' if name else ''}baseline init={label}", axis))
     return traces
