@@ -431,11 +431,11 @@ METRICS = (
     Metric("downstream_accuracy_after", "Downstream-task accuracy (labelled tasks) after fine-tuning: the outcome for labelled tasks.",
            "fraction", "higher", _PLASTICITY, role="outcome_accuracy"),
     Metric("plasticity_gain", "Downstream loss before minus after fine-tuning; secondary: a model that starts worse can gain more and "
-           "still end worse.", "nats", "higher", _PLASTICITY),
+           "still end worse.", "nats", "higher", _PLASTICITY, role="after_finetuning"),
     Metric("downstream_selection_loss", "Loss on the held-out selection documents after fine-tuning at the learning rate in the "
-           "variant (finetune_lr): what the learning rate is chosen by.", "nats", "lower", _PLASTICITY),
+           "variant (finetune_lr): what the learning rate is chosen by.", "nats", "lower", _PLASTICITY, role="after_finetuning"),
     Metric("finetune_displacement", "Distance ||theta_ft - theta_0|| the weights move in fine-tuning, to compare with the basin radius.",
-           "weight units", None, "Chen et al. 2025 (arXiv 2505.17646)"),
+           "weight units", None, "Chen et al. 2025 (arXiv 2505.17646)", role="after_finetuning"),
     Metric("response_loss_after", "Prompt/response tasks: mean over evaluation documents of each document's mean cross-entropy on "
            "its response tokens (the prompt is context only) after fine-tuning with the same budget for every checkpoint: the "
            "outcome.", "nats", "lower", _SFT, role="outcome"),

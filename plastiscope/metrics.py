@@ -45,7 +45,7 @@ DECLARATIONS_FILE = "metrics.json"
 ATTRS_KEY = "metrics"
 BETTER = ("higher", "lower", None)
 EXPECTED = ("rise", "fall")
-ROLES = ("", "outcome", "outcome_accuracy", "validation_loss")
+ROLES = ("", "outcome", "outcome_accuracy", "validation_loss", "after_finetuning")
 SIDES = ("above", "below", "apart", None)
 
 
@@ -133,7 +133,8 @@ class Metric:
     - ``baselines``: what trained values must clear (:class:`Baseline`);
     - ``headline``: set on a headline metric (:class:`Headline`);
     - ``role``: ``"outcome"`` (the loss after fine-tuning), ``"outcome_accuracy"``,
-      ``"validation_loss"`` (the loss before it), or "".
+      ``"validation_loss"`` (the loss before it), ``"after_finetuning"`` (another quantity
+      measured after fine-tuning, so no predictor of the outcome), or "".
     """
 
     name: str
