@@ -7,7 +7,8 @@ memory excludes it), in bytes, as the sum of:
 - **weights** of the copy: ``4 P`` for full fine-tuning (float32 master weights); with LoRA the
   frozen base is copied in the checkpoint's dtype, ``b P``, plus ``4 T`` for the adapters
   (``P`` parameters of the model, ``T`` trainable ones, ``b`` bytes per element of the
-  checkpoint's dtype);
+  checkpoint's dtype); under autocast to a narrower dtype (``a < 4``), plus the float32 weights'
+  copies in that dtype, which autocast keeps for the backward pass: ``a P`` (full), ``a T`` (LoRA);
 - **gradients** ``4 T`` and **AdamW state** ``8 T`` (two float32 moments), trainable parameters only;
 - **activations** kept for the backward pass of a batch of ``B`` documents of ``L`` tokens (the
   longest fine-tuning document), in the compute dtype (``a`` bytes: the checkpoint's dtype under
@@ -95,6 +96,8 @@ def finetune_memory(
     s = shape(config)
     tokens, a = batch_size * length, compute_bytes
     weights = (base_bytes * n_params + 4 * n_trainable) if lora else 4 * n_params
+    if a < 4:  # autocast's copies of the float32 weights in the compute dtype
+        weights += a * (n_trainable if lora else n_params)
     layer = tokens * a * (8 * s["d"] + 3 * s["d_kv"] + 4 * s["mlp"])
     if eager_attention:
         layer += batch_size * s["heads"] * length * length * a
