@@ -157,6 +157,8 @@ def test_cli_analyze_end_to_end_with_options(tiny_manifest, tmp_path):
     frame = load_results(out)
     assert set(frame["analysis"]) == {"attention", "attention_weights", "overfit"}
     run = json.loads((out / "run.json").read_text())
+    recorded = json.loads((out / "metrics.json").read_text())  # what each metric means, as the analyses declare it
+    assert [a["analysis"] for a in recorded["analyses"]][:4] == ["probes", "attention", "attention_weights", "overfit"]
     assert run["config"]["options"]["overfit"] == {"prefix_tokens": 4, "continuation_tokens": 4, "reference": None}
     bad = CliRunner().invoke(app, args[:-6] + ["-o", "overfit"])
     assert bad.exit_code == 2 and "write ANALYSIS.KEY=VALUE" in bad.output
