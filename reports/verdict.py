@@ -180,7 +180,7 @@ def decide(prep: Prepared, table: pd.DataFrame) -> Decision:
         keys = panel_series(prep, panel)
         lines = [(k, prep.series_by_key(k).variant if len(keys) > 1 else "", panel.expected) for k in keys]
         if not keys:
-            missing[panel.key] = f"no {panel.metric} in these results: {panel.absent}."
+            missing[panel.key] = f"no {panel.metric} in these results" + (f": {panel.absent}." if panel.absent else ".")
         elif panel.key == "outcome":
             val_key = val_loss_key(prep)
             lines += [(val_key, "validation loss (the trade-off)", "rise")] if any(r[1] == val_key for r in rows) else []
