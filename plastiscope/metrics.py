@@ -10,7 +10,7 @@ Every analysis declares its metrics next to its options, one :class:`Metric` per
                headline=Headline("separability", "Separability: probe accuracy", "rise",
                                  source="Han et al. 2026", absent="run the probes analysis (--data with --label-column)")),
         Metric("mia_auc_{score}", "Membership-inference ROC AUC ... by the {score} score ...", better="lower",
-               baselines=(Baseline(value=0.5, label="chance"),)),
+               baselines=(Baseline(value=0.5, label="chance level", side="above"),)),
     )
 
 A name may hold ``{field}`` placeholders: it then covers a family (``mia_auc_loss``,
