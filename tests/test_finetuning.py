@@ -344,3 +344,51 @@ def test_sft_task_with_generative_accuracy_under_plasticity(tiny_sweep, tmp_path
         assert m.loc["response_loss_after", "finetune_method"] == method
     accuracy = results[results.metric == "generative_accuracy_after"].value
     assert accuracy.max() > results[results.metric == "generative_accuracy_before"].value.max()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(("method", "checkpointing"), [("full", False), ("full", True), ("lora", True)])
+def test_memory_estimate_against_cuda_peak_in_bfloat16(method, checkpointing):
+    """On a GPU: the estimate of training (bfloat16 checkpoint, autocast, SDPA) against ``torch.cuda.max_memory_allocated``
+    above what was allocated before, within a factor 1.5 either way (the allocator's rounding and work buffers are not in
+    the formula)."""
+    sys.path.insert(0, str(HERE))
+    from tests_support import tiny_llama
+
+    checkpoint = tiny_llama(4, d_model=256, context=256).to(device="cuda", dtype="bfloat16")
+    model = checkpoint.hf_model
+    rows = torch.randint(3, 500, (64, 256), generator=torch.Generator().manual_seed(0)).tolist()
+    config = _config(method=method, gradient_checkpointing=checkpointing, batch_size=16)
+    lora = lora_config(config) if method == "lora" else None
+    finetune(model, rows[:2], 0, 1, 1, 1e-3, autocast=torch.bfloat16, lora=lora, gradient_checkpointing=checkpointing)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    finetune(model, rows, 0, 2, 16, 1e-3, autocast=torch.bfloat16, lora=lora, gradient_checkpointing=checkpointing)
+    measured = torch.cuda.max_memory_allocated() - before
+    e = memory_estimate(model, config, 256, torch.bfloat16)
+    estimated = e.weights + e.gradients + e.optimizer + e.activations
+    assert 1 / 1.5 < measured / estimated < 1.5, (measured, estimated)
+
+
+def test_a_prompt_response_jsonl_as_finetune_data_needs_no_flag(tiny_manifest, tmp_path):
+    import csv
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from plastiscope.cli import app
+
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in topic_records(80)))
+    with tiny_manifest.open(newline="") as f:
+        folder = tiny_manifest.parent / next(csv.DictReader(f))["path"]
+    options = ["-o", "plasticity.steps=2", "-o", "plasticity.learning_rates=0.003", "-o", "plasticity.eval_docs=8",
+               "-o", "plasticity.select_docs=4", "-o", "plasticity.n_resamples=50", "-o", "plasticity.method=lora"]
+    result = CliRunner().invoke(app, ["analyze", str(folder), "--out", str(tmp_path / "out"), "--finetune-data", str(path),
+                                      "--analyses", "plasticity", *options])
+    assert result.exit_code == 0, result.output
+    metrics = set(pd.read_parquet(tmp_path / "out" / "metrics.parquet").metric)
+    assert {"response_loss_after", "generative_accuracy_after", "response_loss_before", "generative_accuracy_before"} <= metrics
