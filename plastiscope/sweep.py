@@ -148,6 +148,13 @@ class Sweep(Sequence[Checkpoint]):
                                "error": f"{path}: row {number} has {what}; give each row either the checkpoint folder "
                                         f"(path) or a Hugging Face cache repository and revision (repo, revision)"})
                 continue
+            odd = [k for k, v in row.items() if not isinstance(k, str) or not isinstance(v, (str, int, float, bool))]
+            if odd:
+                label = row.get("label") if isinstance(row.get("label"), (str, int, float)) else f"row {number}"
+                errors.append({"checkpoint": str(label), "path": str(path), "analysis": "load",
+                               "error": f"{path}: row {number}: column {odd[0]!r} holds a {type(row[odd[0]]).__name__}; "
+                                        f"a manifest cell is one number or text"})
+                continue
             hyper = {k: _number(v) for k, v in row.items() if k not in ("path", "repo", "revision", "cache_dir")}
             try:
                 if "repo" in row:
@@ -212,14 +219,16 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         raise CheckpointError(str(err)) from None
     if suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{path}:{err.lineno}: the manifest is not valid JSON ({err.msg}); fix its syntax") from None
+        except _DuplicateKey as err:
+            raise CheckpointError(f"{path}: a row names the column {err.args[0]!r} twice (one value would be lost); give it once") from None
     else:
         import yaml
 
         try:
-            data = yaml.safe_load(io.StringIO(text))
+            data = yaml.load(io.StringIO(text), Loader=_unique_key_loader())  # a SafeLoader
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             line = f":{mark.line + 1}" if mark is not None else ""
@@ -241,3 +250,35 @@ def _number(value: Any) -> Any:
             except ValueError:
                 pass
     return value
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (``json`` would keep the last silently)."""
+    keys = [k for k, _ in pairs]
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise _DuplicateKey(twice)
+    return dict(pairs)
+
+
+def _unique_key_loader() -> Any:
+    """PyYAML's SafeLoader refusing a mapping key given twice (it would keep the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen = []
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the column {key!r} is given twice in a row",
+                                                            key_node.start_mark)
+                seen.append(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+

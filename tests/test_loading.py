@@ -488,3 +488,24 @@ def test_a_sweep_listing_one_folder_twice_is_refused(llama, tmp_path):
     (tmp_path / "manifest.csv").write_text("path,weight_decay,label\nllama,0.0,a\nsub/../llama/,0.1,b\n")
     with pytest.raises(CheckpointError, match=r"'a' and 'b' are the same checkpoint folder .*llama \(one model at two .*list each checkpoint once"):
         Sweep.from_manifest(tmp_path / "manifest.csv")
+
+
+def test_manifest_cells_hold_one_value_and_rows_name_a_column_once(llama, tmp_path):
+    """A YAML cell that is a nest of aliases (nine levels of nine: 387 million leaves once expanded, as every JSON
+    dump of the hyperparameters would) is refused as a row error; a column given twice in a JSON or YAML row (the
+    parsers keep the last silently) is refused naming it."""
+    levels = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("\n".join(levels) + "\ncheckpoints:\n  - {path: llama, weight_decay: 0.0, note: *l8}\n")
+    start = time.monotonic()
+    sweep = Sweep.from_manifest(tmp_path / "bomb.yaml")
+    assert not len(sweep) and time.monotonic() - start < 30
+    assert "bomb.yaml: row 1: column 'note' holds a list" in sweep.errors[0]["error"]
+    (tmp_path / "twice.json").write_text('[{"path": "llama", "weight_decay": 0.1, "weight_decay": 1.0}]')
+    with pytest.raises(CheckpointError, match=r"twice.json: a row names the column 'weight_decay' twice"):
+        Sweep.from_manifest(tmp_path / "twice.json")
+    (tmp_path / "twice.yaml").write_text("- path: llama\n  weight_decay: 0.1\n  weight_decay: 1.0\n")
+    with pytest.raises(CheckpointError, match=r"twice.yaml:3: the manifest is not valid YAML \(the column 'weight_decay' is given twice"):
+        Sweep.from_manifest(tmp_path / "twice.yaml")
+    (tmp_path / "fine.yaml").write_text("- path: llama\n  weight_decay: 0.1\n")
+    assert Sweep.from_manifest(tmp_path / "fine.yaml")[0].weight_decay == 0.1
