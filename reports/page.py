@@ -22,6 +22,7 @@ import importlib.resources
 import json
 import math
 import platform
+import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -469,14 +470,24 @@ style-src 'unsafe-inline'; img-src data: blob:; font-src data:">
 """
 
 
+def folded(section: str) -> str:
+    """A page section (``<section id='...'><h2>title</h2>...</section>``) folded: a ``<details>`` with the same id and
+    content whose summary is the section's title (a link to its id unfolds it); any other HTML is returned as it is."""
+    match = re.fullmatch(r"<section id='([^']*)'><h2>(.*?)</h2>(.*)</section>", section, flags=re.S)
+    if match is None:
+        return section
+    anchor, title, rest = match.groups()
+    return f"<details class='ps-fold' id='{anchor}'><summary>{title}</summary>{rest}</details>"
+
+
 def render_page(prep: Prepared, specs: list[FigureSpec], stats: pd.DataFrame, decision: Decision, title: str,
                 extra_versions: Mapping[str, str]) -> str:
     """The whole report as one HTML string."""
     scripts, cells = plot_cells(specs)
     panel_cells = {spec.key.split(": ", 1)[1]: (div, spec.band) for spec, div in cells.pop("panel", [])}
     sections = []
-    nav = ["<a href='#summary'>Summary</a>", "<a href='#noise'>Noise</a>", "<a href='#predictors'>Predictors</a>",
-           "<a href='#choice'>Choice</a>", "<a href='#all-statistics'>All statistics</a>",
+    nav = ["<a href='#summary'>Summary</a>", "<a href='#predictors'>Predictors</a>", "<a href='#choice'>Choice</a>",
+           "<a href='#noise'>Noise</a>", "<a href='#all-statistics'>All statistics</a>",
            "<a href='#checkpoints'>Checkpoints</a>"]
     for i, (analysis, items) in enumerate(cells.items()):
         anchor = f"analysis-{i}"
@@ -486,8 +497,10 @@ def render_page(prep: Prepared, specs: list[FigureSpec], stats: pd.DataFrame, de
                         f"({len({spec.series for spec, _ in items})} series)</summary><div class='ps-grid'>{grid}</div>"
                         f"</details></section>")
     nav.append("<a href='#methods'>Methods</a>")
-    body = (summary_section(prep, decision, panel_cells) + noise_section(prep, decision.noise) + predictors_section(prep, stats)
-            + choice_section(prep, decision.choice) + all_statistics(prep, stats, decision)
+    # the decision and the predictors open; the robustness checks folded, so the summary stays within two screens
+    body = (summary_section(prep, decision, panel_cells) + predictors_section(prep, stats)
+            + folded(choice_section(prep, decision.choice)) + folded(noise_section(prep, decision.noise))
+            + all_statistics(prep, stats, decision)
             + checkpoints_section(prep) + f"<h2>Every series against {esc(prep.x)}</h2>" + "".join(sections)
             + methods_section(prep, extra_versions))
     return shell(title, nav, body, scripts)

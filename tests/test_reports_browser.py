@@ -49,6 +49,7 @@ class BrowserCheck:
     panel_error_bars: int = 0  # drawn error bars (checkpoints' intervals) in the summary's panels
     panel_dashed_lines: int = 0  # drawn dashed lines (baselines) in the summary's panels
     baseline_notes: list[str] = field(default_factory=list)  # the verdict lines' baseline sentences
+    link_unfolds: bool = False  # following a link to a folded section opens it
 
 
 WIDTH, HEIGHT = 1280, 900
@@ -79,6 +80,11 @@ def check_report_in_browser(path: Path, tmp_path: Path, timeout_ms: int = 90_000
             page.wait_for_timeout(300)
             result.screenshot = tmp_path / "report.png"
             page.screenshot(path=str(result.screenshot), full_page=False)
+            fold_id = page.evaluate("(() => { const d = document.querySelector('details[id]'); return d ? d.id : ''; })()")
+            if fold_id:
+                page.evaluate(f"location.hash = '#{fold_id}'")
+                page.wait_for_timeout(100)
+                result.link_unfolds = page.evaluate(f"document.getElementById('{fold_id}').open")
             page.evaluate("window.plastiscopeReport.renderAll()")
             page.wait_for_function("window.plastiscopeReport.rendered() === window.plastiscopeReport.plots", timeout=timeout_ms)
             sizes = page.evaluate("""() => Array.from(document.querySelectorAll('.ps-plot')).map(div => {
@@ -150,6 +156,7 @@ def test_report_in_browser(tmp_path):
     # every headline panel with intervals in the results draws them; the declared baselines are drawn dashed and stated
     assert check.panel_error_bars >= 10 * 3, check.panel_error_bars  # outcome, separability, overfitting: 10 checkpoints each
     assert check.panel_dashed_lines >= 1, check.panel_dashed_lines
+    assert check.link_unfolds
     assert any("random-init model in 10 of 10 checkpoints" in note for note in check.baseline_notes), check.baseline_notes
     assert check.sort_changed_order, (check.first_column_before, check.first_column_after)
     assert sorted(check.first_column_after) == sorted(check.first_column_before)

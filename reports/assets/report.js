@@ -35,6 +35,12 @@
     rendered: function () { return document.querySelectorAll('.ps-plot[data-state=rendered]').length; }
   };
   window.addEventListener('beforeprint', function () { unfold(); plots.forEach(render); });
+  function openTarget() {  // a link to a folded section unfolds it
+    var target = location.hash ? document.getElementById(decodeURIComponent(location.hash.slice(1))) : null;
+    if (target && target.tagName === 'DETAILS') target.open = true;
+  }
+  window.addEventListener('hashchange', openTarget);
+  openTarget();
 
   function sortValue(cell) {
     var raw = cell.getAttribute('data-sort');
