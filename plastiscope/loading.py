@@ -5,9 +5,15 @@ A model that loads wrongly gives plausible wrong numbers, so:
 - nothing is fetched from a hub (``local_files_only=True`` on every ``transformers`` call)
   and no code from a checkpoint folder ever runs (``trust_remote_code=False``: a folder that
   needs its own code is refused, never prompted about);
-- weights come from safetensors only (``model.safetensors``, or ``model.safetensors.index.json``
-  and every shard it names, headers checked); pickles are never loaded, a folder with only
-  pickles is refused with the conversion command;
+- weights come from safetensors only (``model.safetensors`` (which ``transformers`` loads even
+  beside an index), else ``model.safetensors.index.json`` and every shard it names, headers
+  read with ``safetensors.safe_open``); pickles are never loaded, a folder with only pickles is
+  refused with the conversion command; the file that loads is the file that is checked and hashed;
+- before anything is allocated, ``config.json``'s sizes (layers, hidden size, vocabulary, ...)
+  are checked against the headers' shapes, and integer tensors for floating-point parameters
+  are refused; a context under two tokens (BOS and one token of text) is refused;
+- every file a loader reads is a regular file (a named pipe or a device would block it or feed
+  it for ever); a hub-cache ref must hold a commit hash whose snapshot lies in the repository;
 - missing, unexpected or mis-shaped tensors (``transformers``' loading info; weights that are
   legitimately tied, such as an output layer tied to the embedding, are not missing), a
   ``model_type`` the weights do not fit, non-finite parameters, a model that is not a causal
