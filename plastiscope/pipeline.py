@@ -42,6 +42,7 @@ import pandas as pd
 from plastiscope.checkpoint import Checkpoint, CheckpointError
 from plastiscope.data import Documents, load_documents
 from plastiscope.hashing import atomic_write
+from plastiscope.loading import check_out_folder
 from plastiscope.metrics import write_declarations
 from plastiscope.results import ResultsStore, check_results_folder, identity
 from plastiscope.runner import (
@@ -241,12 +242,13 @@ def analyze(
     ``verbose``.
     """
     out = check_results_folder(out)  # before anything is read
-    if isinstance(sweep, (str, Path)):
-        check_out_of_checkpoints(out, Path(sweep))
+    if isinstance(sweep, (str, Path)) and Path(sweep).is_dir():
+        check_out_folder(out, sweep)
     source = str(Path(sweep).resolve()) if isinstance(sweep, (str, Path)) else None
     sweep = open_sweep(sweep) if isinstance(sweep, (str, Path)) else as_sweep(sweep)
     for checkpoint in sweep:
-        check_out_of_checkpoints(out, checkpoint.path)
+        if checkpoint.path is not None:
+            check_out_folder(out, checkpoint.path)  # its results would change the checkpoint's content hash
     given = {"data": data, "train_data": train_data, "val_data": val_data, "finetune_data": finetune_data}
     records: dict[str, Any] = {}
     if inputs is not None and any(v is not None for v in given.values()):
@@ -310,26 +312,6 @@ def analyze(
     text = json.dumps(run, indent=1, default=str)
     atomic_write(out / "run.json", lambda tmp: Path(tmp).write_text(text))
     return results, failures
-
-
-def check_out_of_checkpoints(out: Path, folder: Path | str | None) -> None:
-    """Refuse a results folder inside a checkpoint folder (its files would change the checkpoint's content hash)."""
-    if folder is None:
-        return
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    try:
-        from plastiscope.loading import check_out_folder
-    except ImportError:
-        check_out_folder = None
-    if check_out_folder is not None:
-        check_out_folder(out, folder)
-        return
-    out_abs, folder_abs = out.resolve(), folder.resolve()
-    if out_abs == folder_abs or out_abs.is_relative_to(folder_abs):
-        if any((folder_abs / n).exists() for n in ("config.json", "model.safetensors", "model.safetensors.index.json")):
-            raise ValueError(f"--out {out}: inside the checkpoint folder {folder}; pass a results folder outside it")
 
 
 def row_count(out: str | Path) -> int:
