@@ -57,11 +57,11 @@ def test_demo_states_its_scale_and_costs(demo_dir):
     assert record["options"]["plasticity"] == {**ANALYSIS_OPTIONS["plasticity"], **TEST_OPTIONS["plasticity"]}
 
 
-def test_demo_sweep_has_replicates_in_one_epoch():
-    """The demo's sweeps (full and quick) train two seeds or more per weight decay, each document once."""
+def test_demo_sweep_has_replicates_and_is_data_constrained():
+    """The demo's sweeps (full and quick) train two seeds or more per weight decay, many epochs of a small training set."""
     for config in (TrainConfig(**DEMO), TrainConfig(**QUICK)):
         assert len(config.seeds) >= 2 and len(config.weight_decays) >= 3
-        assert config.train_docs is None and config.steps * config.batch_size <= len(load_corpus("train"))
+        assert config.train_docs <= len(load_corpus("train")) and config.steps * config.batch_size >= 10 * config.train_docs
 
 
 def test_demo_analysis_options_are_valid():
