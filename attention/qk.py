@@ -38,7 +38,7 @@ from einops import rearrange
 
 from plastiscope.activations import AttentionInputs
 
-from .patterns import BLOCK_ELEMENTS, PATTERN_METRICS, SPECTRAL_TOKENS, check_options, one_thread, summarize_rows
+from .patterns import PATTERN_METRICS, SPECTRAL_TOKENS, check_options, one_thread, summarize_rows
 from .spectra import spectral_summary
 
 
@@ -94,29 +94,45 @@ def qk_statistics(
     return out
 
 
+QK_BLOCK_ELEMENTS = 1 << 20  # scores held at once (all heads of a block of query rows): 4 MiB in float32
+FLOOR = 80.0  # exponents (score minus the row's largest) are taken as at least -FLOOR: exp(-80) = 1.8e-35
 MASKED = -1e30  # score of a key a row may not attend to: finite, so its weight is exactly 0 and 0 * log 0 stays 0
+
+
+def blocked_columns(allowed: torch.Tensor) -> list[slice]:
+    """Column ranges of ``allowed [rows, keys]`` that hold a blocked (False) entry: under causal or sliding-window masks
+    a prefix (keys out of the window) and a suffix (the block's own triangle); the whole range otherwise."""
+    blocked = (~allowed).any(0)
+    if not bool(blocked.any()):
+        return []
+    free = (~blocked).nonzero()[:, 0]
+    if len(free) == 0 or bool((blocked[free[0] : free[-1] + 1]).any()):
+        return [slice(0, allowed.shape[1])]
+    return [r for r in (slice(0, int(free[0])), slice(int(free[-1]) + 1, allowed.shape[1])) if r.stop > r.start]
 
 
 def scores(
     q: torch.Tensor, k: torch.Tensor, scaling: float, softcap: float | None, allowed: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Float32 scores ``[kv_head, group * rows, keys]`` of ``q [kv_head, group, rows, d]`` against ``k [kv_head, keys, d]``,
-    :data:`MASKED` where ``allowed [rows, keys]`` is False (one fused multiply-add without softcapping), into ``out``."""
+    :data:`MASKED` where ``allowed [rows, keys]`` is False, into ``out``."""
     groups = q.shape[1]
     q = rearrange(q.float(), "kv g r d -> kv (g r) d")
     k = k.float().transpose(-2, -1)
     shape = (q.shape[0], q.shape[1], k.shape[-1])
     out = torch.empty(shape, device=q.device) if out is None else out[: math.prod(shape)].view(shape)
     if softcap is None:
-        bias = torch.zeros(allowed.shape, device=q.device).masked_fill_(~allowed, MASKED).repeat(groups, 1)
-        return torch.baddbmm(bias, q, k, alpha=scaling, out=out)
-    torch.bmm(q, k, out=out).mul_(scaling / softcap).tanh_().mul_(softcap)
-    return out.masked_fill_(~allowed.repeat(groups, 1), MASKED)
+        torch.baddbmm(out, q, k, beta=0.0, alpha=scaling, out=out)
+    else:
+        torch.bmm(q, k, out=out).mul_(scaling / softcap).tanh_().mul_(softcap)
+    for cols in blocked_columns(allowed):
+        out[..., cols].masked_fill_(~allowed[:, cols].repeat(groups, 1), MASKED)
+    return out
 
 
 def document_qk_statistics(
     q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor, scaling: float, softcap: float | None,
-    tol: float, one_hot_threshold: float, spectral_tokens: int | None, block: int = BLOCK_ELEMENTS,
+    tol: float, one_hot_threshold: float, spectral_tokens: int | None, block: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every metric of :data:`PATTERN_METRICS` for one document: ``q [head, n, d]``, ``k [kv_head, n, d]``,
     ``allowed [n, n]`` bool (query, key); ``{metric: [head]}`` float64. Raises for attention above the
@@ -132,24 +148,26 @@ def document_qk_statistics(
     rows = {name: torch.empty(heads, n, device=q.device) for name in ("entropy", "sink", "distance", "one_hot")}
     squares = torch.zeros(heads, dtype=torch.float64, device=q.device)
     positions = torch.arange(n, device=q.device, dtype=torch.float32)
-    step = max(1, block // max(1, heads * n))  # query rows per block
+    step = max(1, (block or QK_BLOCK_ELEMENTS) // max(1, heads * n))  # query rows per block
     size = heads * min(step, n) * n
     S, P = torch.empty(size, device=q.device), torch.empty(size, device=q.device)  # reused: no allocation per block
     per_row = lambda x: rearrange(x, "kv (g r) -> (kv g) r", g=groups)  # noqa: E731
     for i0 in range(0, n, step):
         i1 = min(n, i0 + step)
         s = scores(qg[:, :, i0:i1], k[:, :i1], scaling, softcap, allowed[i0:i1, :i1], out=S)  # [kv, (g rows), keys]
-        p = P[: s.numel()].view(s.shape)
+        e = P[: s.numel()].view(s.shape)
         top = s.amax(-1, keepdim=True)
-        torch.sub(s, top, out=p).exp_()
-        z = p.sum(-1, keepdim=True)  # row i: sum_j exp(s_ij - max_j s_ij) >= 1
-        p.div_(z)  # the pattern's rows A_ij, exactly 0 where not allowed
-        log_p = s.sub_(top + z.log())  # log A_ij (= s_ij - lse_i)
-        rows["entropy"][:, i0:i1] = per_row(-torch.linalg.vecdot(p, log_p))
-        rows["sink"][:, i0:i1] = per_row(p[..., 0])
-        rows["distance"][:, i0:i1] = per_row(positions[i0:i1].repeat(groups) - p @ positions[:i1])  # sum_j A_ij (i - j)
-        rows["one_hot"][:, i0:i1] = per_row((z[..., 0].reciprocal() > one_hot_threshold).float())  # max_j A_ij = 1 / z_i
-        squares += per_row(torch.linalg.vecdot(p, p)).double().sum(-1)
+        # exp(s_ij - max_j s_ij), exactly 0 where not allowed; exponents below -FLOOR (weights < 2e-35 of the row's
+        # largest, invisible in float32 sums) are raised to it, which keeps exp off its slow path for tiny results
+        torch.sub(s, top, out=e).clamp_(min=-FLOOR).exp_()
+        for cols in blocked_columns(allowed[i0:i1, :i1]):
+            e[..., cols].masked_fill_(~allowed[i0:i1, cols].repeat(groups, 1), 0.0)
+        z = e.sum(-1)  # row i: sum_j exp(s_ij - max_j s_ij) >= 1, so A_ij = e_ij / z_i and lse_i = max_j s_ij + log z_i
+        rows["sink"][:, i0:i1] = per_row(e[..., 0] / z)
+        rows["distance"][:, i0:i1] = per_row(positions[i0:i1].repeat(groups) - (e @ positions[:i1]) / z)  # sum_j A_ij (i - j)
+        rows["one_hot"][:, i0:i1] = per_row((z.reciprocal() > one_hot_threshold).float())  # max_j A_ij = 1 / z_i
+        squares += per_row((torch.linalg.vector_norm(e, dim=-1) / z).square()).double().sum(-1)
+        rows["entropy"][:, i0:i1] = per_row(top[..., 0] + z.log() - e.mul_(s).sum(-1) / z)  # lse_i - sum_j A_ij s_ij (e used up)
     checks = torch.stack([rows["entropy"].sum(), rows["distance"].sum(), squares.sum().float()])
     if not bool(torch.isfinite(checks).all()):
         raise ValueError("the attention scores are non-finite (NaN/inf): the model's weights or inputs are broken")
