@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,10 +163,7 @@ class Checkpoint:
                 f"{path}: weight decay unknown; pass weight_decay=..., add a weight_decay column to the "
                 f"manifest, or write {{\"weight_decay\": ...}} to {path / 'plastiscope.json'}"
             )
-        try:
-            wd = float(wd)
-        except (TypeError, ValueError):
-            raise CheckpointError(f"{path}: weight decay {wd!r} is not a number; fix it in the manifest") from None
+        wd = check_weight_decay(wd, path)
         label = found.get("label")
         name = name or (str(label) if label not in (None, "") and not is_nan(label) else path.name)
         return cls(name, wd, found, path=path)
@@ -226,6 +224,7 @@ class Checkpoint:
             raise CheckpointError("from_model: a tokenizer is required (the one the model was trained with)")
         if weight_decay is None:
             raise CheckpointError("from_model: weight_decay is required (pass weight_decay=...)")
+        weight_decay = check_weight_decay(weight_decay, name or "from_model")
         name = name or hyperparameters.get("label") or f"model-{id(model):x}"
         checkpoint = cls(name, weight_decay, hyperparameters, model=model, tokenizer=tokenizer)
         first = next((p for p in model.parameters() if p.is_floating_point()), None) if hasattr(model, "parameters") else None
@@ -407,6 +406,20 @@ def _bridge_tokenizer(tokenizer: Any) -> Any:
     if tok.bos_token is not None:
         tok.init_kwargs["add_bos_token"] = True  # stops the bridge from re-loading a BOS variant from the folder
     return tok
+
+
+def check_weight_decay(value: Any, where: Any) -> float:
+    """``value`` as a float; a clear error for text, a yes/no (YAML's ``yes`` is True, which is 1.0 to Python),
+    an infinite or negative value (none is a weight decay a model was trained with)."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        wd = float(value)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: weight decay {value!r} is not a number; fix it in the manifest") from None
+    if not math.isfinite(wd) or wd < 0:
+        raise CheckpointError(f"{where}: weight decay {value!r} is not a finite number >= 0; fix it in the manifest")
+    return wd
 
 
 def module_tree_copy(model: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:

@@ -308,3 +308,17 @@ def test_analyses_leave_an_in_memory_model_as_it_was(tokenizer, probe_docs, tmp_
                                   check_exact=False, rtol=1e-4, atol=1e-6)
     on_disk = probe_sweep(disk, data, task="pos", layers=[0, 1], random_baseline=False, mdl=False, progress=False, **FAST_PROBES)
     pd.testing.assert_frame_equal(on_disk[columns], probes[columns], check_exact=False, rtol=1e-4, atol=1e-6)
+
+
+def test_weight_decays_that_no_model_was_trained_with_are_refused(good_folder, tmp_path):
+    """YAML's ``yes`` (True, 1.0 to Python), infinity and negative values are manifest mistakes, not weight decays."""
+    (good_folder / "plastiscope.json").unlink()
+    rows = "".join(f"  - {{path: {good_folder}, weight_decay: {wd}, label: r{i}}}\n" for i, wd in enumerate(["yes", ".inf", "-0.1", "0.5"]))
+    (tmp_path / "m.yaml").write_text("checkpoints:\n" + rows)
+    sweep = Sweep.from_manifest(tmp_path / "m.yaml")
+    assert [c.weight_decay for c in sweep] == [0.5]
+    assert [e["checkpoint"] for e in sweep.errors] == ["r0", "r1", "r2"]
+    assert all("is not a finite number >= 0" in e["error"] or "is not a number" in e["error"] for e in sweep.errors)
+    for wd, shown in ((True, "True"), (float("inf"), "inf"), (-0.1, "-0.1"), ("abc", "'abc'")):
+        with pytest.raises(CheckpointError, match=rf"good: weight decay {shown} is not a"):
+            Checkpoint.from_pretrained(good_folder, weight_decay=wd)
