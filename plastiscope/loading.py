@@ -398,7 +398,7 @@ def read_config(path: Path) -> dict[str, Any]:
     check_regular(file)
     try:
         data = json.loads(file.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{file}: not valid JSON ({err}); restore the config.json saved with the model") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: not a JSON object; restore the config.json saved with the model")
@@ -431,7 +431,7 @@ def weight_headers(path: Path) -> dict[Path, dict[str, tuple[str, tuple[int, ...
             weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise ValueError("weight_map is not a map of tensor names to shard files")
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, RecursionError) as err:
             raise CheckpointError(f"{index}: not a valid safetensors index ({err}); re-save the model with save_pretrained()") from None
         shards = sorted(set(weight_map.values()))
         outside = [s for s in shards if Path(s).name != s or s in (".", "..")]
@@ -514,7 +514,7 @@ def read_hyperparameters(path: Path) -> dict[str, Any]:
             check_regular(file)
             try:
                 data = json.loads(file.read_bytes().decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
                 raise CheckpointError(f"{file}: not valid JSON ({err}); fix or remove it") from None
             if isinstance(data, dict):
                 for key, value in data.items():

@@ -222,6 +222,8 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
             data = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{path}:{err.lineno}: the manifest is not valid JSON ({err.msg}); fix its syntax") from None
+        except RecursionError:
+            raise CheckpointError(f"{path}: the manifest nests deeper than a JSON parser follows; a manifest is a list of rows") from None
         except _DuplicateKey as err:
             raise CheckpointError(f"{path}: a row names the column {err.args[0]!r} twice (one value would be lost); give it once") from None
     else:
@@ -234,6 +236,8 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
             line = f":{mark.line + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise CheckpointError(f"{path}{line}: the manifest is not valid YAML ({problem}); fix its syntax") from None
+        except RecursionError:
+            raise CheckpointError(f"{path}: the manifest nests deeper than a YAML parser follows; a manifest is a list of rows") from None
     if isinstance(data, dict):
         data = data.get("checkpoints", data)
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -509,3 +510,20 @@ def test_manifest_cells_hold_one_value_and_rows_name_a_column_once(llama, tmp_pa
         Sweep.from_manifest(tmp_path / "twice.yaml")
     (tmp_path / "fine.yaml").write_text("- path: llama\n  weight_decay: 0.1\n")
     assert Sweep.from_manifest(tmp_path / "fine.yaml")[0].weight_decay == 0.1
+
+
+@pytest.mark.parametrize("name", ["config.json", "plastiscope.json", "model.safetensors.index.json"])
+def test_json_nested_beyond_the_parser_is_refused_naming_the_file(llama, name):
+    """A JSON file of 100000 nested lists exhausts Python's recursion limit: a one-line refusal naming it, not a traceback."""
+    if name == "model.safetensors.index.json":
+        (llama / "model.safetensors").unlink()
+    (llama / name).write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(CheckpointError, match=rf"llama/{re.escape(name)}: not (valid JSON|a valid safetensors index)"):
+        Checkpoint.from_pretrained(llama, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("suffix, text", [(".json", "[" * 100000 + "]" * 100000), (".yaml", "[" * 100000 + "]" * 100000)])
+def test_a_manifest_nested_beyond_the_parser_is_refused(tmp_path, suffix, text):
+    (tmp_path / f"m{suffix}").write_text(text)
+    with pytest.raises(CheckpointError, match=rf"m{suffix}: the manifest nests deeper than a"):
+        Sweep.from_manifest(tmp_path / f"m{suffix}")
