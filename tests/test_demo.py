@@ -95,3 +95,31 @@ def test_parallel_analysis_fills_the_cache_with_the_sequential_results(tiny_mani
     sequential, _ = analyze(tiny_manifest, tmp_path / "sequential", names, inputs, progress=False)
     key = ["checkpoint", "analysis", "metric", "layer", "head"]
     pd.testing.assert_frame_equal(parallel.sort_values(key).reset_index(drop=True), sequential.sort_values(key).reset_index(drop=True))
+
+
+def test_demo_exact_memorization_equals_a_generate_reference(demo_dir):
+    """Each demo checkpoint's exact memorization and matched prefix on its training documents, recomputed independently:
+    the folder loaded as a plain transformers model and decoded greedily by generate()."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from plastiscope.data import encode
+    from plastiscope.generation import greedy_generate
+
+    out, _ = demo_dir
+    results = pd.read_parquet(out / "results" / "metrics.parquet")
+    manifest = pd.read_csv(out / "sweep" / "manifest.csv")
+    k, m = ANALYSIS_OPTIONS["overfit"]["prefix_tokens"], ANALYSIS_OPTIONS["overfit"]["continuation_tokens"]
+    for label, path in zip(manifest["label"], manifest["path"]):
+        folder = out / "sweep" / path
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        config = TrainConfig(**TINY)
+        n_train = config.train_docs or config.steps * config.batch_size  # as run_demo chooses the training documents
+        ids = [encode(tokenizer, t, 1 + k + m) for t in load_corpus("train", min(80, n_train)).texts]
+        rows = torch.tensor([doc for doc in ids if len(doc) == 1 + k + m])
+        same = (greedy_generate(model, rows[:, : 1 + k], m) == rows[:, 1 + k :]).long()
+        mine = results[(results["checkpoint"] == label) & (results["analysis"] == "overfit")].set_index("metric")["value"]
+        assert mine["exact_match_train"] == pytest.approx(same.all(dim=1).float().mean().item(), abs=1e-12)
+        assert mine["matched_prefix_train"] == pytest.approx(np.mean(same.cumprod(dim=1).sum(dim=1).numpy()), abs=1e-12)
