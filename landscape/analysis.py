@@ -11,15 +11,27 @@ mode (no dropout).
 
 - ``hessian_max_eigenvalue`` / ``hessian_min_eigenvalue``: the largest / smallest eigenvalue
   of ``H`` from one Lanczos run (:func:`~.hessian.lanczos_extremes`; at most
-  ``lanczos_steps`` products, fewer once each reported extreme's Ritz residual is below
-  ``lanczos_tol`` times its magnitude). ``n``: documents of the batch; details
-  ``residual`` (the Ritz residual ``|beta_k s_k|``: an eigenvalue of ``H`` lies within it of
-  ``value``; a convergence measure, never an interval) and ``steps`` (products run). No
-  interval: the batch is fixed, the estimate deterministic up to its residual. A negative
-  minimum says the checkpoint is not at a minimum of ``L`` (a saddle or a slope).
+  ``lanczos_steps`` products, fewer once the largest's Ritz residual is below ``lanczos_tol``
+  times its magnitude and the smallest one's below ``lanczos_tol`` times the spectrum's scale
+  ``max(|largest|, |smallest|)``, so that each is within ``lanczos_tol ||H||`` of an
+  eigenvalue, and in practice far closer: of order residual^2 / gap. Near a minimum the
+  smallest eigenvalue is near 0 in a cluster: against its own magnitude it would never
+  converge). ``n``: documents of the batch; details ``residual`` (the Ritz residual
+  ``|beta_k s_k|``: an eigenvalue of ``H`` lies within it of ``value``; a convergence
+  measure, never an interval) and ``steps`` (products run). No interval: the batch is fixed,
+  the estimate deterministic up to its residual. A negative minimum says the checkpoint is
+  not at a minimum of ``L`` (a saddle or a slope).
 - ``hessian_trace``: Hutchinson's ``tr H = E[v^T H v]`` with ``trace_probes`` Rademacher
   probes (Hutchinson 1990; Yao et al. 2020); value and bootstrap 95 % interval over the
   probes (``n``).
+
+The eigenvalues and traces, raw and adaptive, are computed together
+(:func:`~.hessian.sharpness`): each Lanczos run starts from the first trace probe, so its
+first product is also that trace's first sample, and the products run in rounds of
+``products_per_round`` that share one gradient graph (a forward and backward per round, a
+double backward per product).
+The traces are those of separate Hutchinson runs with the same probes; the eigenvalues those
+of separate Lanczos runs from that start.
 
 Raw sharpness is not comparable across weight decays. Normalisation layers make the loss
 invariant to rescaling the weights that feed them (and attention to ``W_Q -> c W_Q, W_K -> W_K /
@@ -58,18 +70,29 @@ zero almost everywhere, the surrogate is the clipped margin of rank classificati
 case).
 
 - ``basin_curve`` (variant columns ``objective``, ``direction``, ``sigma``): the score at
-  ``theta + sigma u``, for every ``sigma`` of the grid ``sigmas``. Random directions: the
-  mean over directions, with a bootstrap 95 % interval over them (``n`` directions), an
-  estimate of the expected score under Gaussian weight noise of scale ``sigma``; worst case:
-  the worst score the one search found within radius ``sigma`` (the ball of radius ``sigma``
-  holds every smaller one, so the curve never recovers; ``n`` = 1, no interval), up to the
-  first ``sigma`` past the basin's edge (the search stops there: the radius is found). The default grid
+  ``theta + sigma u`` at the ``sigma`` s of the grid ``sigmas`` that were scored. Random
+  directions: the mean over the directions scored there, with a bootstrap 95 % interval over
+  them (``n`` directions), an estimate of the expected score under Gaussian weight noise of
+  scale ``sigma``; worst case: the worst score the one search found within radius ``sigma``
+  (the ball of radius ``sigma`` holds every smaller one, so the curve never recovers; ``n`` =
+  1, no interval). With ``basin_search="bisect"`` (default) only the ``sigma`` s that a
+  bisection for each basin's edge needs are scored (:func:`~.basin.first_beyond`: about
+  ``log2(len(sigmas))`` for the first direction, two for each further one, every direction
+  at the grid points around the edge), so the curve has a few points; with ``"grid"`` every
+  ``sigma`` is scored up to the basin's edge (the whole curve for random directions; the
+  worst-case search stops past the edge either way). The default grid
   is log-spaced (1, 2, 5 per decade) from ``1e-6`` to ``0.1``: worst-case basins are orders of
   magnitude narrower than random ones and shrink like ``1 / sqrt(d)``.
 - ``basin_sigma`` (variant columns ``objective``, ``direction``): the basin radius, the largest
   ``sigma`` up to which the drop (accuracy lost, or loss gained, against ``sigma = 0``; the
   mean over directions for random ones) stays ``<= tau`` (``accuracy_tau`` or ``loss_tau``,
-  detail ``tau``), interpolated linearly on the grid. Detail ``censored``: True when the drop
+  detail ``tau``), interpolated linearly on the grid. Bisection and grid give the same radius
+  wherever the drop grows with ``sigma`` (a drop that crosses ``tau`` and falls back below it
+  is found at one of its crossings, not necessarily the first): for random directions the
+  same directions are scored at the same ``sigma`` s around the edge; the worst-case search
+  refines its direction at the few ``sigma`` s bisection visits rather than at every one
+  below the edge, so its radius can differ by a grid interval where the search is far from
+  converged. Detail ``censored``: True when the drop
   never exceeds ``tau`` on the grid, so the radius is at least the value given (the grid's
   last ``sigma``). Detail ``below_grid``: True when the drop exceeds ``tau`` already at the
   grid's first ``sigma > 0``, so the radius is interpolated between 0 and that ``sigma`` (add
@@ -131,15 +154,25 @@ from plastiscope.downstream import DownstreamTask, label_accuracy, label_reserve
 from plastiscope.losses import sequence_loss, token_losses
 from plastiscope.memo import Memo
 from plastiscope.metrics import Headline, Metric
-from plastiscope.options import Integer, ListOf, Nullable, Option, OptionTable, Real, Text
+from plastiscope.options import Integer, ListOf, Nullable, OneOf, Option, OptionTable, Real, Text
 from plastiscope.results import ResultsStore, make_frame
 from plastiscope.runner import Analysis, Inputs, run_one
 from plastiscope.stats import bootstrap_ci, mean_ci
 from plastiscope.sweep import Sweep
 from plastiscope.training import trainable_copy
 
-from .basin import basin_sigma, drops, gaussian_direction, mean_basin_sigma, perturbed_scores, worst_case_scores, worst_so_far
-from .hessian import Extremes, Operator, Vectors, adaptive_operator, hutchinson_samples, hvp_operator, lanczos_extremes
+from .basin import (
+    basin_sigma,
+    bisected_random_curves,
+    bisected_worst_case,
+    drops,
+    gaussian_direction,
+    mean_basin_sigma,
+    perturbed_scores,
+    worst_case_scores,
+    worst_so_far,
+)
+from .hessian import Extremes, Vectors, hvp_products, sharpness
 
 NAME = "landscape"
 VARIANTS = ("objective", "direction", "sigma")
@@ -159,12 +192,19 @@ OPTIONS = OptionTable({
     "micro_batch_tokens": Option(8192, Integer(1), "padded tokens per micro-batch of products, gradients and losses "
                                  "(at least one document); at 1B parameters and 2048-token documents on an 80 GB GPU: 2048"),
     "lanczos_steps": Option(40, Integer(0), "Lanczos steps (Hessian-vector products) at most, per operator (0: no eigenvalues)"),
-    "lanczos_tol": Option(1e-3, Real(0, None), "stop once each reported extreme's Ritz residual is below this times its magnitude"),
+    "lanczos_tol": Option(1e-3, Real(0, None), "stop once the largest eigenvalue's Ritz residual (an eigenvalue lies within it) is "
+                          "below this times its magnitude, and the smallest one's below this times the larger magnitude of the two"),
+    "products_per_round": Option(3, Integer(1), "Hessian-vector products sharing one gradient graph (a forward and backward each "
+                                 "round); each holds two parameter-sized float32 vectors more while in flight (8 GB at 1B parameters); "
+                                 "1: the least memory, one graph per product"),
     "trace_probes": Option(10, Integer(0), "Hutchinson probes per trace (0: no traces)"),
     "sigmas": Option([0.0, 1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1],
                      ListOf(Real(0, None), min_len=2, increasing=True), "noise scales of the basins, from 0 (weight units)"),
     "n_directions": Option(5, Integer(0), "random Gaussian directions of the basins (0: none)"),
     "worst_case_steps": Option(3, Integer(0), "gradient-ascent steps per sigma of the worst-case search (0: no worst case)"),
+    "basin_search": Option("bisect", OneOf("bisect", "grid"), "bisect: score the sigmas a bisection for each basin's edge needs "
+                           "(the same radius as grid where the drop grows with sigma; basin_curve at those sigmas only); "
+                           "grid: score every sigma up to the edge (the whole basin_curve, about 3x the forward passes)"),
     "loss_tau": Option(0.1, Real(0, None, closed="neither"), "loss rise (nats) that ends a basin"),
     "accuracy_tau": Option(0.05, Real(0, 1, closed="neither"), "accuracy drop that ends a basin"),
     "label_column": Option(None, Nullable(Text()), "label column of finetune_data: basins of its accuracy; null: loss only"),
@@ -318,20 +358,56 @@ def basin_records(
     objective: str, direction: str, sigmas: Sequence[float], curves: np.ndarray, higher_is_better: bool, tau: float,
     boot: dict[str, int],
 ) -> list[dict[str, Any]]:
-    """``basin_curve`` rows and the ``basin_sigma`` row of ``curves [direction, sigma]`` (one row for the worst case)."""
+    """``basin_curve`` rows and the ``basin_sigma`` row of ``curves [direction, sigma]`` (one row for the worst case).
+
+    A NaN is a ``sigma`` not scored for that direction (a bisection scores few): the curve has
+    a row at each ``sigma`` scored for some direction (their mean, ``n`` of them), and the
+    radius is that of the mean drop over the ``sigmas`` scored for every direction, which
+    hold the grid points around each crossing (:func:`~.basin.bisected_random_curves`).
+    """
     variant = {"objective": objective, "direction": direction}
-    drop = drops(curves, higher_is_better)
+    curves = np.asarray(curves, dtype=float)
     records = []
     for j, sigma in enumerate(sigmas):
-        value, low, high, n = mean_ci(curves[:, j], **boot)
-        records.append({"metric": "basin_curve", "value": value, "ci_low": low, "ci_high": high, "n": len(curves),
+        scored = curves[~np.isnan(curves[:, j]), j]
+        if not len(scored):
+            continue
+        value, low, high, n = mean_ci(scored, **boot)
+        records.append({"metric": "basin_curve", "value": value, "ci_low": low, "ci_high": high, "n": len(scored),
                         "sigma": float(sigma)} | variant)
-    radius, censored = basin_sigma(sigmas, drop.mean(axis=0), tau)
-    _, low, high = bootstrap_ci(drop, statistic=lambda d: mean_basin_sigma(sigmas, d, tau), **boot)
+    complete = ~np.isnan(curves).any(axis=0)
+    grid, drop = np.asarray(sigmas, dtype=float)[complete], drops(curves[:, complete], higher_is_better)
+    radius, censored = basin_sigma(grid, drop.mean(axis=0), tau)
+    _, low, high = bootstrap_ci(drop, statistic=lambda d: mean_basin_sigma(grid, d, tau), **boot)
     below_grid = not censored and radius <= sigmas[1]  # past tau already at the grid's first sigma > 0
+    censored = censored and bool(complete[-1])  # the mean drop stays within tau up to the grid's last sigma
     records.append({"metric": "basin_sigma", "value": radius, "ci_low": float(low), "ci_high": float(high), "n": len(curves),
                     "tau": tau, "censored": censored, "below_grid": below_grid} | variant)
     return records
+
+
+def first_crossing(curves: np.ndarray, higher_is_better: bool, tau: float) -> int:
+    """The grid index where the mean drop of ``curves [direction, sigma]`` first exceeds ``tau``, over the ``sigma`` s scored for all."""
+    complete = np.flatnonzero(~np.isnan(curves).any(axis=0))
+    above = np.flatnonzero(~(drops(curves[:, complete], higher_is_better).mean(axis=0) <= tau))
+    return int(complete[above[0]]) if above.size else len(curves[0])
+
+
+def predicted_edges(records: list[dict[str, Any]], sigmas: Sequence[float], tau: float, params: list[torch.Tensor]) -> dict[str, int]:
+    """Grid indices where the loss basins' edges are expected, from the sharpness just measured: bisection's first guesses.
+
+    The quadratic model ``L(theta + delta) - L(theta) = g . delta + 1/2 delta^T H delta``
+    along a random direction of norm ``sigma sqrt(d)`` averages ``1/2 sigma^2 tr H`` (the
+    gradient term averages 0), so the random basin's edge is near ``sqrt(2 tau / tr H)``;
+    along the top eigenvector it is ``1/2 sigma^2 d lambda_max``, the worst case's edge near
+    ``sqrt(2 tau / (d lambda_max))`` (nearer 0 where the gradient adds to it). A guess only
+    saves scores when right (:func:`~.basin.first_beyond`); the radius is measured either way.
+    """
+    values = {r["metric"]: r["value"] for r in records}
+    d = sum(p.numel() for p in params)
+    edges = {"loss random": values.get("hessian_trace", np.nan), "loss worst_case": d * values.get("hessian_max_eigenvalue", np.nan)}
+    return {key: int(np.searchsorted(sigmas, np.sqrt(2 * tau / curvature))) for key, curvature in edges.items()
+            if np.isfinite(curvature) and curvature > 0}
 
 
 def beyond_basin(base: float, higher_is_better: bool, tau: float) -> Callable[[float], bool]:
@@ -364,26 +440,25 @@ class LandscapeTask:
                 p.requires_grad_(True)
             if cfg["lanczos_steps"] or cfg["trace_probes"]:
                 with math_attention():
-                    hvp = hvp_operator(pieces, params)
-                    records += self._sharpness("hessian", hvp, params, len(ids), boot, minimum=True)
-                    records += self._sharpness("adaptive", adaptive_operator(hvp, params), params, len(ids), boot, minimum=False)
-                    del hvp
-            records += self._basins(model, params, pieces, pad_id, boot)
+                    records += self._sharpness(hvp_products(pieces, params), params, len(ids), boot)
+            records += self._basins(model, params, pieces, pad_id, boot, predicted_edges(records, cfg["sigmas"], cfg["loss_tau"], params))
         finally:
             for p, flag in zip(params, flags):
                 p.requires_grad_(flag)
             model.train(was_training)
         return make_frame(self.checkpoint, NAME, records, VARIANTS)
 
-    def _sharpness(self, prefix: str, operator: Operator, params: list[torch.Tensor], n_docs: int, boot: dict[str, int],
-                   minimum: bool) -> list[dict[str, Any]]:
+    def _sharpness(self, products: Callable, params: list[torch.Tensor], n_docs: int, boot: dict[str, int]) -> list[dict[str, Any]]:
         cfg, records = self.config, []
-        if cfg["lanczos_steps"]:
-            extremes = lanczos_extremes(operator, params, cfg["lanczos_steps"], cfg["lanczos_tol"], cfg["seed"], minimum)
-            records += eigenvalue_records(prefix, extremes, n_docs, minimum)
-        if cfg["trace_probes"]:
-            value, low, high, n = mean_ci(hutchinson_samples(operator, params, cfg["trace_probes"], cfg["seed"]), **boot)
-            records.append({"metric": f"{prefix}_trace", "value": value, "ci_low": low, "ci_high": high, "n": n})
+        found = sharpness(products, params, cfg["lanczos_steps"], cfg["lanczos_tol"], cfg["trace_probes"], cfg["seed"],
+                          cfg["products_per_round"])
+        for prefix, extremes, samples in (("hessian", found.hessian, found.hessian_samples),
+                                          ("adaptive", found.adaptive, found.adaptive_samples)):
+            if extremes is not None:
+                records += eigenvalue_records(prefix, extremes, n_docs, minimum=prefix == "hessian")
+            if len(samples):
+                value, low, high, n = mean_ci(samples, **boot)
+                records.append({"metric": f"{prefix}_trace", "value": value, "ci_low": low, "ci_high": high, "n": n})
         return records
 
     def _objectives(self, model: Any, pieces: list[Loss], pad_id: int) -> dict[str, tuple[Callable, Callable, bool, float]]:
@@ -403,15 +478,16 @@ class LandscapeTask:
             objectives["accuracy"] = (accuracy, surrogate, True, cfg["accuracy_tau"])
         return objectives
 
-    def _basins(self, model: Any, params: list[torch.Tensor], pieces: list[Loss], pad_id: int,
-                boot: dict[str, int]) -> list[dict[str, Any]]:
+    def _basins(self, model: Any, params: list[torch.Tensor], pieces: list[Loss], pad_id: int, boot: dict[str, int],
+                guesses: dict[str, int]) -> list[dict[str, Any]]:
         cfg, sigmas = self.config, self.config["sigmas"]
         objectives = self._objectives(model, pieces, pad_id)
         if not (cfg["n_directions"] or cfg["worst_case_steps"]):
             return []
         base = {name: o[0]() for name, o in objectives.items()}  # sigma = 0: the checkpoint itself, scored once
         records: list[dict[str, Any]] = []
-        if cfg["n_directions"]:
+        crossings: dict[str, int] = {}  # objective -> grid index where the random basin's mean drop first exceeds tau
+        if cfg["n_directions"] and cfg["basin_search"] == "grid":
             generator = torch.Generator().manual_seed(cfg["seed"])
             curves = {name: np.tile(base[name], (cfg["n_directions"], len(sigmas))) for name in objectives}
             for k in range(cfg["n_directions"]):
@@ -422,13 +498,27 @@ class LandscapeTask:
                 del direction
             for name, (_, _, higher, tau) in objectives.items():
                 records += basin_records(name, "random", sigmas, curves[name], higher, tau, boot)
+        elif cfg["n_directions"]:
+            for name, (score, _, higher, tau) in objectives.items():
+                generator = torch.Generator().manual_seed(cfg["seed"])  # every objective sees the same directions
+                curve = bisected_random_curves(score, params, sigmas, cfg["n_directions"], generator,
+                                               beyond_basin(base[name], higher, tau), base[name], guesses.get(f"{name} random"))
+                records += basin_records(name, "random", sigmas, curve, higher, tau, boot)
+                crossings[name] = first_crossing(curve, higher, tau)
         if cfg["worst_case_steps"]:
             for name, (score, gradient, higher, tau) in objectives.items():
                 generator = torch.Generator().manual_seed(cfg["seed"] + 1)
-                curve, _ = worst_case_scores(gradient, score, params, sigmas[1:], cfg["worst_case_steps"], generator,
-                                             until=beyond_basin(base[name], higher, tau))
-                curve = worst_so_far(np.concatenate([[base[name]], curve]), higher)
-                records += basin_records(name, "worst_case", sigmas[: len(curve)], curve[None], higher, tau, boot)
+                until = beyond_basin(base[name], higher, tau)
+                if cfg["basin_search"] == "grid":
+                    curve, _ = worst_case_scores(gradient, score, params, sigmas[1:], cfg["worst_case_steps"], generator, until=until)
+                    curve = np.concatenate([[base[name]], curve])
+                else:
+                    curve = bisected_worst_case(gradient, score, params, sigmas, cfg["worst_case_steps"], generator, until, base[name],
+                                                upper=crossings.get(name), guess=guesses.get(f"{name} worst_case"))
+                scored = ~np.isnan(curve)
+                curve[scored] = worst_so_far(curve[scored], higher)
+                last = int(np.flatnonzero(scored)[-1])
+                records += basin_records(name, "worst_case", sigmas[: last + 1], curve[None, : last + 1], higher, tau, boot)
         for r in records:
             if r["metric"] == "basin_sigma" and r["censored"]:
                 log.info("%s: the %s basin (%s directions) is wider than the largest sigma %g; basin_sigma is a lower bound",

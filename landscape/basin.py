@@ -109,24 +109,11 @@ def worst_case_scores(
     Memory: the saved weights, the direction and one gradient. The returned direction has norm
     ``sqrt(d)``.
     """
-    root_d = math.sqrt(n_weights(params))
     direction = gaussian_direction(params, generator)
     out = []
     with restored(params) as origin:
         for sigma in sigmas:
-            for _ in range(steps if sigma > 0 else 0):
-                _move(params, origin, direction, sigma)
-                _, grad = gradient()
-                norm = math.sqrt(dot(grad, grad))
-                if not math.isfinite(norm) or norm == 0:
-                    break
-                with torch.no_grad():
-                    for u, g in zip(direction, grad):
-                        u.div_(root_d).add_(g, alpha=1 / norm)
-                    scale = root_d / math.sqrt(dot(direction, direction))
-                    for u in direction:
-                        u.mul_(scale)
-                del grad
+            _ascend(gradient, params, origin, direction, sigma, steps)
             _move(params, origin, direction, sigma)
             out.append(score())
             if until is not None and until(out[-1]):
@@ -182,3 +169,144 @@ def mean_basin_sigma(sigmas: Sequence[float], drop: np.ndarray, tau: float) -> n
     mean = np.mean(drop, axis=-2)
     flat = mean.reshape(-1, mean.shape[-1])
     return np.array([basin_sigma(sigmas, row, tau)[0] for row in flat]).reshape(mean.shape[:-1])
+
+
+def first_beyond(beyond_at: Callable[[int], bool], n: int, guess: int | None = None, upper: int | None = None) -> int:
+    """The first index ``j`` of ``1..n-1`` with ``beyond_at(j)`` (``n`` when none), by bracketing and bisection.
+
+    Assumes ``beyond_at`` is monotone (False up to some index, True after), as a drop that
+    grows with ``sigma`` makes it; it is then the index a walk over ``1..n-1`` stops at, found
+    with about ``log2(n)`` calls instead of up to ``n - 1``. With ``guess`` (an index where the
+    crossing is expected: another direction's) the guess and its neighbour below (or above,
+    if the guess is inside) are tried first: two calls when the guess is right. With ``upper``
+    (an index expected to be beyond: the random basin's edge bounds the worst case's) the
+    bisection runs below it and calls it only if the answer would be ``upper`` itself, going
+    on above it if it is not beyond after all (a ``guess`` comes first). Index 0 (``sigma = 0``) is never called: it is
+    inside by definition.
+    """
+
+    def bisect(lo: int, hi: int) -> int:  # lo is inside (or 0), hi beyond (or n: past the grid)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if beyond_at(mid) else (mid, hi)
+        return hi
+
+    if guess is None and upper is not None and 1 <= upper <= n - 1:
+        found = bisect(0, upper)
+        return found if found < upper or beyond_at(upper) else bisect(upper, n)
+    lo, hi = 0, n
+    if guess is not None and 1 <= guess <= n - 1:
+        if beyond_at(guess):
+            hi = guess
+            if guess - 1 >= 1:
+                lo, hi = (lo, guess - 1) if beyond_at(guess - 1) else (guess - 1, hi)
+        else:
+            lo = guess
+            if guess + 1 <= n - 1:
+                lo, hi = (lo, guess + 1) if beyond_at(guess + 1) else (guess + 1, hi)
+    return bisect(lo, hi)
+
+
+def bisected_random_curves(
+    score: Callable[[], float], params: Params, sigmas: Sequence[float], n_directions: int, generator: torch.Generator,
+    beyond: Callable[[float], bool], base: float, guess: int | None = None,
+) -> np.ndarray:
+    """``[direction, sigma]`` scores along ``n_directions`` Gaussian directions, at the ``sigmas`` a bisection needs (NaN elsewhere).
+
+    The same directions as a walk over the grid draws (:func:`gaussian_direction`, in order,
+    from ``generator``) and the same score at each ``sigma`` evaluated, so the basin radius of
+    the mean drop (:func:`basin_sigma` on the columns every direction has) is the walk's,
+    where each direction's drop grows with ``sigma`` (a drop that crosses ``tau`` and comes
+    back is seen at a later crossing, or missed). Each direction's own first crossing is
+    bisected (:func:`first_beyond`; ``beyond(score)``: its drop exceeds ``tau``), guessed at
+    the previous direction's (the first at ``guess``, a prediction, if any); the mean's
+    crossing, and a bootstrap resample's, lies between the directions' first and last
+    crossings, so every direction is then also scored at the grid points from just below the
+    first to the last (a direction drawn again from its saved generator state when it lacks
+    some). Column 0 is ``base`` (``sigma = 0``, scored once by the caller). Costs about
+    ``log2(len(sigmas))`` scores for the first direction (2 with a right guess) and 2 for each
+    further one whose crossing is the same, against ``len(sigmas) - 1`` per direction.
+    """
+    n = len(sigmas)
+    curves = np.full((n_directions, n), np.nan)
+    curves[:, 0] = base
+    states, crossings = [], []
+    for k in range(n_directions):
+        states.append(generator.get_state())
+        direction = gaussian_direction(params, generator)
+        with restored(params) as origin:
+            row = curves[k]
+
+            def beyond_at(j: int, row: np.ndarray = row, direction: Vectors = direction, origin: Params = origin) -> bool:
+                if np.isnan(row[j]):
+                    _move(params, origin, direction, sigmas[j])
+                    row[j] = score()
+                return beyond(row[j])
+
+            crossings.append(first_beyond(beyond_at, n, crossings[-1] if crossings else guess))
+        del direction
+    needed = range(max(1, min(crossings) - 1), min(max(crossings), n - 1) + 1) if n_directions else range(0)
+    for k in range(n_directions):
+        missing = [j for j in needed if np.isnan(curves[k, j])]
+        if missing:
+            again = torch.Generator()
+            again.set_state(states[k])
+            direction = gaussian_direction(params, again)
+            curves[k, missing] = perturbed_scores({"s": score}, params, direction, [sigmas[j] for j in missing])["s"]
+    return curves
+
+
+def _ascend(gradient: Callable[[], tuple[float, Vectors]], params: Params, origin: Params, direction: Vectors, sigma: float,
+            steps: int) -> None:
+    """``steps`` steps of normalized gradient ascent of ``direction`` on the sphere of radius ``sigma sqrt(d)`` (in place)."""
+    root_d = math.sqrt(n_weights(params))
+    for _ in range(steps if sigma > 0 else 0):
+        _move(params, origin, direction, sigma)
+        _, grad = gradient()
+        norm = math.sqrt(dot(grad, grad))
+        if not math.isfinite(norm) or norm == 0:
+            break
+        with torch.no_grad():
+            for u, g in zip(direction, grad):
+                u.div_(root_d).add_(g, alpha=1 / norm)
+            scale = root_d / math.sqrt(dot(direction, direction))
+            for u in direction:
+                u.mul_(scale)
+        del grad
+
+
+def bisected_worst_case(
+    gradient: Callable[[], tuple[float, Vectors]], score: Callable[[], float], params: Params, sigmas: Sequence[float],
+    steps: int, generator: torch.Generator, beyond: Callable[[float], bool], base: float, upper: int | None = None,
+    guess: int | None = None,
+) -> np.ndarray:
+    """``[sigma]`` worst-case scores at the ``sigmas`` a bisection for the basin's edge needs (NaN elsewhere; column 0 ``base``).
+
+    The search of :func:`worst_case_scores` (``steps`` steps of norm-constrained gradient
+    ascent at each ``sigma`` evaluated, each starting from the direction the previous one
+    ended with, the first from a Gaussian direction), run at the grid points a bisection for
+    the first ``sigma`` whose score is beyond the basin visits (:func:`first_beyond`, below
+    ``upper``: the random basin's crossing, which the worst case does not exceed when the
+    search works; checked, not assumed, when the bisection ends there; or first at ``guess``, a
+    prediction) instead of at every ``sigma`` up to it. Pass the result through
+    :func:`worst_so_far` over the scored ``sigmas`` for the curve. A local search either way: the
+    walk refines its direction over every smaller ``sigma`` (``steps`` times as many steps as
+    grid points below the edge), the bisection over the few it visits, so its worst case can
+    be milder and its radius wider; they agree where a few steps find the worst direction
+    (a loss with a dominant gradient or a dominant top eigenvector).
+    """
+    n = len(sigmas)
+    curve = np.full(n, np.nan)
+    curve[0] = base
+    direction = gaussian_direction(params, generator)
+    with restored(params) as origin:
+
+        def beyond_at(j: int) -> bool:
+            if np.isnan(curve[j]):
+                _ascend(gradient, params, origin, direction, sigmas[j], steps)
+                _move(params, origin, direction, sigmas[j])
+                curve[j] = score()
+            return beyond(curve[j])
+
+        first_beyond(beyond_at, n, guess, upper)
+    return curve

@@ -21,16 +21,21 @@ from plastiscope.landscape import (
     OPTIONS,
     adaptive_operator,
     basin_sigma,
+    bisected_random_curves,
+    bisected_worst_case,
     drops,
+    first_beyond,
     fixed_batch,
     gaussian_direction,
     hutchinson_samples,
     hvp_operator,
+    hvp_products,
     lanczos_extremes,
     loss_pieces,
     micro_batches,
     perturbed_scores,
     rank_loss_pieces,
+    sharpness,
     worst_case_scores,
     worst_so_far,
 )
@@ -120,7 +125,6 @@ def test_lanczos_matches_the_exact_hessian_of_an_mlp_within_its_residuals():
     # around 0: Lanczos resolves it to a fraction of the spectrum's scale, and its residual says it is unresolved
     scale = np.abs(eigenvalues).max()
     assert abs(result.min_value - eigenvalues[0]) < 0.02 * scale and result.min_residual > abs(eigenvalues[0] - result.min_value)
-    assert result.steps == STEPS  # not converged to lanczos_tol: it ran every step
     # the reported error bound holds: an eigenvalue lies within the residual of each Ritz value
     for value, residual in ((result.max_value, result.max_residual), (result.min_value, result.min_residual)):
         assert np.min(np.abs(eigenvalues - value)) <= residual + 1e-9
@@ -129,6 +133,24 @@ def test_lanczos_matches_the_exact_hessian_of_an_mlp_within_its_residuals():
     # more steps, a smaller residual and error
     longer = lanczos_extremes(hvp_operator([lambda: F.mse_loss(model(x), y)], params), params, 120, 0.0, seed=0)
     assert longer.max_value == pytest.approx(eigenvalues[-1], rel=1e-8) and longer.min_value == pytest.approx(eigenvalues[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("spectrum", ["uniform bulk", "gamma bulk"])
+def test_lanczos_resolves_a_minimum_near_zero_to_the_spectrums_scale_in_fewer_steps(spectrum):
+    rng = np.random.default_rng(7)
+    values = {"uniform bulk": np.concatenate([[10.0, 8.0], rng.uniform(0, 4, 397), [-0.02]]),
+              "gamma bulk": np.concatenate([[10.0], rng.gamma(0.5, 0.5, 398), [-0.05]])}[spectrum]
+    a, params, loss = _quadratic(values, seed=8)
+    exact = np.linalg.eigvalsh(a)
+    scale = np.abs(exact).max()
+    hvp = hvp_operator([loss], params)
+    result = lanczos_extremes(hvp, params, STEPS, TOL, seed=0)
+    each = lanczos_extremes(hvp, params, STEPS, TOL, seed=0, relative_to="each")  # the smallest against its own magnitude
+    assert result.steps < 0.8 * each.steps
+    assert result.min_residual <= TOL * result.max_value and (each.min_residual <= TOL * abs(each.min_value) or each.steps == STEPS)
+    # the smallest (a near-zero value at the edge of a bulk) within lanczos_tol of the scale, the largest to its own tolerance
+    assert abs(result.min_value - exact[0]) <= TOL * scale and abs(result.max_value - exact[-1]) <= TOL * exact[-1]
+    assert abs(each.min_value - exact[0]) <= abs(result.min_value - exact[0])  # the longer run is closer
 
 
 @pytest.mark.parametrize("case", ["small eigengap", "negative eigenvalue dominates", "isolated top over a wide bulk"])
@@ -201,6 +223,66 @@ def test_hutchinson_raw_and_adaptive_traces_match_the_exact_hessian_of_an_mlp():
         sd = math.sqrt(2 * ((matrix**2).sum() - (np.diag(matrix) ** 2).sum()) / len(samples))
         assert abs(samples.mean() - np.trace(matrix)) < 4 * sd
         assert np.std(samples) > 0  # a stochastic estimate, not the exact diagonal
+
+
+def test_hvp_products_share_one_gradient_graph_and_equal_the_exact_hessian_times_each_vector():
+    model, x, y, exact = _mlp_problem()
+    params = list(model.parameters())
+    forwards = []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))
+    vectors = [[torch.randn_like(p) for p in params] for _ in range(3)]
+    products = hvp_products([lambda: F.mse_loss(model(x), y)], params)(vectors)
+    hook.remove()
+    assert len(forwards) == 1  # one forward (and one graph-keeping backward) for the three products
+    for v, hv in zip(vectors, products):
+        flat = torch.cat([t.reshape(-1) for t in v]).numpy()
+        np.testing.assert_allclose(torch.cat([h.reshape(-1) for h in hv]).numpy(), exact @ flat, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_sharpness_gives_the_separate_estimates_with_shared_products(width):
+    model, x, y, exact = _mlp_problem()
+    params = list(model.parameters())
+    losses = [lambda: F.mse_loss(model(x), y)]
+    hvp = hvp_operator(losses, params)
+    found = sharpness(hvp_products(losses, params), params, STEPS, TOL, n_probes=6, seed=0, width=width)
+    # the traces' samples are Hutchinson's with the same probes, the first one read off each Lanczos run's first step
+    np.testing.assert_allclose(found.hessian_samples, hutchinson_samples(hvp, params, 6, seed=0), rtol=1e-9)
+    np.testing.assert_allclose(found.adaptive_samples, hutchinson_samples(adaptive_operator(hvp, params), params, 6, seed=0), rtol=1e-9)
+    # the eigenvalues: those of the exact Hessian and of diag|theta| H diag|theta|, each within lanczos_tol of the spectrum
+    theta = np.abs(torch.cat([p.detach().reshape(-1) for p in params]).numpy())
+    for extremes, matrix, ends in ((found.hessian, exact, (0, -1)), (found.adaptive, theta[:, None] * exact * theta[None, :], (-1,))):
+        eigenvalues = np.linalg.eigvalsh(matrix)
+        scale = np.abs(eigenvalues).max()
+        for end in ends:
+            value, residual = (extremes.max_value, extremes.max_residual) if end == -1 else (extremes.min_value, extremes.min_residual)
+            assert abs(value - eigenvalues[end]) <= min(residual + 1e-9, TOL * scale + 1e-9) or extremes.steps == STEPS
+            assert abs(value - eigenvalues[end]) <= 0.02 * scale
+    # every product counted once; rounds of up to ``width`` products, each Lanczos run one product per round
+    assert found.products == found.hessian.steps + found.adaptive.steps + 2 * 5
+    assert max(found.hessian.steps, found.adaptive.steps, -(-found.products // width)) <= found.rounds <= found.products
+    if width == 1:
+        assert found.rounds == found.products
+
+
+def test_first_beyond_finds_the_walks_crossing_in_few_calls():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(2, 40))
+        edge = int(rng.integers(1, n + 1))  # first index beyond (n: none on the grid)
+        guess = None if rng.random() < 0.3 else int(rng.integers(0, n + 2))
+        calls = []
+
+        def beyond_at(j, edge=edge, calls=calls):
+            assert 1 <= j <= n - 1
+            calls.append(j)
+            return j >= edge
+
+        walk = next((j for j in range(1, n) if j >= edge), n)
+        assert first_beyond(beyond_at, n, guess) == walk
+        assert len(calls) <= math.ceil(math.log2(n)) + 2
+        if guess is not None and 2 <= guess == edge <= n - 1:
+            assert len(calls) == 2  # a right guess costs two calls
 
 
 class _Product(torch.nn.Module):
@@ -377,6 +459,70 @@ def test_worst_case_basin_of_a_quadratic_follows_its_top_eigenvector():
     assert all(torch.count_nonzero(p) == 0 for p in params)
 
 
+def _log_grid(low: float, high: float, per_decade: int = 4) -> np.ndarray:
+    return np.concatenate([[0.0], np.logspace(np.log10(low), np.log10(high), int(round(np.log10(high / low) * per_decade)) + 1)])
+
+
+def test_bisected_random_basin_is_the_grid_walks_radius_on_a_quadratic():
+    d = 400
+    spectrum = np.random.default_rng(5).gamma(2.0, 1.0, d)
+    a, params, _ = _quadratic(spectrum, seed=6)
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
+    score, _ = _quadratic_score(a, params)
+    calls = []
+
+    def counted() -> float:
+        calls.append(1)
+        return score()
+
+    sigmas, tau, boot = _log_grid(1e-4, 1.0), 0.05, {"n_resamples": 300, "seed": 0}
+    walk = np.array([perturbed_scores({"loss": score}, params, gaussian_direction(params, generator), sigmas)["loss"]
+                     for generator in [torch.Generator().manual_seed(3)] for _ in range(6)])
+    bisected = bisected_random_curves(counted, params, sigmas, 6, torch.Generator().manual_seed(3), lambda s: s > tau, 0.0)
+    assert len(calls) < 0.4 * 6 * (len(sigmas) - 1)  # a fraction of the walk's scores
+    scored = ~np.isnan(bisected)
+    np.testing.assert_array_equal(bisected[scored], walk[scored])  # the same directions scored at the same sigmas
+    ours = basin_records("loss", "random", sigmas, bisected, False, tau, boot)[-1]
+    grid = basin_records("loss", "random", sigmas, walk, False, tau, boot)[-1]
+    assert ours["value"] == pytest.approx(grid["value"], rel=1e-12) and not ours["censored"]
+    assert (ours["ci_low"], ours["ci_high"]) == pytest.approx((grid["ci_low"], grid["ci_high"]), rel=1e-12)
+    # and the closed form, 1/2 sigma^2 tr A = tau, to the grid's resolution (one log-step of 10^(1/4))
+    assert ours["value"] == pytest.approx(math.sqrt(2 * tau / np.trace(a)), rel=0.15)
+    assert all(torch.count_nonzero(p) == 0 for p in params)  # restored
+    # a basin wider than the grid: censored, as the walk says
+    wide = bisected_random_curves(score, params, sigmas[:6], 3, torch.Generator().manual_seed(3), lambda s: s > tau, 0.0)
+    assert basin_records("loss", "random", sigmas[:6], wide, False, tau, boot)[-1]["censored"]
+
+
+def test_bisected_worst_case_radius_is_the_walks_to_the_grid_resolution_on_a_quadratic():
+    d = 300
+    spectrum = np.concatenate([[8.0, 5.0], np.random.default_rng(3).uniform(-1, 3, d - 2)])
+    a, params, _ = _quadratic(spectrum, seed=4)
+    with torch.no_grad():
+        for p in params:
+            p.zero_()
+    score, gradient = _quadratic_score(a, params)
+    sigmas, tau, boot = _log_grid(1e-5, 1e-1), 0.02, {"n_resamples": 50, "seed": 0}
+    until = lambda s: s > tau  # noqa: E731
+    walk, _ = worst_case_scores(gradient, score, params, sigmas[1:], steps=8, generator=torch.Generator().manual_seed(0), until=until)
+    walk = worst_so_far(np.concatenate([[0.0], walk]), higher_is_better=False)
+    bisected = bisected_worst_case(gradient, score, params, sigmas, 8, torch.Generator().manual_seed(0), until, 0.0)
+    scored = ~np.isnan(bisected)
+    assert scored.sum() < len(walk)  # fewer sigmas searched
+    bisected[scored] = worst_so_far(bisected[scored], higher_is_better=False)
+    last = int(np.flatnonzero(scored)[-1])
+    ours = basin_records("loss", "worst_case", sigmas[: last + 1], bisected[None, : last + 1], False, tau, boot)[-1]["value"]
+    grid = basin_records("loss", "worst_case", sigmas[: len(walk)], walk[None], False, tau, boot)[-1]["value"]
+    # both in the same grid interval as the exact worst-case radius, sqrt(2 tau / (d lambda_max))
+    exact = math.sqrt(2 * tau / (d * 8.0))
+    interval = np.searchsorted(sigmas, exact)
+    assert np.searchsorted(sigmas, ours) == np.searchsorted(sigmas, grid) == interval
+    assert ours == pytest.approx(exact, rel=0.1) and grid == pytest.approx(exact, rel=0.1)
+    assert all(torch.count_nonzero(p) == 0 for p in params)
+
+
 def test_accuracy_basin_of_a_linear_classifier_matches_its_closed_form():
     d, n = 500, 300
     rng = np.random.default_rng(0)
@@ -522,9 +668,11 @@ def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
             assert one.loc[metric].n == 3 and one.loc[metric].ci_low <= one.loc[metric].value <= one.loc[metric].ci_high
         curves = group[group.metric == "basin_curve"]
         random = curves[curves.direction == "random"]
-        assert len(random) == 2 * 5 and set(random.objective) == {"loss", "accuracy"} and set(random.n) == {2}
-        assert set(random.sigma) == set(SMALL["sigmas"])
-        assert "objective=loss, direction=random, sigma=0.01" in set(random.variant)
+        # bisection scores sigma = 0 and a few grid points for each direction, both directions around the edge
+        assert set(random.objective) == {"loss", "accuracy"} and set(random.sigma) <= set(SMALL["sigmas"])
+        assert set(random.n) <= {1, 2} and list(random[random.sigma == 0].n) == [2, 2]
+        assert {v.rsplit(", sigma=", 1)[0] for v in random.variant} == {"objective=loss, direction=random",
+                                                                        "objective=accuracy, direction=random"}
         worst = curves[curves.direction == "worst_case"]
         assert set(worst.n) == {1} and worst.ci_low.isna().all() and set(worst.objective) == {"loss", "accuracy"}
         for objective, sign in (("loss", 1), ("accuracy", -1)):  # the worst found within a growing ball never recovers
@@ -552,6 +700,28 @@ def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
         # the worst case is never wider than the random basin on the loss
         assert radii.loc[("loss", "worst_case")].value <= radii.loc[("loss", "random")].value
         checkpoint.unload()
+
+
+def test_bisected_basins_of_a_tiny_llama_have_the_grid_walks_random_radius(tiny_sweep):
+    from plastiscope.landscape import start
+    from plastiscope.memo import Memo
+    from plastiscope.options import validate
+
+    inputs = Inputs(train_data=load_corpus("train", 100))
+    options = {"n_docs": 8, "lanczos_steps": 0, "trace_probes": 0, "n_directions": 3, "worst_case_steps": 0, "n_resamples": 200,
+               "sigmas": [0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0]}
+    frames = {}
+    for search in ("grid", "bisect"):
+        config = validate("landscape", OPTIONS, options | {"basin_search": search})
+        frames[search] = start(tiny_sweep[1], inputs, config, Memo()).finish().set_index(["metric", "sigma"])
+    radius = {k: f.xs("basin_sigma", level="metric").iloc[0] for k, f in frames.items()}
+    assert not radius["grid"].censored and not radius["grid"].below_grid  # the edge lies inside the grid
+    for column in ("value", "ci_low", "ci_high"):
+        assert radius["bisect"][column] == pytest.approx(radius["grid"][column], rel=1e-9)
+    curves = {k: f.xs("basin_curve", level="metric") for k, f in frames.items()}
+    assert len(curves["bisect"]) < len(curves["grid"]) == len(options["sigmas"])
+    both = curves["bisect"][curves["bisect"].n == 3].index
+    np.testing.assert_allclose(curves["bisect"].loc[both, "value"], curves["grid"].loc[both, "value"], rtol=1e-9)
 
 
 def test_landscape_of_a_bfloat16_checkpoint_runs_in_a_float32_copy(tiny_sweep):
