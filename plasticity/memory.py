@@ -19,8 +19,9 @@ memory excludes it), in bytes, as the sum of:
       per layer:  B L a (8 d + 3 d_kv + 4 f)  [+ B h L^2 a with eager attention, the probabilities]
       logits:     B L V (2 a + 4)             (the logits, their float32 copy for the loss, their gradient)
 
-  all ``N`` layers without gradient checkpointing; with it, each layer's input ``B L d a`` for
-  ``N`` layers plus one layer recomputed;
+  all ``N`` layers and the logits without gradient checkpointing; with it, each layer's input
+  ``B L d a`` for ``N`` layers plus the larger of one layer recomputed and the logits (the
+  logits' memory is freed before the first layer is recomputed);
 - **evaluation** after fine-tuning, which does not overlap training: the weights of the copy plus
   the logits of an evaluation batch, ``E L V a`` (``E`` documents per evaluation batch), and,
   with generation, the key/value cache ``2 N E (L + n_new) d_kv a``; the peak is the larger of
@@ -101,11 +102,14 @@ def finetune_memory(
     layer = tokens * a * (8 * s["d"] + 3 * s["d_kv"] + 4 * s["mlp"])
     if eager_attention:
         layer += batch_size * s["heads"] * length * length * a
-    layers = s["layers"] * tokens * s["d"] * a + layer if gradient_checkpointing else s["layers"] * layer
     logits = tokens * s["vocab"] * (2 * a + 4)
+    if gradient_checkpointing:
+        activations = s["layers"] * tokens * s["d"] * a + max(layer, logits)
+    else:
+        activations = s["layers"] * layer + logits
     cache = 2 * s["layers"] * eval_batch_size * (length + new_tokens) * s["d_kv"] * a if new_tokens else 0
     evaluation = weights + eval_batch_size * length * s["vocab"] * a + cache
-    return MemoryEstimate(weights, 4 * n_trainable, 8 * n_trainable, layers + logits, evaluation)
+    return MemoryEstimate(weights, 4 * n_trainable, 8 * n_trainable, activations, evaluation)
 
 
 def free_memory(device: torch.device) -> int | None:
