@@ -216,8 +216,9 @@ _CIRCUITS = "Elhage et al. 2021 (A Mathematical Framework for Transformer Circui
 _SHANNON = "Shannon 1948 (entropy of each query row)"
 METRICS = (
     Metric("entropy", "Mean attention entropy -sum_j A_ij log A_ij over query rows (nats).", "nats", None, _SHANNON),
-    Metric("entropy_normalized", "Attention entropy of each query row divided by log(number of visible keys), averaged; 0 = one-hot, "
-           "1 = uniform.", "", None, _SHANNON, (Baseline(value=1.0, label="uniform pattern", side="below"),)),
+    Metric("entropy_normalized", "Attention entropy of each query row divided by log(number of keys it may attend to under the "
+           "layer's own mask, a sliding window's included), averaged; 0 = one-hot, 1 = uniform.", "", None, _SHANNON,
+           (Baseline(value=1.0, label="uniform pattern", side="below"),)),
     Metric("effective_rank", "Effective rank exp(H(p)), p_i = s_i / sum(s), of the singular values s of the attention pattern over "
            "each document's " + _FIRST_TOKENS, "", None, "Roy & Vetterli 2007"),
     Metric("stable_rank", "Stable rank ||A||_F^2 / ||A||_2^2 of the attention pattern over each document's " + _FIRST_TOKENS, "", None,
