@@ -66,11 +66,13 @@ def _is_library(message: warnings.WarningMessage, roots: Sequence[Path]) -> bool
     """A warning of a library (raised from its files, or a deprecation notice), silenced unless verbose."""
     if issubclass(message.category, LIBRARY_CATEGORIES):
         return True
+    if message.filename.startswith("<frozen"):
+        return True
     try:
         where = Path(message.filename).resolve()
-    except (OSError, ValueError):
-        return True
-    return not where.is_file() or any(where.is_relative_to(root) for root in roots)
+    except (OSError, ValueError):  # a notebook cell, a string of code: the user's own
+        return False
+    return any(where.is_relative_to(root) for root in roots)
 
 
 class _Collect(logging.Filter):
@@ -158,8 +160,8 @@ def merge(notes: Notes, names: Sequence[str] = ()) -> list[Note]:
 def emit_notes(notes: Notes, names: Sequence[str] = ()) -> None:
     """Emit each distinct collected warning once: as a warning if it was raised as one, else on the log."""
     for note in merge(notes, names):
-        if note.kind == "warning":
-            warnings.warn(note.message, note.category, stacklevel=4)
+        if note.kind == "warning":  # no source line to echo: the text says what and where
+            warnings.warn_explicit(note.message, note.category, "plastiscope", 0, module="plastiscope")
         else:
             log.warning(note.message)
 

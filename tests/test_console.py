@@ -32,9 +32,11 @@ def test_quiet_keeps_our_warnings_once_and_drops_the_libraries():
                 _library_warning("a library's note on every call")
                 warnings.warn("a future change", FutureWarning)
             warnings.warn("wd-0.1: something else", UserWarning)
+            exec(compile("import warnings; warnings.warn('from a notebook cell')", "<ipython-input-1>", "exec"))
     assert (hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()) == before
     assert [str(w.message) for w in shown] == [
-        "wd-0: 3 validation documents repeat training ones (also wd-0.1, wd-1)", "wd-0.1: something else"]
+        "wd-0: 3 validation documents repeat training ones (also wd-0.1, wd-1)", "wd-0.1: something else", "from a notebook cell"]
+    assert {w.filename for w in shown} == {"plastiscope"}  # no source line of ours to echo
 
 
 def test_verbose_lets_everything_through():
