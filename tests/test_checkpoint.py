@@ -322,3 +322,16 @@ def test_weight_decays_that_no_model_was_trained_with_are_refused(good_folder, t
     for wd, shown in ((True, "True"), (float("inf"), "inf"), (-0.1, "-0.1"), ("abc", "'abc'")):
         with pytest.raises(CheckpointError, match=rf"good: weight decay {shown} is not a"):
             Checkpoint.from_pretrained(good_folder, weight_decay=wd)
+
+
+@pytest.mark.cuda
+def test_an_in_memory_model_run_on_the_gpu_stays_on_its_device(tokenizer):
+    """``to("cuda")`` runs a converted copy on the GPU; the user's model stays on the CPU, untouched."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES["llama"](len(tokenizer)).eval()
+    before = _module_state(model)
+    ckpt = Checkpoint.from_model(model, tokenizer, weight_decay=0.1).to(device="cuda", dtype="bfloat16")
+    (batch,) = stream(ckpt, ["a small test sentence"], ["blocks.1.hook_resid_post"], return_logits=True, progress=False)
+    assert next(ckpt.hf_model.parameters()).device.type == "cuda" and _module_state(model) == before
+    with torch.no_grad():
+        torch.testing.assert_close(batch.logits.float().cpu(), model(batch.tokens.cpu()).logits, atol=0.1, rtol=0.05)
