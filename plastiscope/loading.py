@@ -579,4 +579,11 @@ def hf_snapshot(repo: str, revision: str = "main", cache_dir: str | Path | None 
         raise CheckpointError(
             f"{where}: the snapshot {snapshot} is a link to {snapshot.resolve()}, outside the repository's snapshots; {fetch}"
         )
+    repository = folder.resolve()
+    for file in snapshot.iterdir():  # the hub links a snapshot's files to the repository's blobs, nowhere else
+        if file.is_symlink() and not file.resolve().is_relative_to(repository):
+            raise CheckpointError(
+                f"{where}: {file} is a link to {file.resolve()}, outside the repository {folder} (a cache file links into "
+                f"its blobs); {fetch}"
+            )
     return snapshot

@@ -172,3 +172,21 @@ def test_refs_must_name_a_commit_inside_the_repository(hub, tmp_path):
         error = sweep.errors[0]["error"]
         assert f"{REPO}@{revision}" in error and ("is not a commit hash" in error or "outside" in error), error
     assert len(Sweep.from_hf_cache(REPO, ["main", _commit(1)], cache_dir=copy, weight_decay=0.01)) == 2
+
+
+def test_a_snapshot_file_linked_outside_its_repository_is_refused(hub, tmp_path):
+    """The hub links a snapshot's files into the repository's blobs; a file linked elsewhere (another model's weights)
+    would be measured under this repository's label."""
+    import shutil
+
+    cache, _ = hub
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy, symlinks=True)
+    snapshot = copy / "models--EleutherAI--pythia-tiny" / "snapshots" / _commit(1)
+    foreign = tmp_path / "foreign.safetensors"
+    shutil.copy(snapshot / "model.safetensors", foreign)
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").symlink_to(foreign)
+    sweep = Sweep.from_hf_cache(REPO, ["step1000", "main"], cache_dir=copy, weight_decay=0.01)
+    assert [c.name for c in sweep] == [f"{REPO}@main"]
+    assert f"model.safetensors is a link to {foreign}, outside the repository" in sweep.errors[0]["error"]
