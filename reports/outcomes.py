@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, ResultsStore, load_results, stamp, tidy
@@ -49,28 +50,37 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".parquet")
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
 PIECE_KEY = {"outcome": "imported"}
 
-_LOWER = ("loss", "perplexity", "ppl", "error", "nll", "bits_per_byte", "bpb", "regret")
+_LOWER = ("loss", "perplexity", "ppl", "error", "nll", "bits_per_byte", "bpb", "regret", "incorrect")
 _LOWER_TOKENS = ("err", "wer", "cer", "ece")
 _HIGHER = ("acc", "f1", "exact_match", "bleu", "rouge", "pass@", "auc", "mcc", "win_rate", "precision", "recall", "correct")
 _HIGHER_TOKENS = ("em",)
 
 
+def _says(name: str, tokens: list[str], words: tuple[str, ...], exact: tuple[str, ...]) -> bool:
+    """Whether a word begins or ends a token of ``name`` (a phrase with ``_`` or ``@`` may sit anywhere), or a token is ``exact``."""
+    return any((w in name) if ("_" in w or "@" in w) else any(t.startswith(w) or t.endswith(w) for t in tokens) for w in words) \
+        or bool(set(tokens) & set(exact))
+
+
 def direction_from_name(metric: str) -> str | None:
     """``"lower"`` for loss-, perplexity- or error-like names, ``"higher"`` for accuracy-like ones, else None.
 
-    The metric's own name is read (the part after ``task/`` and before an lm-eval ``,filter``):
-    ``loss``, ``perplexity``, ``ppl``, ``error``, ``nll``, ``bits_per_byte`` or ``bpb`` in it,
-    or a word ``err``/``wer``/``cer``/``ece``, mean lower is better; ``acc``, ``f1``,
-    ``exact_match``, ``bleu``, ``rouge``, ``pass@``, ``auc``, ``mcc``, ``precision``,
-    ``recall`` or a word ``em`` mean higher is better.
+    The metric's own name is read (the part after ``task/`` and before an lm-eval ``,filter``),
+    split into words at anything but letters, digits and ``@``: a word beginning or ending with
+    ``loss``, ``perplexity``, ``ppl``, ``error``, ``nll``, ``bpb``, ``regret`` or ``incorrect``,
+    the phrase ``bits_per_byte``, or a word ``err``/``wer``/``cer``/``ece``, mean lower is
+    better; a word beginning or ending with ``acc``, ``f1``, ``bleu``, ``rouge``, ``auc``,
+    ``mcc``, ``precision``, ``recall`` or ``correct``, the phrases ``exact_match``, ``pass@`` or
+    ``win_rate``, or a word ``em`` mean higher is better. A name that says both (``loss_acc``,
+    ``incorrect``) or neither gives None: the file must say which way is better.
     """
     name = str(metric).rsplit("/", 1)[-1].split(",", 1)[0].lower()
-    tokens = set(re.split(r"[^a-z0-9@]+", name))
-    if any(w in name for w in _LOWER) or tokens & set(_LOWER_TOKENS):
-        return "lower"
-    if any(w in name for w in _HIGHER) or tokens & set(_HIGHER_TOKENS):
-        return "higher"
-    return None
+    tokens = [t for t in re.split(r"[^a-z0-9@]+", name) if t]
+    lower = _says(name, tokens, _LOWER, _LOWER_TOKENS)
+    higher = _says(name, tokens, _HIGHER, _HIGHER_TOKENS)
+    if lower == higher:
+        return None
+    return "lower" if lower else "higher"
 
 
 def _truth(value: object, where: str) -> str | None:
@@ -129,14 +139,21 @@ def lm_eval_rows(data: dict, path: Path) -> pd.DataFrame:
             continue
         for key, value in metrics.items():
             name, _, filt = str(key).partition(",")
-            if key == "alias" or "_stderr" in name or isinstance(value, (str, bool)) or value is None:
-                continue
+            if key == "alias" or "_stderr" in name or (not filt and not isinstance(value, (int, float))) or not name.strip():
+                continue  # labels lm-eval keeps beside the metrics (alias, a group's blank heading)
+            where = f"--outcomes {path}: results.{task}[{key!r}]"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{where} is {value!r}, not a finite number; rerun that task or delete the key from the file")
             stderr = metrics.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr")
             stderr = float(stderr) if isinstance(stderr, (int, float)) and not isinstance(stderr, bool) else math.nan
+            if stderr < 0 or math.isinf(stderr):
+                raise ValueError(f"{where}: its standard error is {stderr!r}; a standard error is finite and at least 0 (or \"N/A\")")
             metric = f"{task}/{name}" + (f",{filt}" if filt and filt != "none" else "")
             declared = (directions.get(task) or {}).get(name) if isinstance(directions.get(task), dict) else None
             better = _truth(declared, f"{path}: higher_is_better.{task}.{name}") if declared is not None else None
             effective = (samples.get(task) or {}).get("effective") if isinstance(samples.get(task), dict) else None
+            if effective is not None and (isinstance(effective, bool) or not isinstance(effective, int) or effective < 1):
+                raise ValueError(f"--outcomes {path}: n-samples.{task}.effective is {effective!r}; a count of at least 1, or no entry")
             rows.append({"metric": metric, "value": float(value), "ci_low": float(value) - Z95 * stderr,
                          "ci_high": float(value) + Z95 * stderr, "n": effective, "better": better})
     if not rows:
@@ -159,26 +176,89 @@ def lm_eval_models(data: dict) -> list[str]:
     return list(dict.fromkeys(str(n) for n in names if n))
 
 
+def read_json(path: Path) -> object:
+    """A ``.json`` outcome file parsed, or a one-line refusal naming it (not UTF-8, not JSON, nested too deep)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"--outcomes {path}: not UTF-8 text; save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--outcomes {path}: not valid JSON ({err.msg} at line {err.lineno}); fix or remove the file") from None
+    except RecursionError:
+        raise ValueError(f"--outcomes {path}: JSON nested too deep to be an outcome file; remove it from --outcomes") from None
+
+
+def _numbers(frame: pd.DataFrame, column: str, path: Path, rows: str, first: int) -> pd.Series:
+    """``frame[column]`` as floats; a cell that is no number (text, a yes/no) is refused naming its row; blanks are NaN."""
+    cells = frame[column]
+    is_bool = cells.map(lambda v: isinstance(v, (bool, np.bool_)))
+    numbers = pd.to_numeric(cells.where(~is_bool), errors="coerce").astype(float)
+    text = cells.map(lambda v: isinstance(v, str) and v.strip().lower() in ("", "nan", "na", "n/a", "none", "null"))
+    bad = numbers.isna() & cells.notna() & ~text
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"--outcomes {path}, {rows.format(i + first)}: {column} is {str(cells.iloc[i])!r}, not a number; "
+                         "write a plain number")
+    return numbers
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """An outcome table: columns checkpoint, metric, value (+ higher_is_better, ci_low, ci_high, n)."""
+    """An outcome table: columns checkpoint, metric, value (+ higher_is_better, ci_low, ci_high, n).
+
+    Refused, naming the file and row: a value that is missing, not a number or not finite; an
+    interval given on one side only, or not holding the value; an ``n`` that is not a positive
+    whole number; a blank checkpoint or metric; a table without rows.
+    """
     suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        frame = pd.read_parquet(path)
-    elif suffix == ".json":
-        frame = pd.DataFrame(json.loads(path.read_text()))
-    else:
-        frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    rows = {".parquet": "row {}", ".json": "record {}"}.get(suffix, "line {}")
+    first = {".parquet": 1, ".json": 1}.get(suffix, 2)  # a csv/tsv's first row is line 2, after the header
+    try:
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif suffix == ".json":
+            data = read_json(path)
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise ValueError(f"--outcomes {path}: neither an outcome table (a JSON list of records with checkpoint, metric, value) "
+                                 "nor an lm-eval results file; remove it from --outcomes (or name the files to import)")
+            frame = pd.DataFrame(data)
+        else:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={"checkpoint": str, "metric": str},
+                                encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"--outcomes {path}: not UTF-8 text; save it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"--outcomes {path}: an empty file; write the header checkpoint,metric,value and one row per outcome") from None
+    except pd.errors.ParserError as err:
+        raise ValueError(f"--outcomes {path}: not a readable table ({str(err).strip().splitlines()[-1]})") from None
     missing = [c for c in ("checkpoint", "metric", "value") if c not in frame.columns]
     if missing:
         raise ValueError(f"--outcomes {path}: no column(s) {missing}; an outcome table has checkpoint, metric, value "
                          f"(and optionally higher_is_better, ci_low, ci_high, n); it has {list(frame.columns)}")
-    out = pd.DataFrame({"checkpoint": frame["checkpoint"].astype(str), "metric": frame["metric"].astype(str),
-                        "value": pd.to_numeric(frame["value"], errors="coerce")})
-    bad = out["value"].isna() & frame["value"].notna()
-    if bad.any():
-        raise ValueError(f"--outcomes {path}: non-numeric value(s) {frame.loc[bad, 'value'].astype(str).tolist()[:4]}")
+    if frame.empty:
+        raise ValueError(f"--outcomes {path}: a table without rows; add one row per checkpoint and metric")
+    frame = frame.reset_index(drop=True)
+    for column in ("checkpoint", "metric"):
+        names = frame[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
+        if (names == "").any():
+            i = int(np.flatnonzero((names == "").to_numpy())[0])
+            raise ValueError(f"--outcomes {path}, {rows.format(i + first)}: no {column}; fill it in or delete the row")
+        frame[column] = names
+    out = pd.DataFrame({"checkpoint": frame["checkpoint"], "metric": frame["metric"], "value": _numbers(frame, "value", path, rows, first)})
     for column in ("ci_low", "ci_high", "n"):
-        out[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else math.nan
+        out[column] = _numbers(frame, column, path, rows, first) if column in frame else math.nan
+    value, low, high, n = out["value"], out["ci_low"], out["ci_high"], out["n"]
+    checks = [
+        (~np.isfinite(value), "value is {value}; an outcome is a finite number (delete the row if it was not measured)"),
+        (low.isna() != high.isna(), "an interval needs both ci_low and ci_high; give both or neither"),
+        (np.isinf(low) | np.isinf(high), "the interval [{ci_low}, {ci_high}] is not finite; give finite bounds or none"),
+        ((low > value) | (high < value), "the interval [{ci_low}, {ci_high}] does not hold the value {value}; ci_low <= value <= ci_high"),
+        (n.notna() & ((n < 1) | (n != np.floor(n)) | np.isinf(n)), "n is {n}; n counts independent units, a whole number of at least 1"),
+    ]
+    for bad, reason in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"--outcomes {path}, {rows.format(i + first)} ({out['checkpoint'].iloc[i]} {out['metric'].iloc[i]}): "
+                             + reason.format(**out.iloc[i].to_dict()))
     out["better"] = [_truth(v, f"--outcomes {path}, metric {m}") for v, m in
                      zip(frame["higher_is_better"] if "higher_is_better" in frame else [None] * len(frame), out["metric"])]
     return out
@@ -273,7 +353,7 @@ def read_outcomes(paths: str | Path | Iterable[str | Path], checkpoints: pd.Data
     """
     parts, unmatched, ambiguous = [], [], []
     for path in outcome_files(paths):
-        data = json.loads(path.read_text()) if path.suffix.lower() == ".json" else None
+        data = read_json(path) if path.suffix.lower() == ".json" else None
         if data is not None and is_lm_eval(data):
             rows = lm_eval_rows(data, path)
             name = _lm_eval_checkpoint(data, path, checkpoints, unmatched, ambiguous)
@@ -305,9 +385,9 @@ def read_outcomes(paths: str | Path | Iterable[str | Path], checkpoints: pd.Data
         raise ValueError(f"--outcomes: metric(s) {conflict.index[conflict > 1].tolist()} marked both higher and lower is better")
     twice = frame.duplicated(["checkpoint", "metric"], keep=False)
     if twice.any():
-        pairs = frame.loc[twice, ["checkpoint", "metric"]].drop_duplicates().itertuples(index=False)
-        raise ValueError(f"--outcomes: given twice: {', '.join(f'{c} {m}' for c, m in list(pairs)[:4])}; keep one value per "
-                         "checkpoint and metric")
+        pairs = frame[twice].groupby(["checkpoint", "metric"], sort=False)["source"].agg(lambda s: " and ".join(dict.fromkeys(s)))
+        raise ValueError(f"--outcomes: given twice: {', '.join(f'{c} {m} (in {f})' for (c, m), f in list(pairs.items())[:4])}; "
+                         "keep one value per checkpoint and metric")
     return frame
 
 

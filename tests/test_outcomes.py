@@ -121,7 +121,7 @@ def test_imported_table_round_trips_exactly_and_survives_a_rebuild(tmp_path):
     rows = rebuilt[rebuilt["analysis"] == "outcome"].set_index("checkpoint").loc[list(NAMES)]
     assert rows["value"].tolist() == values.tolist()
     # importing again replaces the metric's rows rather than adding to them
-    table.assign(value=values + 1).to_csv(tmp_path / "mine.csv", index=False)
+    table.assign(value=values + 1, ci_low=values + 0.99, ci_high=values + 1.02).to_csv(tmp_path / "mine.csv", index=False)
     again = load_results(import_outcomes(folder, tmp_path / "mine.csv").pipe(lambda _: folder))
     assert sorted(again.loc[again["analysis"] == "outcome", "value"]) == sorted((values + 1).tolist())
 
@@ -369,3 +369,78 @@ def test_compare_sees_imported_outcomes_with_their_direction(tmp_path):
     # lower is better (from the name): the proxy picks code (0.20), whose target error is 0.22; the target's best is books, 0.21
     assert row["better"] == "lower" and row["proxy_top"] == "code" and row["target_best"] == "books"
     assert row["regret"] == pytest.approx(0.01)
+
+
+# --- careless and hostile outcome files ------------------------------------------------------------
+
+@pytest.mark.parametrize("name, content, refusal", [
+    ("nan.csv", "checkpoint,metric,value\nwd0,acc,0.5\nwd1,acc,nan\n", r"nan\.csv, line 3 \(wd1 acc\): value is nan; an outcome is a finite"),
+    ("blank.csv", "checkpoint,metric,value\nwd0,acc,\n", r"blank\.csv, line 2 \(wd0 acc\): value is nan"),
+    ("inf.tsv", "checkpoint\tmetric\tvalue\nwd0\tacc\tinf\n", r"inf\.tsv, line 2 \(wd0 acc\): value is inf"),
+    ("huge.csv", "checkpoint,metric,value\nwd0,acc,1e999\n", r"huge\.csv, line 2 \(wd0 acc\): value is inf"),
+    ("yes.json", json.dumps([{"checkpoint": "wd0", "metric": "acc", "value": True}]), r"yes\.json, record 1: value is 'True', not a number"),
+    ("pct.csv", "checkpoint,metric,value\nwd0,acc,45%\n", r"pct\.csv, line 2: value is '45%', not a number"),
+    ("ci.csv", "checkpoint,metric,value,ci_low,ci_high\nwd0,acc,0.4,0.5,0.6\n",
+     r"ci\.csv, line 2 \(wd0 acc\): the interval \[0\.5, 0\.6\] does not hold the value 0\.4"),
+    ("half.csv", "checkpoint,metric,value,ci_low,ci_high\nwd0,acc,0.4,0.3,\n", r"half\.csv, line 2 \(wd0 acc\): an interval needs both"),
+    ("citext.csv", "checkpoint,metric,value,ci_low,ci_high\nwd0,acc,0.4,low,0.6\n", r"citext\.csv, line 2: ci_low is 'low', not a number"),
+    ("n.csv", "checkpoint,metric,value,n\nwd0,acc,0.4,100\nwd1,acc,0.4,2.5\n", r"n\.csv, line 3 \(wd1 acc\): n is 2\.5; n counts"),
+    ("noname.csv", "checkpoint,metric,value\nwd0,acc,0.4\n,acc,0.5\n", r"noname\.csv, line 3: no checkpoint; fill it in"),
+    ("nometric.csv", "checkpoint,metric,value\nwd0,,0.4\n", r"nometric\.csv, line 2: no metric"),
+    ("latin1.csv", "checkpoint,metric,value\nwd0,précision,0.4\n".encode("latin-1"), r"latin1\.csv: not UTF-8 text; save it as UTF-8"),
+    ("empty.csv", "", r"empty\.csv: an empty file; write the header"),
+    ("header.csv", "checkpoint,metric,value\n", r"header\.csv: a table without rows"),
+    ("package.json", json.dumps({"name": "x", "version": "1"}), r"package\.json: neither an outcome table .* nor an lm-eval results file"),
+    ("broken.json", "{bad json", r"broken\.json: not valid JSON \(Expecting property name"),
+])
+def test_a_broken_outcome_table_is_refused_naming_the_file_and_row(tmp_path, name, content, refusal):
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with pytest.raises(ValueError, match=refusal):
+        read_outcomes(path, pd.DataFrame({"checkpoint": list(NAMES)}))
+
+
+def test_excel_and_pandas_tables_read_the_same_rows(tmp_path):
+    """A BOM and CRLF (Excel), spaces around names, and checkpoint names that look like numbers keep their text."""
+    checkpoints = pd.DataFrame({"checkpoint": ["007", "7", "1.0"]})
+    (tmp_path / "excel.csv").write_bytes("\ufeffcheckpoint,metric,value\r\n007 , acc ,0.25\r\n7,acc,0.5\r\n1.0,acc,0.75\r\n".encode())
+    read = read_outcomes(tmp_path / "excel.csv", checkpoints)
+    assert read[["checkpoint", "metric", "value"]].values.tolist() == [["007", "acc", 0.25], ["7", "acc", 0.5], ["1.0", "acc", 0.75]]
+
+
+def test_a_name_both_or_neither_loss_and_accuracy_like_needs_higher_is_better():
+    # words, not letters inside other words: "glossary" holds no loss, "apples" no perplexity, "incorrect" is not "correct"
+    assert [direction_from_name(m) for m in ("glossary_acc", "apples_acc", "valloss", "top1acc", "num_correct")] == \
+        ["higher", "higher", "lower", "higher", "higher"]
+    assert [direction_from_name(m) for m in ("loss_acc", "acc_loss", "perplexity_acc", "incorrect")] == [None] * 4
+    checkpoints = pd.DataFrame({"checkpoint": list(NAMES)})
+    with pytest.raises(ValueError, match=r"cannot tell whether higher or lower is better for \['loss_acc'\]"):
+        read_outcomes(_write(pd.DataFrame({"checkpoint": ["wd0"], "metric": ["loss_acc"], "value": [1.0]})), checkpoints)
+    marked = read_outcomes(_write(pd.DataFrame({"checkpoint": ["wd0"], "metric": ["loss_acc"], "value": [1.0],
+                                                "higher_is_better": ["False"]})), checkpoints)
+    assert marked["better"].tolist() == ["lower"]
+
+
+@pytest.mark.parametrize("edit, refusal", [
+    (lambda d: d["results"]["hellaswag"].update({"acc,none": "N/A"}), r"results\.hellaswag\['acc,none'\] is 'N/A', not a finite number"),
+    (lambda d: d["results"]["hellaswag"].update({"acc,none": float("nan")}), r"results\.hellaswag\['acc,none'\] is nan"),
+    (lambda d: d["results"]["gsm8k"].update({"exact_match,strict-match": None}), r"results\.gsm8k\['exact_match,strict-match'\] is None"),
+    (lambda d: d["results"]["hellaswag"].update({"acc_stderr,none": -0.01}), r"results\.hellaswag\['acc,none'\]: its standard error is -0\.01"),
+    (lambda d: d["n-samples"]["hellaswag"].update({"effective": "all"}), r"n-samples\.hellaswag\.effective is 'all'"),
+])
+def test_a_broken_lm_eval_results_file_is_refused_naming_it(tmp_path, edit, refusal):
+    path = _lm_eval(tmp_path / "lm" / "results_2024.json", "/models/sweep/wd0", 0.3)
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))  # NaN as JSON's NaN, as Python's json writes it
+    checkpoints = pd.DataFrame({"checkpoint": list(NAMES), "path": [f"/models/sweep/{n}" for n in NAMES]})
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + refusal):
+        read_outcomes(tmp_path / "lm", checkpoints)
+
+
+def test_two_results_files_for_one_checkpoint_are_refused_naming_both(tmp_path):
+    _lm_eval(tmp_path / "lm" / "a" / "results_1.json", "/models/sweep/wd0", 0.3)
+    _lm_eval(tmp_path / "lm" / "b" / "results_2.json", "/models/sweep/wd0/", 0.31)  # the same folder, with a trailing slash
+    checkpoints = pd.DataFrame({"checkpoint": list(NAMES), "path": [f"/models/sweep/{n}" for n in NAMES]})
+    with pytest.raises(ValueError, match=r"given twice: wd0 hellaswag/acc \(in results_1\.json and results_2\.json\)"):
+        read_outcomes(tmp_path / "lm", checkpoints)
