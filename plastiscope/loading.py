@@ -309,7 +309,8 @@ def check_context(config: dict[str, Any], file: Path) -> None:
 def check_config_fits_weights(path: Path, config: Any) -> None:
     """Refuse a ``config.json`` whose sizes the weights do not have, from the safetensors headers alone.
 
-    The layer count is compared with the numbered blocks of the tensor names, then the model is
+    The layer count is compared with the numbered blocks of the tensor names (a config may not
+    ask for more than the weights hold), then the model is
     built on the ``meta`` device (shapes, no memory) and every tensor it shares a name with is
     compared with the header's shape. So ``num_hidden_layers=100000`` or ``vocab_size=10**9``
     beside small weights is refused before anything is allocated, naming config.json and the
@@ -318,11 +319,14 @@ def check_config_fits_weights(path: Path, config: Any) -> None:
     from transformers import AutoModelForCausalLM
 
     file = path / "config.json"
-    shapes = {name: (weights, shape) for weights, names in weight_headers(path).items() for name, (_, shape) in names.items()}
-    dtypes = {name: (weights, dtype) for weights, names in weight_headers(path).items() for name, (dtype, _) in names.items()}
+    headers = weight_headers(path)
+    shapes = {name: (weights, shape) for weights, names in headers.items() for name, (_, shape) in names.items()}
+    dtypes = {name: (weights, dtype) for weights, names in headers.items() for name, (dtype, _) in names.items()}
     blocks = {int(m.group(1)) for name in shapes if (m := LAYER_NAME.search(name))}
     layers = getattr(config, "num_hidden_layers", None)
-    if blocks and isinstance(layers, int) and layers != max(blocks) + 1:
+    # more layers than the weights hold; extra blocks in the weights (multi-token-prediction heads a model does not
+    # load) are left to transformers' loading info, which knows the ones a model ignores
+    if blocks and isinstance(layers, int) and layers > max(blocks) + 1:
         key = config.attribute_map.get("num_hidden_layers", "num_hidden_layers")
         raise CheckpointError(
             f"{file}: {key}={layers} but the weights ({_names(shapes)}) hold {max(blocks) + 1} layers; "
