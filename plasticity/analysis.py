@@ -350,10 +350,13 @@ class PlasticityTask:
         log.info("%s / %s: fine-tuning needs %s", ckpt.name, task.name, need.describe())
         boot = {"n_resamples": cfg["n_resamples"], "seed": cfg["seed"]}
         lora = lora_config(cfg) if cfg["method"] == "lora" else None
-        plain = trainable_copy(model, next(model.parameters()).dtype).requires_grad_(False)  # generate() needs a plain model
-        before = self._scores(plain, eval_rows, eval_ids, eval_starts, pad_id, None, new_tokens)
-        plain = None
-        gc.collect()
+        if task.sft is not None:  # generate() needs a plain model, not the bridge: a frozen copy in the checkpoint's dtype
+            plain = trainable_copy(model, next(model.parameters()).dtype).requires_grad_(False)
+            before = self._scores(plain, eval_rows, eval_ids, eval_starts, pad_id, None, new_tokens)
+            plain = None
+            gc.collect()
+        else:
+            before = self._scores(model, eval_rows, eval_ids, eval_starts, pad_id, None, new_tokens)
         selection_records: list[dict[str, Any]] = []
         after, best_lr, best_loss, displacement = None, math.nan, math.inf, math.nan
         for lr in cfg["learning_rates"]:
