@@ -433,7 +433,8 @@ METRICS = (
            _PLASTICITY),
     Metric("downstream_accuracy_after", "Downstream-task accuracy (labelled tasks) after fine-tuning: the outcome for labelled tasks.",
            "fraction", "higher", _PLASTICITY, role="outcome_accuracy"),
-    Metric("plasticity_gain", "Downstream loss before minus after fine-tuning; secondary: a model that starts worse can gain more and "
+    Metric("plasticity_gain", "Downstream loss (the response loss of a prompt/response task) before minus after fine-tuning; "
+           "secondary: a model that starts worse can gain more and "
            "still end worse.", "nats", "higher", _PLASTICITY, role="after_finetuning"),
     Metric("downstream_selection_loss", "Loss on the held-out selection documents after fine-tuning at the learning rate in the "
            "variant (finetune_lr): what the learning rate is chosen by.", "nats", "lower", _PLASTICITY, role="after_finetuning"),
