@@ -450,7 +450,7 @@ METRICS = (
     Metric("generative_accuracy_before", "Prompt/response tasks: exact-match accuracy of greedy generation before fine-tuning.",
            "fraction", "higher", _SFT),
     Metric("generative_score_after", "Prompt/response tasks: mean of the user's scorer(prediction, reference) over evaluation "
-           "prompts after fine-tuning.", "", "higher", ""),
+           "prompts after fine-tuning.", "", "higher", "", role="after_finetuning"),
     Metric("generative_score_before", "Prompt/response tasks: mean of the user's scorer(prediction, reference) before "
            "fine-tuning.", "", "higher", ""),
 )
