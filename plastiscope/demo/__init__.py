@@ -66,6 +66,7 @@ def run_demo(
     """
     import torch
 
+    from plastiscope.console import interactive
     from plastiscope.demo.corpus import load_corpus
     from plastiscope.demo.sweep import DEMO, QUICK, TrainConfig, scale, train_sweep
     from plastiscope.pipeline import analyze
@@ -87,7 +88,8 @@ def run_demo(
         seconds[part], cpu_seconds[part] = time.time() - clock, cpu_time() - cpu
         return value
 
-    manifest = timed("train", lambda: train_sweep(out / "sweep", config, progress=progress, workers=workers))
+    bars = progress and interactive()  # training bars on a terminal or in a notebook; a log gets no escape codes
+    manifest = timed("train", lambda: train_sweep(out / "sweep", config, progress=bars, workers=workers))
     sizes = scale(manifest)
     n_train = config.train_docs or config.steps * config.batch_size
     inputs = Inputs(
