@@ -113,6 +113,7 @@ def train_sweep_cmd(
     quick: bool = typer.Option(False, help="The quick demo's sweep: smaller models, fewer steps (a minute or two)."),
 ) -> None:
     """Pretrain small Llama-style models on the embedded corpus: a grid of weight decays x seeds (x schedules)."""
+    from plastiscope.console import interactive
     from plastiscope.demo.sweep import DEMO, QUICK, ConfigError, DivergedError, TrainConfig, train_sweep
 
     examples = {"--weight-decays": "0,0.1,1", "--seeds": "0,1", "--schedule": "cosine,wsd,wso", "--final-lr-fraction": "0.1,0",
@@ -148,7 +149,7 @@ def train_sweep_cmd(
                     fields[name] = parse_list(flags[name], text, kind, noun)
             numbers = {"decay_fraction": decay_fraction, "steps": steps, "warmup_steps": warmup_steps, "learning_rate": learning_rate}
             fields.update({k: v for k, v in numbers.items() if v is not None}, decay_all=decay_all)
-            manifest = train_sweep(out, TrainConfig(**fields), workers=workers)
+            manifest = train_sweep(out, TrainConfig(**fields), workers=workers, progress=interactive())  # no escape codes in logs
         except ConfigError as err:
             _fail(ValueError(f"{flags.get(err.field, err.field)}: {err.reason}"))
         except DivergedError as err:

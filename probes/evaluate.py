@@ -57,7 +57,7 @@ from plastiscope.probes.metrics import (
     types_repeat,
 )
 from plastiscope.probes.trainer import Preconditioner, fit_logistic, preconditioner, standardization, threads_for
-from plastiscope.probes.transfer import transfer_records
+from plastiscope.probes.transfer import refuse_non_finite, transfer_records
 from plastiscope.stats import bootstrap_ci
 
 log = logging.getLogger("plastiscope")
@@ -194,6 +194,7 @@ def cross_validate(
 ) -> tuple[list[dict[str, Any]], HeldOut]:
     """:func:`evaluate_layers`'s records and every example's held-out prediction (:class:`HeldOut`)."""
     X = X.float()
+    refuse_non_finite(X)
     L, n, _ = X.shape
     y = np.asarray(y, dtype=np.int64)
     if len(y) != n:

@@ -61,15 +61,24 @@ def singular_spectrum(F: np.ndarray, G: np.ndarray | None = None) -> tuple[np.nd
     From the eigendecomposition of the smaller Gram matrix ``G`` (:func:`gram`; ``F F^T`` when
     ``n <= d``, else ``F^T F`` with ``U = F V / s``): the thin SVD's factors at about half its
     cost. Eigenvalues of a Gram matrix are exact to about ``eps s_max^2``, so squared singular
-    values below ``max(n, d) eps s_max^2`` count as zero and are left out.
+    values below ``max(n, d) eps s_max^2`` count as zero and are left out. That loses the small
+    singular values of an ill-conditioned ``F`` (features with a large common offset, a few
+    dimensions far larger than the rest): when the kept ones span more than 8 orders of magnitude
+    (4 in ``s``) or fewer than ``min(n, d)`` are kept, the SVD of ``F`` itself is taken instead
+    (exact to ``eps s_max``), keeping singular values above ``max(n, d) eps s_max``.
     """
     F = np.asarray(F, dtype=np.float64)
     n, d = F.shape
+    eps = np.finfo(np.float64).eps
     s2, Q = np.linalg.eigh(gram(F) if G is None else G)
     order = np.argsort(s2)[::-1]
     s2, Q = s2[order], Q[:, order]
-    keep = s2 > max(n, d) * np.finfo(np.float64).eps * max(float(s2[0]), 0.0) if len(s2) else np.zeros(0, dtype=bool)
+    keep = s2 > max(n, d) * eps * max(float(s2[0]), 0.0) if len(s2) else np.zeros(0, dtype=bool)
     s2, Q = s2[keep], Q[:, keep]
+    if len(s2) and (len(s2) < min(n, d) or s2[0] > 1e8 * s2[-1]):
+        U, s, _ = np.linalg.svd(F, full_matrices=False)
+        keep = s > max(n, d) * eps * s[0]
+        return s[keep] ** 2, U[:, keep]
     U = Q if n <= d else (F @ Q) / np.sqrt(s2)
     return s2, U
 
@@ -77,17 +86,29 @@ def singular_spectrum(F: np.ndarray, G: np.ndarray | None = None) -> tuple[np.nd
 def covariance_eigenvalues(F: np.ndarray, G: np.ndarray | None = None) -> np.ndarray:
     """Eigenvalues ``[min(n, d)]`` of the covariance ``1/(n-1) sum_i (f_i - mu)(f_i - mu)^T`` of ``F [n, d]``
     (the non-zero ones all among them), from the smaller Gram matrix ``G`` of :func:`gram`, centred in place
-    of recomputing it: ``H G H`` (``H = I - 11^T/n``) when ``n <= d``, else ``G - n mu mu^T``."""
+    of recomputing it: ``H G H`` (``H = I - 11^T/n``) when ``n <= d``, else ``G - n mu mu^T``. Centring ``G``
+    subtracts numbers of the size of the features' mean: where the mean outweighs the spread (``tr G``
+    over ``10^4`` times the centred trace, e.g. a constant offset of ``10^3`` spreads) the digits lost would
+    shift the small eigenvalues, so the Gram matrix of the centred features is formed instead. When
+    ``n <= d`` the smallest eigenvalue is exactly 0 (``H F`` has rank at most ``n - 1``)."""
     F = np.asarray(F, dtype=np.float64)
     n, d = F.shape
     G = gram(F) if G is None else G
-    if n <= d:
-        row = G.mean(1)
-        centred = G - row[:, None] - row[None, :] + row.mean()
-    else:
+
+    def centre(G: np.ndarray) -> np.ndarray:
+        if n <= d:
+            row = G.mean(1)
+            return G - row[:, None] - row[None, :] + row.mean()
         mu = F.mean(0)
-        centred = G - n * np.outer(mu, mu)
-    return np.clip(np.linalg.eigvalsh(centred), 0, None) / max(n - 1, 1)
+        return G - n * np.outer(mu, mu)
+
+    centred = centre(G)
+    if np.trace(G) > 1e4 * max(np.trace(centred), 0.0):
+        centred = gram(F - F.mean(0))
+    values = np.linalg.eigvalsh(centred)
+    if n <= d:
+        values[0] = 0.0
+    return np.clip(values, 0, None) / max(n - 1, 1)
 
 
 def ledoit_wolf_covariance(centred: np.ndarray) -> tuple[np.ndarray, float]:
@@ -243,9 +264,12 @@ def rankme(singular_values: np.ndarray, eps: float = RANKME_EPS) -> float:
 
     ``singular_values [k]``: of the feature matrix ``[n, d]`` (all ``min(n, d)`` of them; the
     zero ones add ``eps`` terms, as in the paper). Between about 1 (one direction) and
-    ``min(n, d)`` (a flat spectrum): ``k`` equal non-zero singular values give ``k``.
+    ``min(n, d)`` (a flat spectrum): ``k`` equal non-zero singular values give ``k``. NaN for
+    all-zero features (no direction to count).
     """
     s = np.abs(np.asarray(singular_values, dtype=np.float64))
+    if not s.sum() > 0:
+        return math.nan
     p = s / s.sum() + eps
     return float(np.exp(-(p * np.log(p)).sum()))
 
@@ -273,6 +297,16 @@ def alpha_req(eigenvalues: np.ndarray, start: int = 1, stop: int | None = None) 
     return float(-slope), float(1 - (residual**2).sum() / total) if total > 0 else math.nan
 
 
+def refuse_non_finite(X: torch.Tensor) -> None:
+    """Refuse features ``[layer, example, feature]`` holding NaN or infinity, naming the first such layer and example."""
+    bad = ~torch.isfinite(X)
+    if bad.any():
+        layer, example, _ = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"probe features: layer position {layer} (counting the probed layers from 0) holds {int(bad[layer].sum())} "
+                         f"NaN or infinite values (first at example {example}): the model's activations overflowed; load the checkpoint "
+                         "in float32 or check its weights")
+
+
 def transfer_records(
     X: torch.Tensor, y: np.ndarray, mean: torch.Tensor | None = None, scale: torch.Tensor | None = None
 ) -> list[dict[str, Any]]:
@@ -290,6 +324,7 @@ def transfer_records(
     """
     L, n, d = X.shape
     y = np.asarray(y)
+    refuse_non_finite(X)
     records: list[dict[str, Any]] = []
     for layer in range(L):
         F = X[layer].double().numpy()

@@ -5,6 +5,7 @@ known spectra), and the majority-class baseline and paired differences against s
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -275,3 +276,42 @@ def test_evaluate_layers_majority_rows_and_differences():
         assert {(layer, m, "model") for m in ("logme", "h_score", "rankme", "alpha_req")} <= set(rows)
     assert rows[(1, "accuracy_above_majority", "model")]["ci_low"] > 0.1  # a strong signal clears the baseline
     assert rows[(0, "accuracy_above_majority", "model")]["ci_low"] < 0  # noise does not
+
+
+@pytest.mark.parametrize("n, d, offset", [(60, 8, 1e7), (20, 40, 1e6), (200, 64, 1e6)])
+def test_features_with_a_huge_common_offset_keep_their_small_singular_values(n, d, offset):
+    """A common offset far above the spread (residual streams with massive activations) makes the Gram matrix lose the
+    small squared singular values; the spectrum, LogME and alpha-ReQ still match numpy's SVD of the features and the
+    eigenvalues of numpy's covariance (which centres the features before multiplying)."""
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, 3, n)
+    F = rng.standard_normal((n, d)) * np.linspace(1, 3, d) + 2 * y[:, None] * (np.arange(d) == 0) + offset
+    U_ref, s_ref, _ = np.linalg.svd(F, full_matrices=False)
+    s2, U = singular_spectrum(F)
+    np.testing.assert_allclose(np.sqrt(s2), s_ref, rtol=1e-6)
+    T = (y[:, None] == np.arange(3)).astype(float)
+    evidence = bayesian_evidence(s_ref**2, U_ref.T @ T, T.sum(0), n, d)[0]
+    assert logme(F, y) == pytest.approx(np.mean(evidence) / n, rel=1e-6)
+    records = {r["metric"]: r["value"] for r in transfer_records(torch.tensor(F)[None], y)}
+    assert records["alpha_req"] == pytest.approx(alpha_req(np.linalg.eigvalsh(np.cov(F.T)))[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_features_holding_nan_or_infinity_are_refused_naming_the_layer(bad):
+    rng = np.random.default_rng(0)
+    X = torch.tensor(rng.standard_normal((3, 40, 6)))
+    X[2, 7, 1] = bad
+    y = np.arange(40) % 2
+    with pytest.raises(ValueError, match=r"layer position 2 \(counting the probed layers from 0\) holds 1 NaN or infinite values "
+                                         r"\(first at example 7\)"):
+        transfer_records(X, y)
+    with pytest.raises(ValueError, match=r"layer position 2 .* \(first at example 7\)"):
+        evaluate_layers(X, y, folds=2, inner_folds=2, Cs=[1.0], control_task=False, mdl=False)
+
+
+def test_rankme_of_all_zero_features_is_nan_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(rankme(np.zeros(5)))
+        records = transfer_records(torch.zeros(1, 30, 5, dtype=torch.float64), np.arange(30) % 2)
+    assert math.isnan(next(r["value"] for r in records if r["metric"] == "rankme"))
