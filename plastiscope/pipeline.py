@@ -129,6 +129,12 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; a run configuration has {', '.join(RUN_KEYS)}")
     config = {k: v for k, v in loaded.items() if v is not None}
+    options = config.get("options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError(f"{path}: options is a mapping of analysis names to their options, e.g. {{overfit: {{prefix_tokens: 8}}}}")
+    for key, kind in (("analyses", list), ("executor_options", dict)):
+        if key in config and not isinstance(config[key], kind):
+            raise ValueError(f"{path}: {key} is a {'list' if kind is list else 'mapping'}; got {config[key]!r}")
     base = path.resolve().parent
     for key in ("sweep", "out"):
         if isinstance(config.get(key), str):
