@@ -155,6 +155,20 @@ def token_examples(
     return docs, positions, ys, types
 
 
+def _refuse_one_number_written_twice(task: str, labels: list[Any], keys: np.ndarray) -> None:
+    """Refuse labels that compare as different texts but are one number (``1``, ``1.0``, ``"1.0"``, ``True``): they would
+    split one class in two."""
+    seen: dict[float, str] = {}
+    for value, key in zip(labels, keys):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if seen.setdefault(number, key) != key:
+            raise DataError(f"task {task!r}: labels {seen[number]!r} and {key!r} are one number written two ways (mixed types in the "
+                            "label column, e.g. JSON 1 and 1.0 or true); write each label one way")
+
+
 def select_examples(
     task: str,
     level: str,
@@ -176,6 +190,7 @@ def select_examples(
     if min_per_class < 2:
         raise ValueError(f"min_per_class must be >= 2 (a class needs an example in training and in testing), got {min_per_class}")
     keys = np.array([str(v) for v in labels], dtype=object)  # labels from CSV, JSON and Python compare as text
+    _refuse_one_number_written_twice(task, labels, keys)
     total = dict(zip(*np.unique(keys, return_counts=True))) if len(keys) else {}
     chosen = np.flatnonzero([total[k] >= min_per_class for k in keys]) if len(keys) else np.zeros(0, dtype=np.int64)
     if max_examples is not None and len(chosen) > max_examples and len(set(keys[chosen])) > 1:

@@ -334,6 +334,26 @@ def test_select_examples_keeps_class_proportions_and_counts_dropped_classes():
     assert np.bincount(everything.y).tolist() == [700, 220, 60, 16, 4] and not everything.dropped
 
 
+def test_a_label_column_mixing_number_types_is_refused_not_split_in_two_classes(tmp_path):
+    """JSONL labels 1 and 1.0 (and true) are one class written two ways; "1" (text) and 1 compare equal and stay one class."""
+    import json
+
+    from plastiscope.data import DataError, load_documents
+    from plastiscope.probes import select_examples, sequence_examples
+
+    path = tmp_path / "mixed.jsonl"
+    values = [1, 0, 1.0, 0, "1", 1, 0, 1, 0, 1] * 3
+    path.write_text("".join(json.dumps({"text": f"doc {i}", "label": v}) + "\n" for i, v in enumerate(values)))
+    docs, positions, labels, types = sequence_examples(load_documents(path), "label")
+    with pytest.raises(DataError, match=r"task 'label': labels '1' and '1\.0' are one number written two ways"):
+        select_examples("label", "sequence", docs, positions, labels, types, min_per_class=2)
+    text_and_int = [v if v != 1.0 or isinstance(v, int) or isinstance(v, str) else 1 for v in values]
+    ex = select_examples("label", "sequence", list(range(30)), [-1] * 30, text_and_int, text_and_int, min_per_class=2)
+    assert ex.classes == ["0", "1"] and np.bincount(ex.y).tolist() == [12, 18]
+    with pytest.raises(DataError, match=r"labels '1' and 'True'"):
+        select_examples("t", "sequence", list(range(4)), [-1] * 4, [1, 0, True, 0], ["a"] * 4, min_per_class=2)
+
+
 def test_probes_analysis_end_to_end(tokenizer, checkpoint, docs):
     """run_analyses on a tiny in-memory checkpoint: the results schema, both inits, every metric."""
     from plastiscope.runner import Inputs, run_analyses
