@@ -98,7 +98,7 @@ class Check:
         return out
 
     def parts(self) -> list[tuple[Comparison, str]]:
-        """Each baseline with its text: ``"above the random-init model in 3 of 3 checkpoints"``, or that it was not measured."""
+        """Each baseline with its text: ``"above the random-init model: 3 of 3 checkpoints"``, or that it was not measured."""
         out = []
         for c in self.comparisons:
             if not c.measured:
@@ -107,7 +107,7 @@ class Check:
             cleared, compared = self.counts(c)
             if compared:
                 side = c.baseline.side_for(c.better)
-                out.append((c, f"{'apart from' if side == 'apart' else side} the {c.label} in {cleared} of {compared} checkpoints"))
+                out.append((c, f"{'apart from' if side == 'apart' else side} the {c.label}: {cleared} of {compared} checkpoints"))
         return out
 
     def sentence(self) -> str:

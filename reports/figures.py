@@ -39,7 +39,7 @@ from plastiscope.reports.markup import esc
 from plastiscope.stats import spearman_rows
 
 HEIGHT = 380
-PANEL_HEIGHT = 250
+PANEL_HEIGHT = 240
 LINE_COLORS = ["#d62728", *qualitative.D3[:3], *qualitative.D3[4:], *qualitative.Set2]
 RHO_COLORS = [[0.0, "#2166ac"], [0.5, "#f7f7f7"], [1.0, "#b2182b"]]  # explicit: plotly.js and plotly.py differ on "RdBu"
 MAX_PANELS = 6
@@ -459,9 +459,9 @@ def panel_figure(prep: Prepared, key: str, keys: list[str], axis: Axis, secondar
             traces += line_traces(prep, axis, values, color, esc(label) or esc(s.metric), f"p{n_lines}", part)
             data.append(_frame(part, label, axis).assign(series=series_key))
             n_lines += 1
-        intervals = _interval_trace(prep, axis, series_key, color, f"p{n_lines - 1}", not several, data)
+        intervals = _interval_trace(prep, axis, series_key, color, f"p{n_lines - 1}", False, data)  # the note names them
         if intervals:
-            bands.append("bars: each checkpoint's 95 % interval from the results (mean over its layers and heads)")
+            bands.append("bars: checkpoints' 95 % intervals")
         elif not (table["k"] > 1).any():
             bands.append("no interval: the results carry none and each configuration has one seed")
         traces += intervals
@@ -470,11 +470,12 @@ def panel_figure(prep: Prepared, key: str, keys: list[str], axis: Axis, secondar
             traces += _baseline_band(prep, axis, c, BASELINE_COLORS[j % len(BASELINE_COLORS)], f"b{series_key}{j}", data, series_key,
                                      showlegend=first)
         comparisons += found
-    named = list(dict.fromkeys(c.label for c in comparisons if c.measured))
-    if named:
-        bands.append("dashed: " + ", ".join(named))
+    constants = list(dict.fromkeys(c.label for c in comparisons if c.measured and c.baseline.value is not None))
+    if constants:  # a baseline model is named in the legend, a constant at its line
+        bands.append("dashed: " + ", ".join(constants))
     s = prep.series_by_key(keys[0])
-    layout = _layout(None, esc(s.metric), axis, PANEL_HEIGHT, True)
+    baseline_rows = any(c.measured and c.baseline.init is not None for c in comparisons)
+    layout = _layout(None, esc(s.metric), axis, PANEL_HEIGHT, n_lines > 1 or secondary is not None or baseline_rows)
     _constant_lines(layout, comparisons)
     if secondary is not None:
         name, values = secondary

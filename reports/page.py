@@ -153,7 +153,7 @@ def expected_text(prep: Prepared, panel) -> str:
     return text
 
 
-MAX_FLAGGED = 6
+MAX_FLAGGED = 4
 
 
 def baseline_html(prep: Prepared, verdict: Verdict) -> str:
@@ -166,9 +166,10 @@ def baseline_html(prep: Prepared, verdict: Verdict) -> str:
     parts = []
     for comparison, text in check.parts():
         names = flagged.get(comparison.label, [])
+        _, compared = check.counts(comparison) if comparison.measured else (0, 0)
         more = f" and {len(names) - MAX_FLAGGED} more" if len(names) > MAX_FLAGGED else ""
-        flag = (f" (<span class='ps-flag ps-indistinguishable'>indistinguishable from it: {esc(', '.join(names[:MAX_FLAGGED]))}"
-                f"{esc(more)}</span>)" if names else "")
+        which = "all indistinguishable" if len(names) == compared else "indistinguishable: " + ", ".join(names[:MAX_FLAGGED]) + more
+        flag = f" (<span class='ps-flag ps-indistinguishable'>{esc(which)}</span>)" if names else ""
         parts.append(esc(text) + flag)
     verdict_flag = "" if check.clears else " <b class='ps-flag ps-not-cleared'>Does not clear its baseline: no direction is claimed.</b>"
     return f"<br><span class='ps-baseline'>baselines: {'; '.join(parts)}.</span>{verdict_flag}"

@@ -108,7 +108,7 @@ class Verdict:
             effect = f"η² {r['x_effect']:.2f} between values of {prep.x}, {n}"
         else:
             interval = f" [{r['x_effect_low']:+.2f}, {r['x_effect_high']:+.2f}]" if math.isfinite(r["x_effect_low"]) else (
-                f" [— {r['x_effect_note']}]" if r.get("x_effect_note") else "")
+                " [—]" if r.get("x_effect_note") else "")  # why: once, in the design's limits above the panels
             effect = f"ρ {r['x_effect']:+.2f}{interval}, {n}"
         return f"{effect}, p {fmt_p(r['p_x_effect'])}, Holm {fmt_p(self.p_holm)}"
 

@@ -157,7 +157,7 @@ def test_report_in_browser(tmp_path):
     assert check.panel_error_bars >= 10 * 3, check.panel_error_bars  # outcome, separability, overfitting: 10 checkpoints each
     assert check.panel_dashed_lines >= 1, check.panel_dashed_lines
     assert check.link_unfolds
-    assert any("random-init model in 10 of 10 checkpoints" in note for note in check.baseline_notes), check.baseline_notes
+    assert any("random-init model: 10 of 10 checkpoints" in note for note in check.baseline_notes), check.baseline_notes
     assert check.sort_changed_order, (check.first_column_before, check.first_column_after)
     assert sorted(check.first_column_after) == sorted(check.first_column_before)
     # the injected name is shown as text, in the table and the title
