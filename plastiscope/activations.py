@@ -9,9 +9,9 @@ right-padded); they are batched in order of decreasing length, which keeps paddi
 *while the forward runs*, from a hook on that point, together with the batch's tokens, mask
 and document indices (a :class:`Batch`); the consumer reduces it to what it keeps (per-document
 statistics, a few selected rows) and lets it go. Nothing is cached: peak memory is that of the
-forward itself (one layer's activations of one batch, e.g. the eager attention pattern
-``[batch, head, pos, pos]``) plus the consumers' own small work buffers, whatever the number of
-layers. Logits ``[batch, pos, vocab]`` are handed over after the forward, only when a consumer
+forward itself (one layer's activations of one batch; the eager attention pattern
+``[batch, head, pos, pos]`` only in a pass that reads a pattern) plus the consumers' own small
+work buffers, whatever the number of layers. Logits ``[batch, pos, vocab]`` are handed over after the forward, only when a consumer
 asks for them (otherwise the unembedding runs on the last position only, where the model
 allows it); :func:`plastiscope.losses.token_losses` reads them a slice of positions at a time.
 
