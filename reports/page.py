@@ -125,16 +125,6 @@ def _interval(value: float, low: float, high: float, digits: int = 2, note: str 
     return f"{value:+.{digits}f} [—]" if note else f"{value:+.{digits}f}"
 
 
-def _config(row: Mapping[str, Any]) -> str:
-    """A configuration's value with its seed interval, as escaped HTML."""
-    value = f"{row['value']:.4g}"
-    if row["band"] == "range":
-        value += f" (range of {row['k']} seeds {row['low']:.4g}–{row['high']:.4g})"
-    elif row["band"] == "bootstrap":
-        value += f" (95 % bootstrap over {row['k']} seeds {row['low']:.4g}–{row['high']:.4g})"
-    return f"<code>{esc(row['_config_label'])}</code> {esc(value)}"
-
-
 def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return all(math.isfinite(v) for v in (a["low"], a["high"], b["low"], b["high"])) and a["low"] <= b["high"] and b["low"] <= a["high"]
 
