@@ -126,50 +126,9 @@ def _ci(values: np.ndarray) -> tuple[float, float, float]:
     return float(estimate), float(low), float(high)
 
 
-def evaluate_layers(
-    X: torch.Tensor,
-    y: np.ndarray,
-    types: Sequence[Hashable] | None = None,
-    groups: np.ndarray | None = None,
-    n_classes: int | None = None,
-    folds: int = 5,
-    inner_folds: int = 3,
-    Cs: Sequence[float] = DEFAULT_CS,
-    class_weight: str | None = None,
-    max_iter: int = 100,
-    tol: float = 1e-4,
-    control_task: bool = True,
-    shuffled: bool = True,
-    mdl: bool = True,
-    fisher: bool = True,
-    seed: int = 0,
-    majority: bool = False,
-    transfer: bool = False,
-) -> list[dict[str, Any]]:
-    """Metric records ``{layer, metric, value, ci_low, ci_high, n}`` for every layer of ``X``.
-
-    - ``X``: features ``[layer, example, feature]`` (layer index = position in ``X``).
-    - ``y``: ``[example]`` class indices ``0..K-1``.
-    - ``types``: ``[example]`` word types of the control task. It is reported only when types
-      are given and repeat (:func:`~plastiscope.probes.metrics.types_repeat`: at least half the
-      examples share their type with another); otherwise it is left out with a warning.
-    - ``groups``: ``[example]`` document ids; examples of one document share a fold.
-
-    Metric names (all held-out, means over outer folds): ``accuracy``, ``macro_f1``,
-    ``cross_entropy`` (nats per example), ``selectivity_control_task`` (accuracy minus the
-    control task's accuracy), ``selectivity_shuffled`` (accuracy minus the accuracy on permuted
-    labels), ``mdl_codelength`` (bits), ``mdl_compression``, ``fisher_criterion`` (detail
-    column ``shrinkage``: the mean Ledoit-Wolf intensity over folds).
-    ``majority=True`` adds the majority-class baseline's ``accuracy`` and ``macro_f1`` (records
-    with ``init="majority"``, the same value on every layer) and ``accuracy_above_majority``;
-    ``transfer=True`` adds ``logme``, ``h_score``, ``rankme``, ``alpha_req``.
-    Three batched fits: every outer fold's inner cross-validation (outer folds x inner folds x
-    Cs problems), the refits at the chosen C (outer folds x label sets), the MDL blocks.
-    Features are standardised with the statistics of all examples (label-free, so no label
-    leaks into the held-out scores); folds never share an example.
-    """
-    return cross_validate(X, y, types, groups, n_classes, folds, inner_folds, Cs, class_weight, max_iter, tol,
-                          control_task, shuffled, mdl, fisher, seed, majority, transfer)[0]
+def evaluate_layers(X: torch.Tensor, y: np.ndarray, **options: Any) -> list[dict[str, Any]]:
+    """The metric records of :func:`cross_validate` (same arguments), without the held-out predictions."""
+    return cross_validate(X, y, **options)[0]
 
 
 def cross_validate(
@@ -192,7 +151,29 @@ def cross_validate(
     majority: bool = False,
     transfer: bool = False,
 ) -> tuple[list[dict[str, Any]], HeldOut]:
-    """:func:`evaluate_layers`'s records and every example's held-out prediction (:class:`HeldOut`)."""
+    """Metric records ``{layer, metric, value, ci_low, ci_high, n}`` for every layer of ``X``, and every example's
+    held-out prediction (:class:`HeldOut`).
+
+    - ``X``: features ``[layer, example, feature]`` (layer index = position in ``X``).
+    - ``y``: ``[example]`` class indices ``0..K-1``.
+    - ``types``: ``[example]`` word types of the control task. It is reported only when types
+      are given and repeat (:func:`~plastiscope.probes.metrics.types_repeat`: at least half the
+      examples share their type with another); otherwise it is left out with a warning.
+    - ``groups``: ``[example]`` document ids; examples of one document share a fold.
+
+    Metric names (all held-out, means over outer folds): ``accuracy``, ``macro_f1``,
+    ``cross_entropy`` (nats per example), ``selectivity_control_task`` (accuracy minus the
+    control task's accuracy), ``selectivity_shuffled`` (accuracy minus the accuracy on permuted
+    labels), ``mdl_codelength`` (bits), ``mdl_compression``, ``fisher_criterion`` (detail
+    column ``shrinkage``: the mean Ledoit-Wolf intensity over folds).
+    ``majority=True`` adds the majority-class baseline's ``accuracy`` and ``macro_f1`` (records
+    with ``init="majority"``, the same value on every layer) and ``accuracy_above_majority``;
+    ``transfer=True`` adds ``logme``, ``h_score``, ``rankme``, ``alpha_req``.
+    Three batched fits: every outer fold's inner cross-validation (outer folds x inner folds x
+    Cs problems), the refits at the chosen C (outer folds x label sets), the MDL blocks.
+    Features are standardised with the statistics of all examples (label-free, so no label
+    leaks into the held-out scores); folds never share an example.
+    """
     X = X.float()
     refuse_non_finite(X)
     L, n, _ = X.shape
