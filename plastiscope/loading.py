@@ -79,6 +79,11 @@ def _few(names: Sequence[Any], k: int = 4) -> str:
     return ", ".join(repr(n) for n in names[:k]) + more
 
 
+def one_line(err: BaseException, k: int = 300) -> str:
+    """A library's error message on one line (validation errors span several), cut to ``k`` characters."""
+    return " ".join(str(err).split())[:k]
+
+
 # ---------------------------------------------------------------------- strict loading
 def _asks_for_code(err: BaseException) -> bool:
     text = str(err)
@@ -99,7 +104,7 @@ def load_tokenizer(path: Path) -> Any:
                 f"PreTrainedTokenizerFast, via tokenizer.save_pretrained())"
             ) from None
         raise CheckpointError(
-            f"{path}: the tokenizer does not load ({type(err).__name__}: {str(err)[:300]}); save the training "
+            f"{path}: the tokenizer does not load ({type(err).__name__}: {one_line(err)}); save the training "
             f"tokenizer there with tokenizer.save_pretrained()"
         ) from err
 
@@ -122,7 +127,7 @@ def load_config(path: Path) -> Any:
     except Exception as err:
         if _asks_for_code(err):
             raise CheckpointError(f"{path}: config.json needs code from the folder; plastiscope never runs it") from None
-        raise CheckpointError(f"{path}: config.json does not load ({type(err).__name__}: {str(err)[:300]}); fix or re-save it") from err
+        raise CheckpointError(f"{path}: config.json does not load ({type(err).__name__}: {one_line(err)}); fix or re-save it") from err
     check_causal_lm(config, path)
     return config
 
@@ -173,7 +178,7 @@ def load_model(
         )  # fmt: skip
     except Exception as err:
         raise CheckpointError(
-            f"{path}: the weights do not load ({type(err).__name__}: {str(err)[:300]}); re-save the model with save_pretrained()"
+            f"{path}: the weights do not load ({type(err).__name__}: {one_line(err)}); re-save the model with save_pretrained()"
         ) from err
     check_loading_info(path, config, info)
     if device_map is None:
@@ -285,7 +290,9 @@ def check_folder(path: Path) -> None:
     for entry in path.iterdir():
         if not entry.name.startswith(".") and entry.exists() and not entry.is_dir():
             check_regular(entry)  # a pipe would block a reader, a device feed it for ever
-    check_context(read_config(path), path / "config.json")
+    raw = read_config(path)
+    check_context(raw, path / "config.json")
+    check_norm_eps(raw, path / "config.json")
     weight_files(path)
     if not any((path / f).exists() for f in TOKENIZER_FILES):
         raise CheckpointError(f"{path}: no tokenizer files; save the training tokenizer there with tokenizer.save_pretrained()")
@@ -304,6 +311,19 @@ def check_context(config: dict[str, Any], file: Path) -> None:
                 f"{file}: {key}={value} leaves no text token after BOS (a document needs BOS and at least one token); "
                 f"restore the config.json saved with the model"
             )
+
+
+def check_norm_eps(config: dict[str, Any], file: Path) -> None:
+    """Refuse a normalisation epsilon (``rms_norm_eps``, ``layer_norm_eps``, ``layer_norm_epsilon``, ...) that is negative or not finite.
+
+    The norm divides by ``sqrt(variance + eps)``: a negative ``eps`` gives NaN wherever the variance
+    is below ``-eps`` and silently wrong activations elsewhere; no weight shape can tell.
+    """
+    for key, value in config.items():
+        if re.search(r"(?:^|_)(?:eps|epsilon)$", str(key)) and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and not (math.isfinite(value) and value >= 0):
+            raise CheckpointError(f"{file}: {key}={value!r}; a normalisation epsilon is a small number >= 0 (the model was trained "
+                                  "with one, e.g. 1e-5): restore the config.json saved with the model")
 
 
 def check_config_fits_weights(path: Path, config: Any) -> None:
@@ -336,7 +356,7 @@ def check_config_fits_weights(path: Path, config: Any) -> None:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     except Exception as err:
-        raise CheckpointError(f"{file}: no model can be built from it ({type(err).__name__}: {str(err)[:200]}); restore it") from None
+        raise CheckpointError(f"{file}: no model can be built from it ({type(err).__name__}: {one_line(err, 200)}); restore it") from None
     sizes = {k: v for k, v in config.to_dict().items() if isinstance(v, int) and not isinstance(v, bool)}
     floating = {name for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
     for name in sorted(floating & set(dtypes)):

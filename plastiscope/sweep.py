@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from plastiscope.checkpoint import Checkpoint
-from plastiscope.loading import CheckpointError, hf_cache_dir, is_nan, read_hyperparameters
+from plastiscope.loading import CheckpointError, hf_cache_dir, is_nan, read_hyperparameters, weight_files
 
 
 class Sweep(Sequence[Checkpoint]):
@@ -31,6 +31,7 @@ class Sweep(Sequence[Checkpoint]):
         if dupes:
             raise CheckpointError(f"several checkpoints are named {dupes}; give each a distinct label (a 'label' column)")
         folders: dict[Path, str] = {}
+        weights: dict[Path, str] = {}  # the file a weights link leads to -> the checkpoint that loads it
         for c in self.checkpoints:
             if c.path is None:
                 continue
@@ -41,6 +42,17 @@ class Sweep(Sequence[Checkpoint]):
                     f"sets of hyperparameters); list each checkpoint once"
                 )
             folders[folder] = c.name
+            try:
+                files = weight_files(Path(c.path))
+            except CheckpointError:
+                continue  # reported when the checkpoint loads
+            for file in files:
+                real = file.resolve()
+                if weights.setdefault(real, c.name) != c.name:
+                    raise CheckpointError(
+                        f"checkpoints {weights[real]!r} and {c.name!r} load the same weights file {real} ({file} links to it: one "
+                        f"model at two sets of hyperparameters); give each checkpoint folder its own weights"
+                    )
 
     def __len__(self) -> int:
         return len(self.checkpoints)

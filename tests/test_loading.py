@@ -527,3 +527,32 @@ def test_a_manifest_nested_beyond_the_parser_is_refused(tmp_path, suffix, text):
     (tmp_path / f"m{suffix}").write_text(text)
     with pytest.raises(CheckpointError, match=rf"m{suffix}: the manifest nests deeper than a"):
         Sweep.from_manifest(tmp_path / f"m{suffix}")
+
+
+@pytest.mark.parametrize("field, value", [("rms_norm_eps", -1e-5), ("rms_norm_eps", -1.0)])
+def test_a_negative_normalisation_epsilon_is_refused(llama, field, value):
+    """The norm divides by sqrt(variance + eps): a negative eps gives NaN logits where the variance is small and silently
+    different activations elsewhere; no weight shape tells, so config.json is refused naming the field."""
+    _set_config(llama, **{field: value})
+    with pytest.raises(CheckpointError, match=re.escape(f"{llama / 'config.json'}: {field}={value!r}; a normalisation epsilon")):
+        Checkpoint.from_pretrained(llama, weight_decay=0.0)
+
+
+@pytest.mark.parametrize("value", [32.0, "32"])
+def test_a_config_size_of_the_wrong_type_is_refused_on_one_line(llama, value):
+    _set_config(llama, hidden_size=value)
+    with pytest.raises(CheckpointError, match=r"config.json does not load .*hidden_size") as err:
+        Checkpoint.from_pretrained(llama, weight_decay=0.0).bridge
+    assert "\n" not in str(err.value)
+
+
+def test_a_sweep_whose_folders_link_to_one_weights_file_is_refused(llama, tmp_path):
+    """Two folders, the second's model.safetensors a link to the first's: one model at two weight decays."""
+    other = tmp_path / "other"
+    shutil.copytree(llama, other)
+    (other / "model.safetensors").unlink()
+    (other / "model.safetensors").symlink_to(llama / "model.safetensors")
+    (tmp_path / "manifest.csv").write_text(f"path,weight_decay,label\n{llama},0.0,a\nother,0.1,b\n")
+    with pytest.raises(CheckpointError, match=r"checkpoints 'a' and 'b' load the same weights file .*llama/model\.safetensors \(.*other/model\."
+                                              r"safetensors links to it: one model at two sets of hyperparameters\)"):
+        Sweep.from_manifest(tmp_path / "manifest.csv")
