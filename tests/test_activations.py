@@ -333,3 +333,28 @@ def test_probes_and_overfit_give_the_eager_numbers(tiny_sweep, monkeypatch):
     for column in ("value", "ci_low", "ci_high"):
         torch.testing.assert_close(torch.tensor(fast[column].to_numpy(dtype=float)), torch.tensor(eager[column].to_numpy(dtype=float)),
                                    rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "olmo2", "gemma2", "mistral"])
+def test_keys_each_row_may_attend_to_come_from_the_layers_mask(arch, tiny_model):
+    """``blocks.{l}.attn.keys``: i + 1 under full causal attention, min(i + 1, 4) on a sliding window of 4 keys (every
+    Mistral layer, Gemma 2's even layers), the same from the SDPA pass and from the eager pass beside a pattern."""
+    from tests_support import tokenizer
+
+    from plastiscope import Checkpoint
+    from plastiscope.activations import attention_keys_name
+
+    tok = tokenizer()
+    ckpt = Checkpoint.from_model(tiny_model(arch, len(tok)), tok, weight_decay=0.0, name=arch)
+    docs = ["the cat sat on the mat while the dog slept in the sun", "a short one"]
+    names = [attention_keys_name(0), attention_keys_name(1)]
+    (native,) = stream(ckpt, docs, names, progress=False)
+    (eager,) = stream(ckpt, docs, names + ["blocks.0.attn.hook_pattern"], progress=False)
+    for layer, name in enumerate(names):
+        windowed = arch == "mistral" or (arch == "gemma2" and layer % 2 == 0)
+        for batch in (native, eager):
+            for row in range(2):
+                n = int(batch.mask[row].sum())
+                i = torch.arange(n)
+                expected = torch.minimum(i + 1, torch.tensor(4)) if windowed else i + 1
+                assert torch.equal(batch.activations[name][row, :n], expected), (arch, layer, row)
