@@ -5,7 +5,8 @@ matrices. Two analyses measure it per (checkpoint, layer, head):
 
 - ``attention`` (:data:`ANALYSIS`): the attention patterns on documents (entropy, effective /
   stable / numerical rank, norms, attention sink, distance, one-hot share), see
-  :mod:`.patterns`; mean over documents with a bootstrap interval.
+  :mod:`.patterns`, computed exactly from each layer's queries and keys beside an SDPA forward
+  (:mod:`.qk`); mean over documents with a bootstrap interval.
 - ``attention_weights`` (:data:`WEIGHTS_ANALYSIS`): the ``W_QK`` and ``W_OV`` circuits and
   the projection weights, no data needed, see :mod:`.weights`.
 
@@ -26,6 +27,7 @@ from .analysis import (
     weight_stats,
 )
 from .patterns import PATTERN_METRICS, pattern_statistics
+from .qk import qk_statistics
 from .spectra import spectral_summary
 from .weights import WEIGHT_METRICS, expand_kv_heads, layer_weights, weight_statistics
 
@@ -39,6 +41,7 @@ __all__ = [
     "attention_stats",
     "weight_stats",
     "pattern_statistics",
+    "qk_statistics",
     "weight_statistics",
     "spectral_summary",
     "summarize",
