@@ -9,8 +9,10 @@ default options (loss basins; ``--accuracy`` adds the accuracy basins of a label
   the other; Hutchinson traces with their own ``trace_probes`` products each; basins scored
   at every ``sigma`` of the grid up to the edge (``basin_search="grid"``);
 - **after**: the analysis as it is (:func:`plastiscope.landscape.hessian.sharpness`: Lanczos
-  runs started from the first trace probe, stopped on the residual relative to the
-  spectrum's scale, products sharing a gradient graph in rounds; ``basin_search="bisect"``).
+  runs started from the first trace probe, the smallest eigenvalue stopped on its residual
+  relative to the spectrum's scale, products sharing a gradient graph in rounds, the graph
+  kept across rounds when the batch is one micro-batch; ``basin_search="bisect"``, guessed at
+  the edges the trace and top eigenvalue predict).
 
 **Counting convention.** Every forward of the model is counted (a forward hook, weighted by
 its tokens over the fixed batch's padded tokens) and every ``torch.autograd.grad`` call is
@@ -45,6 +47,7 @@ The model is a Llama of the given size, briefly pretrained on the embedded corpu
 
     python benchmarks/landscape.py            # the embedded sweep's size: d_model 64, 3 layers, context 64
     python benchmarks/landscape.py --full     # d_model 256, 6 layers, context 128, 64 documents
+    python benchmarks/landscape.py --micro-batch-tokens 512   # the batch in 4 micro-batches: no graph kept across rounds
 """
 
 from __future__ import annotations
@@ -65,7 +68,16 @@ from plastiscope import Checkpoint
 from plastiscope.data import encode, pad
 from plastiscope.demo.corpus import load_corpus
 from plastiscope.demo.tokenizer import train_tokenizer
-from plastiscope.landscape import OPTIONS, fixed_batch, hutchinson_samples, lanczos_extremes, loss_pieces, micro_batches, start
+from plastiscope.landscape import (
+    OPTIONS,
+    fixed_batch,
+    hutchinson_samples,
+    hvp_operator,
+    lanczos_extremes,
+    loss_pieces,
+    micro_batches,
+    start,
+)
 from plastiscope.landscape.analysis import LandscapeTask, eigenvalue_records, loss_value, math_attention
 from plastiscope.landscape.hessian import adaptive_operator
 from plastiscope.memo import Memo
@@ -149,9 +161,9 @@ class PassCounter:
 class OldProtocol(LandscapeTask):
     """The analysis with the former sharpness protocol: separate runs, Gaussian start, each extreme's own tolerance."""
 
-    def _sharpness(self, products, params, n_docs, boot):
+    def _sharpness(self, pieces, params, n_docs, boot):
         cfg, records = self.config, []
-        hvp = lambda v: products([v])[0]  # noqa: E731 (one product per graph, as before)
+        hvp = hvp_operator(pieces, params)  # one graph per product, as before
         for prefix, operator, minimum in (("hessian", hvp, True), ("adaptive", adaptive_operator(hvp, params), False)):
             if cfg["lanczos_steps"]:
                 extremes = lanczos_extremes(operator, params, cfg["lanczos_steps"], cfg["lanczos_tol"], cfg["seed"], minimum,
@@ -241,6 +253,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="forward-pass repeats (the fastest is the baseline)")
     parser.add_argument("--accuracy", action="store_true", help="also the accuracy basins of a labelled task (label_column)")
     parser.add_argument("--eigsh", action="store_true", help="also compute the extreme eigenvalues with scipy's eigsh")
+    parser.add_argument("--micro-batch-tokens", type=int, default=None,
+                        help="option micro_batch_tokens for both protocols (default: the option's default, one micro-batch here); "
+                             "512 splits the batch in 4, as a 1B model's batch is split")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -253,13 +268,16 @@ def main() -> None:
     pad_id = checkpoint.tokenizer.pad_token_id
     ids = fixed_batch(checkpoint, train, n_docs)
     given = {"n_docs": n_docs} | ({"label_column": "topic"} if args.accuracy else {})
+    given |= {"micro_batch_tokens": args.micro_batch_tokens} if args.micro_batch_tokens else {}
     cfg = validate("landscape", OPTIONS, given)
     pieces = loss_pieces(model, ids, pad_id, cfg["micro_batch_tokens"])
     groups = micro_batches([len(x) for x in ids], cfg["micro_batch_tokens"])
     batch_tokens = sum(pad([ids[i] for i in group], pad_id)[0].numel() for group in groups)
     print(f"size {size}: d_model {d_model}, {layers} layers, context {context}, vocab {len(checkpoint.tokenizer)}, "
           f"{sum(p.numel() for p in params):,} parameters; batch {len(ids)} documents ({batch_tokens} padded tokens); "
-          f"pretrained {args.train_steps} steps; options: defaults{' + label_column=topic' if args.accuracy else ''}")
+          f"pretrained {args.train_steps} steps; {len(groups)} micro-batch(es); options: defaults"
+          f"{' + label_column=topic' if args.accuracy else ''}"
+          f"{f' + micro_batch_tokens={args.micro_batch_tokens}' if args.micro_batch_tokens else ''}")
 
     forward = loss_value(pieces)
     base = min(timed_cpu(forward) for _ in range(args.repeats))
@@ -304,8 +322,6 @@ def main() -> None:
         for p in params:
             p.requires_grad_(True)
         with math_attention():
-            from plastiscope.landscape import hvp_operator
-
             top, bottom, count = eigsh_extremes(hvp_operator(pieces, params), params)
         for name, (frame, _, _) in results.items():
             values = frame.set_index("metric").value

@@ -29,7 +29,8 @@ The eigenvalues and traces, raw and adaptive, are computed together
 (:func:`~.hessian.sharpness`): each Lanczos run starts from the first trace probe, so its
 first product is also that trace's first sample, and the products run in rounds of
 ``products_per_round`` that share one gradient graph (a forward and backward per round, a
-double backward per product).
+double backward per product); when the batch is one micro-batch, its graph is built once and
+kept for every round (:func:`~.hessian.hvp_products`).
 The traces are those of separate Hutchinson runs with the same probes; the eigenvalues those
 of separate Lanczos runs from that start.
 
@@ -89,10 +90,14 @@ case).
   detail ``tau``), interpolated linearly on the grid. Bisection and grid give the same radius
   wherever the drop grows with ``sigma`` (a drop that crosses ``tau`` and falls back below it
   is found at one of its crossings, not necessarily the first): for random directions the
-  same directions are scored at the same ``sigma`` s around the edge; the worst-case search
-  refines its direction at the few ``sigma`` s bisection visits rather than at every one
-  below the edge, so its radius can differ by a grid interval where the search is far from
-  converged. Detail ``censored``: True when the drop
+  same directions are scored at the same ``sigma`` s around the edge. The worst-case search
+  walks up from two grid points below the edge that the top eigenvalue predicts
+  (``1/2 sigma^2 d lambda_max = tau``, :func:`predicted_edges`; bisection below the random
+  basin's edge without one), so it refines its direction over fewer ``sigma`` s than a walk
+  from the grid's start: a local search either way, its radius can come out a little wider
+  (on the benchmark's model within 2 %, in the same grid interval). The edges the loss's
+  trace and top eigenvalue predict are the bisections' first guesses: right, they save
+  scores; wrong, they cost two. Detail ``censored``: True when the drop
   never exceeds ``tau`` on the grid, so the radius is at least the value given (the grid's
   last ``sigma``). Detail ``below_grid``: True when the drop exceeds ``tau`` already at the
   grid's first ``sigma > 0``, so the radius is interpolated between 0 and that ``sigma`` (add
@@ -194,16 +199,17 @@ OPTIONS = OptionTable({
     "lanczos_steps": Option(40, Integer(0), "Lanczos steps (Hessian-vector products) at most, per operator (0: no eigenvalues)"),
     "lanczos_tol": Option(1e-3, Real(0, None), "stop once the largest eigenvalue's Ritz residual (an eigenvalue lies within it) is "
                           "below this times its magnitude, and the smallest one's below this times the larger magnitude of the two"),
-    "products_per_round": Option(3, Integer(1), "Hessian-vector products sharing one gradient graph (a forward and backward each "
-                                 "round); each holds two parameter-sized float32 vectors more while in flight (8 GB at 1B parameters); "
-                                 "1: the least memory, one graph per product"),
+    "products_per_round": Option(2, Integer(1), "Hessian-vector products sharing one gradient graph (a forward and backward each "
+                                 "round, once for all rounds when the batch is one micro-batch); each holds two parameter-sized "
+                                 "float32 vectors while in flight (8 GB at 1B parameters); 1: the least memory"),
     "trace_probes": Option(10, Integer(0), "Hutchinson probes per trace (0: no traces)"),
     "sigmas": Option([0.0, 1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1],
                      ListOf(Real(0, None), min_len=2, increasing=True), "noise scales of the basins, from 0 (weight units)"),
     "n_directions": Option(5, Integer(0), "random Gaussian directions of the basins (0: none)"),
     "worst_case_steps": Option(3, Integer(0), "gradient-ascent steps per sigma of the worst-case search (0: no worst case)"),
     "basin_search": Option("bisect", OneOf("bisect", "grid"), "bisect: score the sigmas a bisection for each basin's edge needs "
-                           "(the same radius as grid where the drop grows with sigma; basin_curve at those sigmas only); "
+                           "(random radii as grid's where the drop grows with sigma, worst-case ones to the grid's resolution; "
+                           "basin_curve at those sigmas only); "
                            "grid: score every sigma up to the edge (the whole basin_curve, about 3x the forward passes)"),
     "loss_tau": Option(0.1, Real(0, None, closed="neither"), "loss rise (nats) that ends a basin"),
     "accuracy_tau": Option(0.05, Real(0, 1, closed="neither"), "accuracy drop that ends a basin"),
@@ -440,7 +446,7 @@ class LandscapeTask:
                 p.requires_grad_(True)
             if cfg["lanczos_steps"] or cfg["trace_probes"]:
                 with math_attention():
-                    records += self._sharpness(hvp_products(pieces, params), params, len(ids), boot)
+                    records += self._sharpness(pieces, params, len(ids), boot)
             records += self._basins(model, params, pieces, pad_id, boot, predicted_edges(records, cfg["sigmas"], cfg["loss_tau"], params))
         finally:
             for p, flag in zip(params, flags):
@@ -448,9 +454,9 @@ class LandscapeTask:
             model.train(was_training)
         return make_frame(self.checkpoint, NAME, records, VARIANTS)
 
-    def _sharpness(self, products: Callable, params: list[torch.Tensor], n_docs: int, boot: dict[str, int]) -> list[dict[str, Any]]:
+    def _sharpness(self, pieces: list[Loss], params: list[torch.Tensor], n_docs: int, boot: dict[str, int]) -> list[dict[str, Any]]:
         cfg, records = self.config, []
-        found = sharpness(products, params, cfg["lanczos_steps"], cfg["lanczos_tol"], cfg["trace_probes"], cfg["seed"],
+        found = sharpness(hvp_products(pieces, params), params, cfg["lanczos_steps"], cfg["lanczos_tol"], cfg["trace_probes"], cfg["seed"],
                           cfg["products_per_round"])
         for prefix, extremes, samples in (("hessian", found.hessian, found.hessian_samples),
                                           ("adaptive", found.adaptive, found.adaptive_samples)):
@@ -564,8 +570,8 @@ METRICS = (
            headline=Headline("basin", "Basin radius σ (loss, random directions)", "rise", "related work (Chen et al. 2025), not Han et al.",
                              "run the landscape analysis (--train-data) with n_directions > 0",
                              (("objective", "loss"), ("direction", "random")), order=60)),
-    Metric("basin_curve", "The objective under weight noise of each scale sigma (the curve the basin radius is read from).", "", None,
-           _BASIN),
+    Metric("basin_curve", "The objective under weight noise of each scale sigma scored (the curve the basin radius is read from; "
+           "by default only the scales around the basin's edge).", "", None, _BASIN),
 )
 
 ANALYSIS = Analysis(name=NAME, inputs=("train_data",), start=start, options=OPTIONS, variants=VARIANTS,

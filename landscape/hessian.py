@@ -60,7 +60,9 @@ def _gradients(outputs: Sequence[torch.Tensor], params: Params, grad_outputs: Se
     return list(torch.autograd.grad(outputs, params, grad_outputs=grad_outputs, materialize_grads=True, **kwargs))
 
 
-def hvp_products(losses: Sequence[Callable[[], torch.Tensor]], params: Params) -> Callable[[Sequence[Params]], list[Vectors]]:
+def hvp_products(
+    losses: Sequence[Callable[[], torch.Tensor]], params: Params, keep_graph: bool = True
+) -> Callable[[Sequence[Params]], list[Vectors]]:
     """``[v_1, ..., v_m] -> [H v_1, ..., H v_m]``: Hessian-vector products sharing one gradient graph per micro-batch.
 
     ``H`` is the Hessian of ``sum_b losses[b]()`` w.r.t. ``params`` (Pearlmutter 1994, by double
@@ -72,16 +74,26 @@ def hvp_products(losses: Sequence[Callable[[], torch.Tensor]], params: Params) -
     backward plus ``m`` double backwards (on the benchmark's CPU model a forward with its
     graph-keeping backward is about 40 % of a single product). Memory: one micro-batch's
     double-backward graph and the ``m`` running sums.
+
+    With ``keep_graph`` and a single micro-batch, its graph is built at the first call and kept
+    for every later one (the weights do not change between products): the products after the
+    first cost their double backwards only, and the memory is the same, since every product
+    holds that graph anyway. With several micro-batches keeping every graph would multiply the
+    memory by their number: each call rebuilds them.
     """
     params = list(params)
+    kept: list[Vectors] = []
 
     def products(vectors: Sequence[Params]) -> list[Vectors]:
         totals = [[torch.zeros_like(p) for p in params] for _ in vectors]
+        keep = keep_graph and len(losses) == 1
         for loss in losses:
-            grads = _gradients([loss()], params, create_graph=True)
+            grads = kept[0] if kept else _gradients([loss()], params, create_graph=True)
+            if keep and not kept:
+                kept.append(grads)
             for i, (total, v) in enumerate(zip(totals, vectors)):
-                last = i == len(vectors) - 1
-                for t, h in zip(total, _gradients(grads, params, grad_outputs=list(v), retain_graph=not last)):
+                retain = keep or i < len(vectors) - 1
+                for t, h in zip(total, _gradients(grads, params, grad_outputs=list(v), retain_graph=retain)):
                     t.add_(h.detach())
             del grads
         return totals
@@ -92,11 +104,11 @@ def hvp_products(losses: Sequence[Callable[[], torch.Tensor]], params: Params) -
 def hvp_operator(losses: Sequence[Callable[[], torch.Tensor]], params: Params) -> Operator:
     """``v -> H v``: the Hessian of ``sum_b losses[b]()`` w.r.t. ``params`` times ``v`` (Pearlmutter 1994).
 
-    One vector of :func:`hvp_products`: per micro-batch a forward, a backward with
-    ``create_graph=True`` and a double backward, so memory holds one micro-batch's graph and
-    the running sum.
+    Per product and micro-batch a forward, a backward with ``create_graph=True`` and a double
+    backward (:func:`hvp_products` of one vector, no graph kept between products), so memory
+    holds one micro-batch's graph and the running sum.
     """
-    products = hvp_products(losses, params)
+    products = hvp_products(losses, params, keep_graph=False)
     return lambda v: products([v])[0]
 
 
@@ -278,7 +290,7 @@ class _Probe:
 
 def sharpness(
     products: Callable[[Sequence[Params]], list[Vectors]], params: Params, max_steps: int, tol: float, n_probes: int,
-    seed: int = 0, width: int = 3,
+    seed: int = 0, width: int = 2,
 ) -> Sharpness:
     """Lanczos extremes and Hutchinson traces of ``H`` and ``|theta| H |theta|``, their products shared in rounds.
 
@@ -296,8 +308,9 @@ def sharpness(
       remaining probes fill the free places.
 
     Memory: the two runs' last two vectors each and, per product in flight, its input and its
-    sum: at most ``4 + 2 width`` parameter-sized vectors (10 at ``width`` 3), against about 5
-    for one Lanczos run. ``width=1`` runs one product per round (the cost of separate runs).
+    sum: at most ``4 + 2 width`` parameter-sized vectors (8 at ``width`` 2), against about 5
+    for one Lanczos run. ``width=1`` runs one product per round (the cost of separate runs,
+    unless :func:`hvp_products` keeps a one-micro-batch graph across rounds).
 
     Hutch++ (Meyer et al. 2021) on the Lanczos space is no cheaper here: deflating 14 Krylov
     vectors cut the per-probe standard deviation of the raw trace of the benchmark's model by

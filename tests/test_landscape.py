@@ -231,12 +231,21 @@ def test_hvp_products_share_one_gradient_graph_and_equal_the_exact_hessian_times
     forwards = []
     hook = model.register_forward_hook(lambda *args: forwards.append(1))
     vectors = [[torch.randn_like(p) for p in params] for _ in range(3)]
-    products = hvp_products([lambda: F.mse_loss(model(x), y)], params)(vectors)
-    hook.remove()
+    one = hvp_products([lambda: F.mse_loss(model(x), y)], params)
+    halves = hvp_products([lambda: F.mse_loss(model(x[:40]), y[:40]) * 40 / 64, lambda: F.mse_loss(model(x[40:]), y[40:]) * 24 / 64],
+                          params)
+    products = one(vectors)
     assert len(forwards) == 1  # one forward (and one graph-keeping backward) for the three products
-    for v, hv in zip(vectors, products):
+    again = one(vectors[:1])
+    assert len(forwards) == 1  # one micro-batch: its graph is kept for later calls
+    split = halves(vectors)
+    assert len(forwards) == 3  # two micro-batches: one forward each per call, no graph kept
+    hook.remove()
+    for v, hv, parts in zip(vectors, products, split):
         flat = torch.cat([t.reshape(-1) for t in v]).numpy()
-        np.testing.assert_allclose(torch.cat([h.reshape(-1) for h in hv]).numpy(), exact @ flat, rtol=1e-9, atol=1e-12)
+        for got in (hv, parts):
+            np.testing.assert_allclose(torch.cat([h.reshape(-1) for h in got]).numpy(), exact @ flat, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(torch.cat([h.reshape(-1) for h in again[0]]).numpy(), torch.cat([h.reshape(-1) for h in products[0]]).numpy())
 
 
 @pytest.mark.parametrize("width", [1, 3])
@@ -283,6 +292,13 @@ def test_first_beyond_finds_the_walks_crossing_in_few_calls():
         assert len(calls) <= math.ceil(math.log2(n)) + 2
         if guess is not None and 2 <= guess == edge <= n - 1:
             assert len(calls) == 2  # a right guess costs two calls
+        # an upper bound expected beyond (right or wrong): the same index, checked rather than assumed
+        upper = int(rng.integers(1, n + 1))
+        calls.clear()
+        assert first_beyond(beyond_at, n, upper=upper) == walk
+        assert len(calls) <= 2 * math.ceil(math.log2(n)) + 1
+        if edge <= upper <= n - 1:
+            assert len(calls) <= math.ceil(math.log2(upper)) + 1
 
 
 class _Product(torch.nn.Module):
@@ -508,18 +524,20 @@ def test_bisected_worst_case_radius_is_the_walks_to_the_grid_resolution_on_a_qua
     until = lambda s: s > tau  # noqa: E731
     walk, _ = worst_case_scores(gradient, score, params, sigmas[1:], steps=8, generator=torch.Generator().manual_seed(0), until=until)
     walk = worst_so_far(np.concatenate([[0.0], walk]), higher_is_better=False)
-    bisected = bisected_worst_case(gradient, score, params, sigmas, 8, torch.Generator().manual_seed(0), until, 0.0)
-    scored = ~np.isnan(bisected)
-    assert scored.sum() < len(walk)  # fewer sigmas searched
-    bisected[scored] = worst_so_far(bisected[scored], higher_is_better=False)
-    last = int(np.flatnonzero(scored)[-1])
-    ours = basin_records("loss", "worst_case", sigmas[: last + 1], bisected[None, : last + 1], False, tau, boot)[-1]["value"]
     grid = basin_records("loss", "worst_case", sigmas[: len(walk)], walk[None], False, tau, boot)[-1]["value"]
-    # both in the same grid interval as the exact worst-case radius, sqrt(2 tau / (d lambda_max))
-    exact = math.sqrt(2 * tau / (d * 8.0))
+    exact = math.sqrt(2 * tau / (d * 8.0))  # the exact worst-case radius, sqrt(2 tau / (d lambda_max))
     interval = np.searchsorted(sigmas, exact)
-    assert np.searchsorted(sigmas, ours) == np.searchsorted(sigmas, grid) == interval
-    assert ours == pytest.approx(exact, rel=0.1) and grid == pytest.approx(exact, rel=0.1)
+    assert np.searchsorted(sigmas, grid) == interval and grid == pytest.approx(exact, rel=0.1)
+    for guess in (None, interval, interval + 1):  # bisection below the random edge; a walk from below a right or wrong guess
+        bisected = bisected_worst_case(gradient, score, params, sigmas, 8, torch.Generator().manual_seed(0), until, 0.0,
+                                       upper=len(sigmas) - 1, guess=guess)
+        scored = ~np.isnan(bisected)
+        assert scored.sum() <= 5 < len(walk)  # fewer sigmas searched
+        bisected[scored] = worst_so_far(bisected[scored], higher_is_better=False)
+        last = int(np.flatnonzero(scored)[-1])
+        ours = basin_records("loss", "worst_case", sigmas[: last + 1], bisected[None, : last + 1], False, tau, boot)[-1]["value"]
+        # in the same grid interval as the walk's radius and the exact one
+        assert np.searchsorted(sigmas, ours) == interval and ours == pytest.approx(exact, rel=0.1), guess
     assert all(torch.count_nonzero(p) == 0 for p in params)
 
 
