@@ -125,7 +125,10 @@ def test_trainer_binary_matches_sklearn_objective():
 
 
 def test_trainer_batches_problems_independently():
-    """A batched fit of several (C, weights, labels) problems equals fitting each one alone."""
+    """A batched fit of several (C, weights, labels) problems equals fitting each one alone.
+
+    tol=1e-4: at 1e-5 the C=10 problem stops at float32's precision floor on some BLAS builds (reported, rightly,
+    as not converged), which says nothing about batching."""
     rng = np.random.default_rng(2)
     X = torch.tensor(rng.standard_normal((2, 300, 8)), dtype=torch.float32)
     y = torch.as_tensor(rng.integers(0, 3, 300))
@@ -133,9 +136,9 @@ def test_trainer_batches_problems_independently():
     W = torch.as_tensor(rng.random((3, 300)) < 0.7, dtype=torch.float32)
     C = torch.tensor([0.1, 1.0, 10.0])
     mean, scale = standardization(X)
-    batched = fit_logistic(X, Y, C, W, n_classes=3, mean=mean, scale=scale, tol=1e-5, max_iter=300)
+    batched = fit_logistic(X, Y, C, W, n_classes=3, mean=mean, scale=scale, tol=1e-4, max_iter=300)
     for p in range(3):
-        alone = fit_logistic(X, Y[p], float(C[p]), W[p], n_classes=3, mean=mean, scale=scale, tol=1e-5, max_iter=300)
+        alone = fit_logistic(X, Y[p], float(C[p]), W[p], n_classes=3, mean=mean, scale=scale, tol=1e-4, max_iter=300)
         np.testing.assert_allclose(batched.loss[:, p], alone.loss[:, 0], rtol=1e-6)
         assert bool(batched.converged[:, p].all())
 
