@@ -14,7 +14,8 @@ given the prompt and the *true* preceding target tokens is the true token: by in
 greedy continuation then equals the target, and at the first position where the argmax differs,
 greedy decoding leaves the target too. So one teacher-forced forward pass over
 ``[BOS] + k + m`` tokens gives both the exact-match flag and the matched-prefix length, with no
-decoding loop and no KV cache: nothing depends on a library's generation or cache API.
+decoding loop and no KV cache: nothing depends on a library's generation or cache API. The pass
+runs the model's own attention modules with fused SDPA (:func:`plastiscope.activations.native_attention`).
 ``tests/test_overfit.py`` checks the equality against ``generate()``-based decoding
 (:func:`plastiscope.generation.greedy_generate`).
 """
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plastiscope.activations import native_attention
 from plastiscope.data import encode
 
 
@@ -82,7 +84,7 @@ def exact_memorization(
     for start in range(0, len(chosen), batch_size):
         rows = torch.tensor([ids[i] for i in chosen[start : start + batch_size]], dtype=torch.long, device=device)
         truth = rows[:, n_bos + k :]  # [batch, m]
-        with torch.no_grad():  # logits at the last m + 1 positions; the final one predicts past the target
+        with torch.no_grad(), native_attention(model):  # logits at the last m + 1 positions; the final one predicts past the target
             logits = model(input_ids=rows, logits_to_keep=m + 1).logits[:, :-1]
         same = (logits.argmax(-1) == truth).cpu()  # [batch, m]
         exact.append(same.all(dim=1))
