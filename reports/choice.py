@@ -269,6 +269,13 @@ def _noise_of(noise: pd.DataFrame | None, group: str, key: str) -> dict | None:
     return found.iloc[0].to_dict() if len(found) else None
 
 
+def _unmeasured(prep: Prepared, group: str, means: pd.DataFrame) -> list[str]:
+    """Labels of the group's configurations (with an axis value) missing from an outcome's configuration ``means``."""
+    ck = prep.checkpoints[(prep.checkpoints["_group"] == group).to_numpy() & prep.has_x]
+    missing = ck[~ck["_config"].isin(means["_config"])].drop_duplicates("_config")
+    return [str(label) for label in missing["_config_label"]]
+
+
 def summary_html(prep: Prepared, best, noise: pd.DataFrame | None = None) -> str:
     """One group's summary: one best-after line per outcome, the best by mean rank, one best-before line, one trade-off.
 
@@ -297,6 +304,11 @@ def summary_html(prep: Prepared, best, noise: pd.DataFrame | None = None) -> str
                 else:
                     note = "; no measurement interval and one seed: how settled this is is unknown"
             line += f"; next {config_html(rows[1])}{esc(note)}"
+        unmeasured = _unmeasured(prep, best.group, means)
+        if unmeasured:
+            more = f" (+{len(unmeasured) - 4} more)" if len(unmeasured) > 4 else ""
+            line += (f"; best of the {len(rows)} configurations it measures, not of "
+                     + ", ".join(f"<code>{esc(u)}</code>" for u in unmeasured[:4]) + f"{esc(more)} (no value)")
         parts.append(line + ".</p>")
     if best.mean_rank is not None and not best.mean_rank.empty:
         top = best.mean_rank.iloc[0]

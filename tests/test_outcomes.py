@@ -444,3 +444,16 @@ def test_two_results_files_for_one_checkpoint_are_refused_naming_both(tmp_path):
     checkpoints = pd.DataFrame({"checkpoint": list(NAMES), "path": [f"/models/sweep/{n}" for n in NAMES]})
     with pytest.raises(ValueError, match=r"given twice: wd0 hellaswag/acc \(in results_1\.json and results_2\.json\)"):
         read_outcomes(tmp_path / "lm", checkpoints)
+
+
+def test_an_outcome_measured_on_some_configurations_names_those_it_did_not_measure(tmp_path):
+    frame = _sweep({"accuracy": [0.61, 0.72, 0.66], "val_loss": [3.0, 3.1, 3.3]})
+    folder = _folder(tmp_path, frame)
+    _write(pd.DataFrame({"checkpoint": ["wd0", "wd1"], "metric": "mmlu_acc", "value": [0.40, 0.44]}), tmp_path / "part.csv")
+    decision = _decision(_text(write_report(folder, tmp_path / "r.html", outcomes=tmp_path / "part.csv", outcome="mmlu_acc")))
+    assert re.search(r"Best after fine-tuning</b> by <code>outcome\.mmlu_acc</code> \(higher is better\): <code>weight_decay=1</code> "
+                     r"0\.44; next <code>weight_decay=0</code> 0\.4[^<]*; best of the 2 configurations it measures, not of "
+                     r"<code>weight_decay=0\.1</code> \(no value\)\.</p>", decision)
+    _write(pd.DataFrame({"checkpoint": list(NAMES), "metric": "mmlu_acc", "value": [0.40, 0.47, 0.44]}), tmp_path / "all.csv")
+    whole = _decision(_text(write_report(folder, tmp_path / "w.html", outcomes=tmp_path / "all.csv", outcome="mmlu_acc")))
+    assert "Best after fine-tuning</b> by <code>outcome.mmlu_acc</code>" in whole and "it measures" not in whole
