@@ -17,8 +17,9 @@ see it like any metric. A source is a file or a folder of files, each either
   recorded in ``config.model_args`` (``pretrained=PATH``) or ``model_name``.
 
 A name (or path) is matched to a checkpoint by its name, else by its path (run.json records
-the manifest's paths), else by the last part of the path; a name that matches no checkpoint
-or several is refused, naming it. Which way is better comes from the file, else from the
+the manifest's paths), else by the last part of the path (unless the path is a folder here
+other than the checkpoint's recorded one); a name that matches no checkpoint or several is
+refused, naming it. Which way is better comes from the file, else from the
 metric's name (:func:`direction_from_name`: accuracy-like higher, loss-, perplexity- or
 error-like lower); a metric with neither is refused, asking for ``higher_is_better``.
 
@@ -277,7 +278,11 @@ def _tail_matches(reference: str, path: Path) -> bool:
 
 
 def candidates(reference: str, checkpoints: pd.DataFrame) -> list[str]:
-    """Checkpoint names ``reference`` may mean: by name, else by path, else by the last part of the path."""
+    """Checkpoint names ``reference`` may mean: by name, else by path, else by the last part of the path.
+
+    The last part does not match a checkpoint whose recorded folder exists here when ``reference``
+    is another folder that exists here (another model of that name, e.g. an earlier sweep's).
+    """
     names = checkpoints["checkpoint"].astype(str)
     exact = names[names == reference].tolist()
     if exact:
@@ -290,10 +295,19 @@ def candidates(reference: str, checkpoints: pd.DataFrame) -> list[str]:
         if same:
             return list(dict.fromkeys(same))
     tail = Path(reference.rstrip("/")).name
-    by_tail = [n for n in names if n == tail]
-    if "path" in checkpoints:
-        by_tail += [n for n, p in zip(names, checkpoints["path"]) if isinstance(p, str) and p and Path(p.rstrip("/")).name == tail]
-    return list(dict.fromkeys(by_tail))
+    paths = checkpoints["path"] if "path" in checkpoints else [None] * len(names)
+    by_tail = [n for n, p in zip(names, paths) if n == tail or (isinstance(p, str) and p and Path(p.rstrip("/")).name == tail)]
+    # a folder that exists here and is not the checkpoint's recorded folder (which exists too) is another model of that name
+    ref, here = Path(reference).expanduser(), _is_dir(reference)
+    elsewhere = {n for n, p in zip(names, paths) if here and isinstance(p, str) and _is_dir(p) and not _same_path(p, ref)}
+    return [n for n in dict.fromkeys(by_tail) if n not in elsewhere]
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return Path(path).expanduser().is_dir()
+    except OSError:
+        return False
 
 
 def _same_path(a: str, b: Path) -> bool:

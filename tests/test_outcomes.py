@@ -457,3 +457,19 @@ def test_an_outcome_measured_on_some_configurations_names_those_it_did_not_measu
     _write(pd.DataFrame({"checkpoint": list(NAMES), "metric": "mmlu_acc", "value": [0.40, 0.47, 0.44]}), tmp_path / "all.csv")
     whole = _decision(_text(write_report(folder, tmp_path / "w.html", outcomes=tmp_path / "all.csv", outcome="mmlu_acc")))
     assert "Best after fine-tuning</b> by <code>outcome.mmlu_acc</code>" in whole and "it measures" not in whole
+
+
+def test_a_folder_here_that_is_not_the_recorded_one_is_another_model_of_that_name(tmp_path):
+    """An earlier sweep's wd0 evaluated with lm-eval is not this sweep's wd0, though their folders share a name; a path that
+    does not exist here (evaluated on another machine) still matches by its last part."""
+    for sweep in ("new", "old"):
+        for name in NAMES:
+            (tmp_path / sweep / name).mkdir(parents=True)
+    checkpoints = pd.DataFrame({"checkpoint": list(NAMES), "path": [str(tmp_path / "new" / n) for n in NAMES]})
+    _lm_eval(tmp_path / "lm" / "results_old.json", str(tmp_path / "old" / "wd0"), 0.3)
+    with pytest.raises(ValueError, match=r"no checkpoint matches '" + re.escape(str(tmp_path / "old" / "wd0")) + "'"):
+        read_outcomes(tmp_path / "lm", checkpoints)
+    _lm_eval(tmp_path / "lm" / "results_old.json", str(tmp_path / "new" / "wd0") + "/", 0.3)  # the recorded folder, spelled with a slash
+    _lm_eval(tmp_path / "lm" / "results_remote.json", "/cluster/scratch/sweep/wd1", 0.4)  # not a folder here: by its last part
+    read = read_outcomes(tmp_path / "lm", checkpoints)
+    assert read[read["metric"] == "hellaswag/acc_norm"].set_index("checkpoint")["value"].to_dict() == {"wd0": 0.3, "wd1": 0.4}
