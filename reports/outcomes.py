@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from plastiscope.data import DataError, read_utf8
+from plastiscope.data import read_table as read_delimited
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, ResultsStore, load_results, stamp, tidy
 
 OUTCOME_ANALYSIS = "outcome"
@@ -177,19 +179,30 @@ def lm_eval_models(data: dict) -> list[str]:
     return list(dict.fromkeys(str(n) for n in names if n))
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's mapping; a key given twice (the parser would keep the last silently) is refused."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"the key(s) {twice} given twice in one object")
+    return dict(pairs)
+
+
 def read_json(path: Path) -> object:
-    """A ``.json`` outcome file parsed, or a one-line refusal naming it (not UTF-8, not JSON, nested too deep)."""
+    """A ``.json`` outcome file parsed, or a one-line refusal naming it (not UTF-8, not JSON, a key twice, nested too deep)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
     except UnicodeDecodeError:
         raise ValueError(f"--outcomes {path}: not UTF-8 text; save it as UTF-8") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"--outcomes {path}: not valid JSON ({err.msg} at line {err.lineno}); fix or remove the file") from None
     except RecursionError:
         raise ValueError(f"--outcomes {path}: JSON nested too deep to be an outcome file; remove it from --outcomes") from None
+    except ValueError as err:
+        raise ValueError(f"--outcomes {path}: {err}; keep one") from None
 
 
-def _numbers(frame: pd.DataFrame, column: str, path: Path, rows: str, first: int) -> pd.Series:
+def _numbers(frame: pd.DataFrame, column: str, path: Path, where: list[str]) -> pd.Series:
     """``frame[column]`` as floats; a cell that is no number (text, a yes/no) is refused naming its row; blanks are NaN."""
     cells = frame[column]
     is_bool = cells.map(lambda v: isinstance(v, (bool, np.bool_)))
@@ -198,9 +211,40 @@ def _numbers(frame: pd.DataFrame, column: str, path: Path, rows: str, first: int
     bad = numbers.isna() & cells.notna() & ~text
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"--outcomes {path}, {rows.format(i + first)}: {column} is {str(cells.iloc[i])!r}, not a number; "
-                         "write a plain number")
+        raise ValueError(f"--outcomes {path}, {where[i]}: {column} is {str(cells.iloc[i])!r}, not a number; write a plain number")
     return numbers
+
+
+def _read_rows(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The table of an outcome file as read, and where each row is in the file (``line 3``, ``record 2``, ``row 1``).
+
+    CSV and TSV are read as documents are (:func:`plastiscope.data.read_table`: UTF-8, RFC 4180
+    quoting, a row with more or fewer fields than the header refused naming its line).
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as err:  # pyarrow's errors for a file that is not parquet
+            raise ValueError(f"--outcomes {path}: not a readable parquet file ({type(err).__name__}); re-write it with "
+                             "DataFrame.to_parquet or use a .csv") from None
+        return frame, [f"row {i + 1}" for i in range(len(frame))]
+    if suffix == ".json":
+        data = read_json(path)
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise ValueError(f"--outcomes {path}: neither an outcome table (a JSON list of records with checkpoint, metric, value) "
+                             "nor an lm-eval results file; remove it from --outcomes (or name the files to import)")
+        return pd.DataFrame(data), [f"record {i + 1}" for i in range(len(data))]
+    try:
+        text = read_utf8(path)
+    except DataError:
+        raise ValueError(f"--outcomes {path}: not UTF-8 text; save it as UTF-8") from None
+    if not text.strip():
+        raise ValueError(f"--outcomes {path}: an empty file; write the header checkpoint,metric,value and one row per outcome")
+    rows = read_delimited(path, text, "\t" if suffix == ".tsv" else ",")
+    if not rows:
+        raise ValueError(f"--outcomes {path}: a table without rows; add one row per checkpoint and metric")
+    return pd.DataFrame([record for _, record in rows]), [f"line {line}" for line, _ in rows]
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -208,29 +252,9 @@ def read_table(path: Path) -> pd.DataFrame:
 
     Refused, naming the file and row: a value that is missing, not a number or not finite; an
     interval given on one side only, or not holding the value; an ``n`` that is not a positive
-    whole number; a blank checkpoint or metric; a table without rows.
+    whole number; a blank checkpoint or metric; a table without rows; a column (or JSON key) given twice.
     """
-    suffix = path.suffix.lower()
-    rows = {".parquet": "row {}", ".json": "record {}"}.get(suffix, "line {}")
-    first = {".parquet": 1, ".json": 1}.get(suffix, 2)  # a csv/tsv's first row is line 2, after the header
-    try:
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif suffix == ".json":
-            data = read_json(path)
-            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-                raise ValueError(f"--outcomes {path}: neither an outcome table (a JSON list of records with checkpoint, metric, value) "
-                                 "nor an lm-eval results file; remove it from --outcomes (or name the files to import)")
-            frame = pd.DataFrame(data)
-        else:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype={"checkpoint": str, "metric": str},
-                                encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError(f"--outcomes {path}: not UTF-8 text; save it as UTF-8") from None
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"--outcomes {path}: an empty file; write the header checkpoint,metric,value and one row per outcome") from None
-    except pd.errors.ParserError as err:
-        raise ValueError(f"--outcomes {path}: not a readable table ({str(err).strip().splitlines()[-1]})") from None
+    frame, where = _read_rows(path)
     missing = [c for c in ("checkpoint", "metric", "value") if c not in frame.columns]
     if missing:
         raise ValueError(f"--outcomes {path}: no column(s) {missing}; an outcome table has checkpoint, metric, value "
@@ -242,11 +266,11 @@ def read_table(path: Path) -> pd.DataFrame:
         names = frame[column].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip())
         if (names == "").any():
             i = int(np.flatnonzero((names == "").to_numpy())[0])
-            raise ValueError(f"--outcomes {path}, {rows.format(i + first)}: no {column}; fill it in or delete the row")
+            raise ValueError(f"--outcomes {path}, {where[i]}: no {column}; fill it in or delete the row")
         frame[column] = names
-    out = pd.DataFrame({"checkpoint": frame["checkpoint"], "metric": frame["metric"], "value": _numbers(frame, "value", path, rows, first)})
+    out = pd.DataFrame({"checkpoint": frame["checkpoint"], "metric": frame["metric"], "value": _numbers(frame, "value", path, where)})
     for column in ("ci_low", "ci_high", "n"):
-        out[column] = _numbers(frame, column, path, rows, first) if column in frame else math.nan
+        out[column] = _numbers(frame, column, path, where) if column in frame else math.nan
     value, low, high, n = out["value"], out["ci_low"], out["ci_high"], out["n"]
     checks = [
         (~np.isfinite(value), "value is {value}; an outcome is a finite number (delete the row if it was not measured)"),
@@ -258,7 +282,7 @@ def read_table(path: Path) -> pd.DataFrame:
     for bad, reason in checks:
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(f"--outcomes {path}, {rows.format(i + first)} ({out['checkpoint'].iloc[i]} {out['metric'].iloc[i]}): "
+            raise ValueError(f"--outcomes {path}, {where[i]} ({out['checkpoint'].iloc[i]} {out['metric'].iloc[i]}): "
                              + reason.format(**out.iloc[i].to_dict()))
     out["better"] = [_truth(v, f"--outcomes {path}, metric {m}") for v, m in
                      zip(frame["higher_is_better"] if "higher_is_better" in frame else [None] * len(frame), out["metric"])]

@@ -392,6 +392,11 @@ def test_compare_sees_imported_outcomes_with_their_direction(tmp_path):
     ("header.csv", "checkpoint,metric,value\n", r"header\.csv: a table without rows"),
     ("package.json", json.dumps({"name": "x", "version": "1"}), r"package\.json: neither an outcome table .* nor an lm-eval results file"),
     ("broken.json", "{bad json", r"broken\.json: not valid JSON \(Expecting property name"),
+    ("twice.json", '[{"checkpoint": "wd0", "metric": "acc", "value": 0.5, "value": 0.9}]', r"twice\.json: the key\(s\) \['value'\] given twice"),
+    ("twice.csv", "checkpoint,metric,value,value\nwd0,acc,0.5,0.9\n", r"twice\.csv:1: the header names a column twice"),
+    ("long.csv", "checkpoint,metric,value\nwd0,acc,0.5\nwd1,acc,0.5,0.9\n", r"long\.csv:3: 4 fields where the header has 3"),
+    ("first.csv", "checkpoint,metric,value\nx,wd0,acc,0.5\n", r"first\.csv:2: 4 fields where the header has 3"),
+    ("junk.parquet", "checkpoint,metric,value\n", r"junk\.parquet: not a readable parquet file"),
 ])
 def test_a_broken_outcome_table_is_refused_naming_the_file_and_row(tmp_path, name, content, refusal):
     path = tmp_path / name
