@@ -131,6 +131,19 @@ def evaluate_layers(X: torch.Tensor, y: np.ndarray, **options: Any) -> list[dict
     return cross_validate(X, y, **options)[0]
 
 
+def class_indices(y: Any) -> np.ndarray:
+    """``y`` as int64 class indices; labels that are not whole numbers >= 0 (text, 0.5, -1) are refused, not truncated."""
+    raw = np.asarray(y)
+    if raw.dtype.kind == "b":
+        return raw.astype(np.int64)
+    whole = raw.dtype.kind in "iu" or (raw.dtype.kind == "f" and bool(np.all(np.isfinite(raw) & (raw == np.round(raw)))))
+    if not whole or (raw.size and raw.min() < 0):
+        shown = ", ".join(repr(v) for v in raw.ravel()[:3].tolist())
+        raise ValueError(f"probe labels must be class indices 0..K-1 (whole numbers >= 0); got {shown}, ...: map labels to indices, "
+                         "e.g. np.unique(labels, return_inverse=True)[1]")
+    return raw.astype(np.int64)
+
+
 def cross_validate(
     X: torch.Tensor,
     y: np.ndarray,
@@ -177,10 +190,12 @@ def cross_validate(
     X = X.float()
     refuse_non_finite(X)
     L, n, _ = X.shape
-    y = np.asarray(y, dtype=np.int64)
+    y = class_indices(y)
     if len(y) != n:
         raise ValueError(f"{len(y)} labels for {n} examples")
     K = int(n_classes if n_classes is not None else y.max() + 1)
+    if len(y) and y.max() >= K:
+        raise ValueError(f"labels go up to {int(y.max())} but n_classes is {K}; pass n_classes > the largest class index")
     counts = np.bincount(y, minlength=K)
     if (counts[counts > 0] < folds).any() or (counts > 0).sum() < 2:
         raise ValueError(f"need at least 2 classes with >= {folds} examples each (outer folds); class counts {counts.tolist()}")

@@ -315,3 +315,16 @@ def test_rankme_of_all_zero_features_is_nan_without_a_warning():
         assert math.isnan(rankme(np.zeros(5)))
         records = transfer_records(torch.zeros(1, 30, 5, dtype=torch.float64), np.arange(30) % 2)
     assert math.isnan(next(r["value"] for r in records if r["metric"] == "rankme"))
+
+
+@pytest.mark.parametrize("labels, refusal", [
+    (np.tile([0.0, 1.0, 0.5], 14)[:40], r"got 0\.0, 1\.0, 0\.5"),  # int64 would truncate 0.5 to class 0
+    (np.tile(["a", "b"], 20), r"got 'a', 'b', 'a'"),
+    (np.tile([-1, 1], 20), r"got -1, 1, -1"),
+])
+def test_probe_labels_that_are_not_class_indices_are_refused_not_truncated(labels, refusal):
+    X = torch.tensor(np.random.default_rng(0).standard_normal((1, 40, 4)))
+    with pytest.raises(ValueError, match=r"probe labels must be class indices 0\.\.K-1 \(whole numbers >= 0\); " + refusal):
+        evaluate_layers(X, labels, folds=2, inner_folds=2, Cs=[1.0], control_task=False, mdl=False)
+    with pytest.raises(ValueError, match=r"labels go up to 2 but n_classes is 2"):
+        evaluate_layers(X, np.arange(40) % 3, n_classes=2, folds=2, inner_folds=2, Cs=[1.0], control_task=False, mdl=False)
