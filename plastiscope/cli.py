@@ -310,8 +310,8 @@ def report(
                           "e.g. schedule; step for training dynamics)."),
     outcomes: list[Path] | None = typer.Option(None, "--outcomes", help="Outcome table (checkpoint, metric, value) or "
                                                "lm-evaluation-harness results_*.json, or a folder of them; stored in the results folder."),
-    outcome: str | None = typer.Option(None, "--outcome", help="The outcome to rank by (metric or series; default "
-                                       "downstream_loss_after where present)."),
+    outcome: str | None = typer.Option(None, "--outcome", help="The outcome to rank by (metric or series; default: the "
+                                       "first metric declared as the outcome, e.g. downstream_loss_after, where present)."),
 ) -> None:
     """Write self-contained HTML reports (plotly embedded, opens offline)."""
     from plastiscope import reports

@@ -32,19 +32,21 @@ import numpy as np
 import pandas as pd
 
 from plastiscope.reports.correlate import (
+    OUTCOME,
     OUTCOME_ACCURACY,
-    OUTCOME_METRIC,
     VAL_LOSS,
     VAL_LOSS_KEY,
+    VALIDATION_LOSS,
     better_direction,
     fmt_p,
+    role_of,
     val_loss_key,
 )
-from plastiscope.reports.frame import NOT_CONFIGURATION, Prepared, ResultsInput, prepare, text
+from plastiscope.reports.frame import LOSS_COLUMNS, NOT_CONFIGURATION, VAL_LOSS_COLUMN, Prepared, ResultsInput, prepare, text
 from plastiscope.reports.markup import esc
 from plastiscope.stats import cluster_association
 
-LOSS_METRICS = (VAL_LOSS, OUTCOME_METRIC, OUTCOME_ACCURACY)
+LOSS_ROLES = (VALIDATION_LOSS, OUTCOME, OUTCOME_ACCURACY)  # declared roles of the rows shown first and drawn
 N_RESAMPLES = 1000
 
 
@@ -59,7 +61,7 @@ def _side(results: ResultsInput, name: str, keys: list[str], by: str | None) -> 
     prep = prepare(results)
     source = ", ".join(prep.sources.values())
     columns = list(prep.checkpoints.columns)
-    hyper = [c for c in columns if not c.startswith("_") and c not in ("checkpoint", "train_loss", "val_loss")]
+    hyper = [c for c in columns if not c.startswith("_") and c != "checkpoint" and c not in LOSS_COLUMNS]
     for column in keys + ([by] if by else []):
         if column not in prep.checkpoints:
             raise ValueError(f"{name} ({source}): no hyperparameter {column!r}; its hyperparameters are {hyper}")
@@ -69,7 +71,7 @@ def _side(results: ResultsInput, name: str, keys: list[str], by: str | None) -> 
 def _check_replicates(prep: Prepared, name: str, keys: list[str], by: str | None) -> None:
     """Checkpoints that share the key (and ``by``) must differ only in their seed."""
     ck = prep.checkpoints
-    ignore = set(NOT_CONFIGURATION) | set(keys) | {by, "checkpoint", "train_loss", "val_loss"}
+    ignore = set(NOT_CONFIGURATION) | set(keys) | {by, "checkpoint", *LOSS_COLUMNS}
     compared = [c for c in ck.columns if not c.startswith("_") and c not in ignore]
     for key, part in ck.groupby(keys + ([by] if by else []), dropna=False, sort=False):
         if len(part) < 2:
@@ -91,14 +93,19 @@ def _means(prep: Prepared, keys: list[str], mask: np.ndarray) -> pd.DataFrame:
     """One row per key (text) and one column per series (plus validation loss): means over replicates."""
     ck = prep.checkpoints[mask]
     scores = prep.scores[mask].copy()
-    if val_loss_key(prep) == VAL_LOSS_KEY:  # no val_loss series: the trainer's final validation loss
-        scores[VAL_LOSS_KEY] = ck["val_loss"].to_numpy(dtype=float)
+    if val_loss_key(prep) == VAL_LOSS_KEY:  # no validation-loss series: the trainer's final validation loss
+        scores[VAL_LOSS_KEY] = ck[VAL_LOSS_COLUMN].to_numpy(dtype=float)
     labels = [_label(tuple(row)) for row in ck[keys].itertuples(index=False)]
     return scores.set_axis(labels, axis=0).groupby(level=0, sort=False).mean()
 
 
 def _metric(prep: Prepared, key: str) -> str:
     return VAL_LOSS if key == VAL_LOSS_KEY else prep.series_by_key(key).metric
+
+
+def _role(prep: Prepared, key: str) -> str:
+    """The declared role of a column of :func:`_means` (the trainer's validation loss: ``validation_loss``)."""
+    return VALIDATION_LOSS if key == VAL_LOSS_KEY else role_of(prep, prep.series_by_key(key))
 
 
 def regret_record(proxy: np.ndarray, target: np.ndarray, names: np.ndarray, better: str, k: int) -> dict:
@@ -122,7 +129,8 @@ def sweep_agreement(proxy: ResultsInput, target: ResultsInput, key: str | Sequen
 
     ``key``: the column(s) that identify a configuration in both sweeps (a comma-separated
     string or a list). ``by``: a proxy hyperparameter to evaluate each value of separately.
-    Returns one row per (``by`` value, series): by, series, metric, better, n_configs, rho,
+    Returns one row per (``by`` value, series): by, series, metric, role (its declared role, e.g. ``validation_loss``;
+    the loss rows first), better, n_configs, rho,
     rho_low, rho_high, rho_note (why there is no interval), p, top_k, regret, proxy_top (the proxy's top-k keys), target_best.
     """
     keys = _keys(key)
@@ -155,8 +163,7 @@ def sweep_agreement(proxy: ResultsInput, target: ResultsInput, key: str | Sequen
                 f"configurations match on {keys}{where} only in part ({len(matched)} matched): {'; '.join(sides)}; compare "
                 "sweeps of the same configurations (filter the results of either side to the configurations both have)")
         common = [c for c in proxy_means.columns if c in target_means.columns]
-        common.sort(key=lambda c: (_metric(proxy_prep, c) not in LOSS_METRICS, LOSS_METRICS.index(_metric(proxy_prep, c))
-                                   if _metric(proxy_prep, c) in LOSS_METRICS else 0))
+        common.sort(key=lambda c: LOSS_ROLES.index(_role(proxy_prep, c)) if _role(proxy_prep, c) in LOSS_ROLES else len(LOSS_ROLES))
         for series in common:
             p_values = proxy_means.loc[matched, series].to_numpy(dtype=float)
             t_values = target_means.loc[matched, series].to_numpy(dtype=float)
@@ -168,14 +175,15 @@ def sweep_agreement(proxy: ResultsInput, target: ResultsInput, key: str | Sequen
             metric = _metric(proxy_prep, series)
             better = better_direction(proxy_prep, metric) or better_direction(target_prep, metric)
             a = cluster_association(pv, tv, np.arange(len(pv)), n_resamples=n_resamples, seed=seed)
-            record = {"by": text(value) if by else "", "series": series, "metric": metric, "better": better or "",
+            record = {"by": text(value) if by else "", "series": series, "metric": metric, "role": _role(proxy_prep, series),
+                      "better": better or "",
                       "n_configs": int(both.sum()), "rho": a.estimate, "rho_low": a.low, "rho_high": a.high,
                       "rho_note": a.no_interval if math.isfinite(a.estimate) else "", "p": a.p,
                       "top_k": min(top_k, len(pv)), "regret": math.nan, "proxy_top": "", "target_best": ""}
             if better in ("higher", "lower"):
                 record.update(regret_record(pv, tv, names, better, record["top_k"]))
             records.append(record)
-    columns = ["by", "series", "metric", "better", "n_configs", "rho", "rho_low", "rho_high", "rho_note", "p", "top_k", "regret",
+    columns = ["by", "series", "metric", "role", "better", "n_configs", "rho", "rho_low", "rho_high", "rho_note", "p", "top_k", "regret",
                "proxy_top", "target_best"]
     table = pd.DataFrame.from_records(records, columns=columns)
     table.attrs.update(key=keys, by=by or "", proxy=", ".join(proxy_prep.sources.values()),
@@ -226,7 +234,7 @@ def agreement_section(table: pd.DataFrame) -> str:
 
 def agreement_figure(table: pd.DataFrame) -> dict | None:
     """Spearman rho with its interval for the loss rows, per proxy setting (plotly JSON), or None without loss rows."""
-    rows = table[table["metric"].isin(LOSS_METRICS) & table["rho"].notna()]
+    rows = table[table["role"].isin(LOSS_ROLES) & table["rho"].notna()]
     if rows.empty:
         return None
     traces = []

@@ -34,7 +34,7 @@ from plastiscope.reports.correlate import (
     val_loss_key,
     values_of,
 )
-from plastiscope.reports.frame import Prepared
+from plastiscope.reports.frame import VAL_LOSS_COLUMN, Prepared
 from plastiscope.stats import cluster_means, spearman_rows
 
 N_DRAWS = 2000
@@ -101,8 +101,8 @@ def choice_table(prep: Prepared, outcome_key: str, top_k: int = TOP_K) -> pd.Dat
     if not outcome_key:
         return pd.DataFrame(columns=columns)
     outcome_better = _direction_of(prep, outcome_key) or "lower"
-    keys = [s.key for s in prep.series if s.key in prep.scores and is_predictor(s)]
-    if val_loss_key(prep) == VAL_LOSS_KEY and np.isfinite(prep.checkpoints["val_loss"].to_numpy(dtype=float)).any():
+    keys = [s.key for s in prep.series if s.key in prep.scores and is_predictor(prep, s)]
+    if val_loss_key(prep) == VAL_LOSS_KEY and np.isfinite(prep.checkpoints[VAL_LOSS_COLUMN].to_numpy(dtype=float)).any():
         keys.append(VAL_LOSS_KEY)
     labels = prep.checkpoints.drop_duplicates("_config").set_index("_config")["_config_label"]
     records, undirected = [], []

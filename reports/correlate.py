@@ -10,12 +10,13 @@ keep replicates together (:func:`plastiscope.stats.cluster_association`).
   a permutation p-value permuting ``x`` within blocks of checkpoints that share a seed (and any
   other swept hyperparameter, so only ``x`` is tested). A categorical axis (e.g. a schedule)
   gets eta squared, the share of variance between its values, with the same permutation test.
-- **With the outcome**: the chosen one (:func:`chosen_outcome`; by default the downstream
-  loss after fine-tuning, ``downstream_loss_after`` of the plasticity analysis, where present,
-  else the first imported outcome, :mod:`.outcomes`): Spearman's rho of each series'
-  configuration means with the outcome's, the same interval, a permutation p-value within
-  seed blocks. Metrics measured after fine-tuning (the outcomes, the gain, the selection loss,
-  the displacement) are not predictors; validation loss is ranked like any metric.
+- **With the outcome**: the chosen one (:func:`chosen_outcome`; by default the first metric
+  present whose declaration has role ``outcome``, the loss after fine-tuning, else the first
+  imported outcome, :mod:`.outcomes`): Spearman's rho of each series' configuration means with
+  the outcome's, the same interval, a permutation p-value within seed blocks. Metrics measured
+  after fine-tuning (roles ``outcome``, ``outcome_accuracy`` and ``after_finetuning``) are not
+  predictors; validation loss (role ``validation_loss``) is ranked like any metric. Roles are
+  read from the declarations recorded with the results (:func:`~.frame.metrics_with_role`).
 - Intervals: a cluster bootstrap over fewer than
   :data:`~plastiscope.stats.MIN_BOOTSTRAP_CLUSTERS` configurations gives none, and the
   table says why (``*_note``).
@@ -33,26 +34,62 @@ import math
 import numpy as np
 import pandas as pd
 
-from plastiscope.reports.frame import Prepared, Series
+from plastiscope.reports.frame import VAL_LOSS_COLUMN, Prepared, Series, metrics_with_role
 from plastiscope.reports.outcomes import OUTCOME_ANALYSIS
 from plastiscope.stats import NO_ASSOCIATION, Association, benjamini_hochberg, cluster_association
 
-OUTCOME_METRIC = "downstream_loss_after"  # the default outcome, where present
-OUTCOME_ACCURACY = "downstream_accuracy_after"
-OUTCOME_METRICS = (OUTCOME_METRIC, OUTCOME_ACCURACY)
-AFTER_FINETUNING = ("downstream_loss_after", "downstream_accuracy_after", "plasticity_gain", "downstream_selection_loss",
-                    "finetune_displacement")
-VAL_LOSS = "val_loss"
+OUTCOME = "outcome"  # role: the loss after fine-tuning, the default outcome
+OUTCOME_ACCURACY = "outcome_accuracy"  # role: accuracy after fine-tuning, a further outcome
+VALIDATION_LOSS = "validation_loss"  # role: the loss before fine-tuning (the trade-off's other side)
+AFTER_FINETUNING = "after_finetuning"  # role: another quantity measured after fine-tuning
+MEASURED_AFTER = (OUTCOME, OUTCOME_ACCURACY, AFTER_FINETUNING)  # roles that are no predictor of the outcome
+AFTER_SUFFIX, BEFORE_SUFFIX = "_after", "_before"  # how analyses name one quantity after and before fine-tuning
+VAL_LOSS = VAL_LOSS_COLUMN  # the metric name of rows read from the trainer's final validation loss
 VAL_LOSS_KEY = "validation loss"  # the key of validation loss when no series carries it (trainer's final_val_loss)
 ALPHA = 0.05
 N_RESAMPLES = 1000
 N_PERMUTATIONS = 10000
 
 
-def outcome_series(prep: Prepared, metric: str = OUTCOME_METRIC) -> list[Series]:
-    """The series of ``metric`` (one per downstream task), the plasticity analysis's first."""
-    found = [s for s in prep.series if s.metric == metric and s.key in prep.scores]
-    return sorted(found, key=lambda s: s.analysis != "plasticity")
+def series_with_role(prep: Prepared, role: str) -> list[Series]:
+    """The scored series (imported outcomes aside) whose metric is declared with ``role``, in declaration order."""
+    scored = [s for s in prep.series if s.key in prep.scores and s.analysis != OUTCOME_ANALYSIS]
+    order = {pair: i for i, pair in enumerate(metrics_with_role(prep.declarations, role, ((s.analysis, s.metric) for s in scored)))}
+    return sorted((s for s in scored if (s.analysis, s.metric) in order), key=lambda s: order[(s.analysis, s.metric)])
+
+
+def role_of(prep: Prepared, series: Series) -> str:
+    """The declared role of a series' metric (``""`` when undeclared or an imported outcome)."""
+    if series.analysis == OUTCOME_ANALYSIS:
+        return ""
+    declared = prep.declarations.lookup(series.metric, series.analysis)
+    return declared.role if declared is not None else ""
+
+
+def outcome_series(prep: Prepared, role: str = OUTCOME) -> list[Series]:
+    """The series declared with ``role`` (default: the outcome, the loss after fine-tuning; one per downstream task)."""
+    return series_with_role(prep, role)
+
+
+def before_finetuning(prep: Prepared, outcome: Series) -> Series | None:
+    """The series measuring before fine-tuning what an outcome measures after it, or None.
+
+    The counterpart of a declared outcome ``<stem>_after`` is ``<stem>_before`` of the same
+    analysis and variant (the analyses' naming of a quantity measured on both sides). For an
+    imported outcome (no counterpart of its own): the first declared outcome's counterpart.
+    """
+    declared = outcome_series(prep)
+    if outcome.analysis != OUTCOME_ANALYSIS:
+        declared = [s for s in declared if s.analysis == outcome.analysis and s.variant == outcome.variant]
+    for after in declared:
+        if not after.metric.endswith(AFTER_SUFFIX):
+            continue
+        before = after.metric[:-len(AFTER_SUFFIX)] + BEFORE_SUFFIX
+        found = [s for s in prep.series if s.key in prep.scores and s.metric == before
+                 and s.analysis == after.analysis and s.variant == after.variant]
+        if found:
+            return found[0]
+    return None
 
 
 def better_direction(prep: Prepared, metric: str, directions: dict[str, str] | None = None) -> str | None:
@@ -70,55 +107,50 @@ def better_direction(prep: Prepared, metric: str, directions: dict[str, str] | N
     return declared.better if declared is not None else None
 
 
-def is_outcome(series: Series) -> bool:
-    """Whether a series is an outcome: imported (analysis ``outcome``) or measured after fine-tuning (loss, accuracy)."""
-    return series.analysis == OUTCOME_ANALYSIS or series.metric in OUTCOME_METRICS
-
-
-def is_predictor(series: Series) -> bool:
-    """Whether a series is measured before fine-tuning (so it may predict the outcome)."""
-    return series.analysis != OUTCOME_ANALYSIS and series.metric not in AFTER_FINETUNING
+def is_predictor(prep: Prepared, series: Series) -> bool:
+    """Whether a series is measured before fine-tuning (so it may predict the outcome): not imported, no after-fine-tuning role."""
+    return series.analysis != OUTCOME_ANALYSIS and role_of(prep, series) not in MEASURED_AFTER
 
 
 def outcome_keys(prep: Prepared) -> list[str]:
-    """Every outcome series, the chosen one (:func:`chosen_outcome`) first, then imported ones, then the plasticity ones."""
-    found = [s for s in prep.series if s.key in prep.scores and is_outcome(s)]
-    found.sort(key=lambda s: (s.analysis != OUTCOME_ANALYSIS, s.analysis != "plasticity", OUTCOME_METRICS.index(s.metric)
-                              if s.metric in OUTCOME_METRICS else 0))
+    """Every outcome series: the chosen one (:func:`chosen_outcome`) first, then imported ones, then the declared outcomes
+    (role ``outcome``, in declaration order), then accuracy after fine-tuning (role ``outcome_accuracy``)."""
+    imported = [s for s in prep.series if s.key in prep.scores and s.analysis == OUTCOME_ANALYSIS]
+    found = imported + outcome_series(prep) + outcome_series(prep, OUTCOME_ACCURACY)
     chosen = chosen_outcome(prep)
-    return ([chosen] if chosen else []) + [s.key for s in found if s.key != chosen]
+    return list(dict.fromkeys(([chosen] if chosen else []) + [s.key for s in found]))
 
 
 def chosen_outcome(prep: Prepared) -> str:
-    """The key of the outcome a report ranks by: ``prep.outcome_choice`` (a series key or metric name), else
-    ``downstream_loss_after`` (the plasticity analysis's first), else the first imported outcome; ``""`` without one."""
-    found = [s for s in prep.series if s.key in prep.scores and is_outcome(s)]
+    """The key of the outcome a report ranks by: ``prep.outcome_choice`` (a series key or metric name), else the first
+    declared outcome present (role ``outcome``), else the first imported outcome, else the first accuracy after
+    fine-tuning (role ``outcome_accuracy``); ``""`` without one."""
+    imported = [s for s in prep.series if s.key in prep.scores and s.analysis == OUTCOME_ANALYSIS]
+    declared = outcome_series(prep)
+    accuracy = outcome_series(prep, OUTCOME_ACCURACY)
     choice = prep.outcome_choice
     if choice:
+        found = declared + accuracy + imported  # a metric name shared by a declared and an imported outcome: the declared one
         matches = [s for s in found if s.key == choice] or [s for s in found if s.metric == choice]
         if not matches:
-            raise ValueError(f"--outcome {choice!r}: not an outcome of these results; outcomes: {[s.key for s in found] or 'none'} "
-                             "(import one with --outcomes FILE)")
-        matches.sort(key=lambda s: s.analysis != "plasticity")
+            raise ValueError(f"--outcome {choice!r}: not an outcome of these results; outcomes: "
+                             f"{[s.key for s in imported + declared + accuracy] or 'none'} (import one with --outcomes FILE)")
         return matches[0].key
-    default = outcome_series(prep)
-    if default:
-        return default[0].key
-    imported = [s for s in found if s.analysis == OUTCOME_ANALYSIS]
-    return imported[0].key if imported else ""
+    first = (declared or imported or accuracy)[:1]
+    return first[0].key if first else ""
 
 
 def val_loss_key(prep: Prepared) -> str:
-    """The key under which validation loss appears in tables: its series, else :data:`VAL_LOSS_KEY`."""
-    found = [s for s in prep.series if s.metric == VAL_LOSS and s.key in prep.scores]
-    found.sort(key=lambda s: s.analysis != "overfit")
+    """The key under which validation loss appears in tables: the first series declared with role ``validation_loss``,
+    else :data:`VAL_LOSS_KEY` (the trainer's final validation loss)."""
+    found = series_with_role(prep, VALIDATION_LOSS)
     return found[0].key if found else VAL_LOSS_KEY
 
 
 def values_of(prep: Prepared, key: str) -> np.ndarray:
     """``[checkpoint]`` scores of a series key, or the checkpoints' validation loss for :data:`VAL_LOSS_KEY`."""
     if key == VAL_LOSS_KEY:
-        return prep.checkpoints["val_loss"].to_numpy(dtype=float)
+        return prep.checkpoints[VAL_LOSS_COLUMN].to_numpy(dtype=float)
     return prep.score(key)
 
 
@@ -169,9 +201,9 @@ def association_table(prep: Prepared, n_resamples: int = N_RESAMPLES, n_permutat
     """
     directions = directions or {}
     outcome_key = chosen_outcome(prep)
-    keys = [(s.key, s.analysis, s.metric, s.variant, is_predictor(s)) for s in prep.series if s.key in prep.scores]
+    keys = [(s.key, s.analysis, s.metric, s.variant, is_predictor(prep, s)) for s in prep.series if s.key in prep.scores]
     val_key = val_loss_key(prep)
-    if val_key == VAL_LOSS_KEY and np.isfinite(prep.checkpoints["val_loss"].to_numpy(dtype=float)).any():
+    if val_key == VAL_LOSS_KEY and np.isfinite(prep.checkpoints[VAL_LOSS_COLUMN].to_numpy(dtype=float)).any():
         keys.append((VAL_LOSS_KEY, "trainer", VAL_LOSS, "", True))
     records = []
     for group in prep.groups:

@@ -24,16 +24,21 @@ The vocabulary of a report:
   a randomly initialised copy): drawn dashed, left out of scores, correlations and rankings.
 
 A *score* is one number per checkpoint and series: the mean of ``value`` over its trained
-rows (layers, heads, details). Validation loss comes from metric ``val_loss`` (analysis
-``overfit`` first) and falls back to the hyperparameter column ``final_val_loss`` the trainer
-writes; the same for training loss (``train_loss`` / ``final_train_loss``).
+rows (layers, heads, details). Validation loss comes from the first metric declared with role
+``validation_loss`` (:func:`metrics_with_role`) and falls back to the hyperparameter column
+``final_val_loss`` the trainer writes; training loss from metric ``train_loss`` (the column's
+own name), else ``final_train_loss``.
+
+What a metric is to a report (the outcome, accuracy after fine-tuning, validation loss, another
+quantity measured after fine-tuning) is its declared *role* (:mod:`plastiscope.metrics`), read
+through :func:`metrics_with_role`; no report names an analysis's metric.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +54,9 @@ from plastiscope.stats import replicate_interval
 ResultsLike = pd.DataFrame | str | Path
 ResultsInput = ResultsLike | Sequence[ResultsLike] | Mapping[str, ResultsLike]
 
-LOSS_COLUMNS = {"train_loss": "final_train_loss", "val_loss": "final_val_loss"}
+TRAIN_LOSS_COLUMN, VAL_LOSS_COLUMN = "train_loss", "val_loss"  # columns of Prepared.checkpoints
+LOSS_COLUMNS = {TRAIN_LOSS_COLUMN: "final_train_loss", VAL_LOSS_COLUMN: "final_val_loss"}  # column -> the trainer's fallback
+LOSS_ROLES = {VAL_LOSS_COLUMN: "validation_loss"}  # column -> the declared role of the metrics it is read from
 BASELINE_COLUMN = "init"
 TRAINED_VALUES = {"trained", "pretrained", "checkpoint", "none", "", "nan"}
 SWEEP_COLUMN = "sweep"
@@ -442,7 +449,7 @@ def prepare(results: ResultsInput, group_by: str | None = None, run_info: dict |
     for column in hyper_all:
         checkpoints[column] = first[column].values
     trained = frame[~frame["_baseline"]]
-    loss_sources = _losses(checkpoints, trained)
+    loss_sources = _losses(checkpoints, trained, declarations)
 
     # the axis, configurations, lines and replicates
     if x not in checkpoints.columns:
@@ -497,17 +504,42 @@ def recorded_directions(frame: pd.DataFrame) -> dict[str, str]:
     return dict(zip(given["metric"], given[BETTER_COLUMN]))
 
 
-def _losses(checkpoints: pd.DataFrame, trained: pd.DataFrame) -> dict[str, str]:
+def metrics_with_role(declarations: Declarations, role: str, present: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``(analysis, metric)`` pairs of ``present`` whose declared role is ``role``, in declaration order.
+
+    A pair's declaration is ``declarations.lookup(metric, analysis)`` (its own analysis's first,
+    then any analysis's); an undeclared metric has no role. Order: the first declaration with
+    ``role`` that covers the metric (the analyses' declared order, then each analysis's metric
+    order), then the order of ``present``; a pair given twice is kept once.
+    """
+    declared = declarations.with_role(role)
+    found = []
+    for analysis, metric in dict.fromkeys(present):
+        own = declarations.lookup(metric, analysis)
+        if own is None or own.role != role:
+            continue
+        covers = [i for i, (a, m) in enumerate(declared) if m.match(metric) is not None]
+        same = [i for i in covers if declared[i][0] == analysis]
+        found.append(((same or covers)[0], analysis, metric))
+    return [(a, m) for _, a, m in sorted(found, key=lambda r: r[0])]
+
+
+def _losses(checkpoints: pd.DataFrame, trained: pd.DataFrame, declarations: Declarations) -> dict[str, str]:
     """Add ``train_loss`` / ``val_loss`` columns to ``checkpoints``; return where each came from."""
     sources = {}
+    pairs = list(dict.fromkeys(zip(trained["analysis"], trained["metric"])))
     for name, fallback in LOSS_COLUMNS.items():
-        from_metric = trained[trained["metric"] == name]
-        preferred = from_metric[from_metric["analysis"] == "overfit"]
-        from_metric = preferred if len(preferred) else from_metric
+        if name in LOSS_ROLES:
+            declared = metrics_with_role(declarations, LOSS_ROLES[name], pairs)
+            analysis, metric = declared[0] if declared else ("", "")
+            from_metric = trained[(trained["analysis"] == analysis) & (trained["metric"] == metric)]
+        else:
+            analysis, metric = "", name
+            from_metric = trained[trained["metric"] == name]
         values = from_metric.groupby("_id")["value"].mean().reindex(checkpoints["_id"]).to_numpy()
         used = []
         if np.isfinite(values).any():
-            used.append(f"metric {name}")
+            used.append(f"metric {metric}" + (f" ({analysis})" if analysis else ""))
         if fallback in checkpoints:
             fb = pd.to_numeric(checkpoints[fallback], errors="coerce").to_numpy(dtype=float)
             if np.isnan(values).any() and np.isfinite(fb[np.isnan(values)]).any():

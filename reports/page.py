@@ -386,7 +386,7 @@ pattern) or a baseline model's rows (<code>init</code> "random", "majority"). Ea
 own 95 % interval (the mean of its rows' intervals, over the layers and heads the baseline also has); one whose interval
 overlaps the baseline's, or contains the constant, is flagged as indistinguishable from it, and a headline line whose
 checkpoints do not clear a measured baseline in more than half of them is <i>inconclusive</i> whatever its trend.</li>
-<li><b>Validation loss</b> is the metric <code>val_loss</code> (analysis <code>overfit</code> first) where measured,
+<li><b>Validation loss</b> is the first metric declared with role <code>validation_loss</code> where measured,
 else the column <code>final_val_loss</code> written by the trainer (used here: {esc(prep.loss_sources.get("val_loss") or "none")}).</li>
 </ul>"""
     runs = ""

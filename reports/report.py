@@ -95,7 +95,7 @@ def build(results: ResultsInput | Prepared, group_by: str | None = None, x: str 
     """Prepare results, compute their statistics and decision, and build every figure with the data behind it.
 
     ``outcomes``: outcome files or folders to import first (:func:`with_outcomes`); ``outcome``:
-    the outcome to rank by (a series key or metric; default ``downstream_loss_after`` where present).
+    the outcome to rank by (a series key or metric; default: the first metric declared with role ``outcome`` present).
     """
     if not isinstance(results, Prepared):
         results = with_outcomes(results, outcomes)
@@ -151,7 +151,7 @@ def write_report(
     ``<out stem>_figures/``. ``directions``: {metric: "higher"|"lower"} overrides which way
     is better. ``outcomes``: outcome files or folders (tables or lm-evaluation-harness results)
     imported into the results first (:mod:`.outcomes`; stored in a results folder);
-    ``outcome``: the outcome the report ranks by (default ``downstream_loss_after`` where present).
+    ``outcome``: the outcome the report ranks by (default: the first metric declared with role ``outcome`` present).
     """
     formats = check_formats(formats)
     results = with_outcomes(results, outcomes)

@@ -22,7 +22,7 @@ and the page flags the checkpoints indistinguishable from the baseline.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -33,11 +33,13 @@ from plastiscope.reports.choice import choice_table, noise_table
 from plastiscope.reports.correlate import (
     ALPHA,
     OUTCOME_ACCURACY,
+    before_finetuning,
     better_direction,
     chosen_outcome,
     fmt_p,
     outcome_keys,
     outcome_series,
+    series_with_role,
     val_loss_key,
     values_of,
 )
@@ -78,8 +80,21 @@ def panels(prep: Prepared) -> list[Panel]:
     """The headline panels the results' declarations name, in the declared order (a panel key's first declaration)."""
     found: dict[str, Panel] = {}
     for analysis, metric in prep.declarations.headlines():
-        found.setdefault(metric.headline.panel, Panel.declared(analysis, metric))  # type: ignore[union-attr]
+        found.setdefault(metric.headline.panel, _present(prep, Panel.declared(analysis, metric)))  # type: ignore[union-attr]
     return list(found.values())
+
+
+def _present(prep: Prepared, panel: Panel) -> Panel:
+    """``panel``, or, where its metric is absent and declared with a role, the same panel for the first metric present with
+    that role (the outcome panel of a prompt/response task: its response loss after fine-tuning)."""
+    role = panel.declaration.role if panel.declaration is not None else ""
+    if not role or panel_series(prep, panel):
+        return panel
+    same = series_with_role(prep, role)
+    declared = prep.declarations.lookup(same[0].metric, same[0].analysis) if same else None
+    if declared is None:
+        return panel
+    return replace(panel, analysis=same[0].analysis, metric=declared.name, variant=(), declaration=declared)
 
 
 @dataclass
@@ -127,7 +142,8 @@ class Best:
     group: str
     outcome: str  # series key
     after: pd.DataFrame  # configuration means of the outcome, best first
-    before: dict[str, pd.DataFrame] = field(default_factory=dict)  # "validation loss" / "downstream loss before" -> means
+    before: dict[str, pd.DataFrame] = field(default_factory=dict)  # "validation loss" / "<outcome> before fine-tuning" -> means
+    before_better: dict[str, str] = field(default_factory=dict)  # the same names -> "lower" / "higher" (default "lower")
     accuracy: pd.DataFrame | None = None  # configuration means of accuracy after fine-tuning, best first
     better: str = "lower"
     outcomes: dict[str, tuple[pd.DataFrame, str]] = field(default_factory=dict)
@@ -208,17 +224,19 @@ def decide(prep: Prepared, table: pd.DataFrame) -> Decision:
 
 def best_configurations(prep: Prepared) -> list[Best]:
     """Per group: configurations by each outcome (best first; the chosen outcome first), their mean rank, and by the
-    losses before fine-tuning (validation loss; the downstream loss before fine-tuning where measured)."""
+    losses before fine-tuning (validation loss; the outcome's own loss before fine-tuning where measured,
+    :func:`~.correlate.before_finetuning`)."""
     keys = outcome_keys(prep)
     if not keys:
         return []
     chosen = prep.series_by_key(keys[0])
     out = []
     before_keys = {"validation loss": val_loss_key(prep)}
-    before_ds = [s.key for s in prep.series if s.metric == "downstream_loss_before" and s.key in prep.scores
-                 and (s.variant == chosen.variant or chosen.analysis != "plasticity")]
-    if before_ds:
-        before_keys["downstream loss before fine-tuning"] = before_ds[0]
+    counterpart = before_finetuning(prep, chosen)  # e.g. the downstream loss before fine-tuning
+    if counterpart is not None:
+        before_keys[f"{counterpart.metric.replace('_', ' ')} fine-tuning"] = counterpart.key
+    before_better = {name: "lower" if key == val_loss_key(prep) else better_direction(prep, prep.series_by_key(key).metric) or "lower"
+                     for name, key in before_keys.items()}
     accuracy = [s.key for s in outcome_series(prep, OUTCOME_ACCURACY) if s.variant == chosen.variant]
     directions = {k: better_direction(prep, prep.series_by_key(k).metric) or "lower" for k in keys}
     for group in prep.groups:
@@ -233,9 +251,10 @@ def best_configurations(prep: Prepared) -> list[Best]:
                 best.outcomes[key] = (means, directions[key])
         best.mean_rank = mean_ranks(best.outcomes) if len(best.outcomes) > 1 else None
         for name, key in before_keys.items():
-            means = _sorted_means(prep, values_of(prep, key), mask, "lower")
+            means = _sorted_means(prep, values_of(prep, key), mask, before_better[name])
             if not means.empty:
                 best.before[name] = means
+                best.before_better[name] = before_better[name]
         if accuracy:
             best.accuracy = _sorted_means(prep, values_of(prep, accuracy[0]), mask, "higher")
         out.append(best)
@@ -260,7 +279,7 @@ def mean_ranks(outcomes: dict[str, tuple[pd.DataFrame, str]]) -> pd.DataFrame:
 
 
 def tradeoff(best: Best, name: str) -> pd.DataFrame:
-    """Configurations worse before fine-tuning (by ``name``, lower is better) than the best-before one, yet better after it.
+    """Configurations worse before fine-tuning (by ``name``, in its better direction) than the best-before one, yet better after it.
 
     Rows of ``best.after`` (best first, by the chosen outcome's direction) with columns
     ``before`` (their value by ``name``); empty when the best before is also the best after,
@@ -277,7 +296,8 @@ def tradeoff(best: Best, name: str) -> pd.DataFrame:
     values = before.set_index("_config")["value"]
     better_after = best.after["value"] > reference if best.better == "higher" else best.after["value"] < reference
     found = best.after[better_after & best.after["_config"].isin(values.index)]
-    found = found[found["_config"].map(values) > top["value"]]
+    before_values = found["_config"].map(values)
+    found = found[before_values < top["value"] if best.before_better.get(name) == "higher" else before_values > top["value"]]
     return found.assign(before=found["_config"].map(values))
 
 

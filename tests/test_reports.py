@@ -492,3 +492,123 @@ def test_report_command_takes_any_axis(tmp_path):
     bad = runner.invoke(app, ["report", str(folder), "--out", str(tmp_path / "b.html"), "--x", "nope"])
     assert bad.exit_code == 2 and "x='nope' is not a column of the results" in bad.output
     assert "final_lr_fraction" in bad.output  # the error lists the columns that can be the axis
+
+
+# --- the outcome comes from the declared roles ----------------------------------------------------
+
+
+def _decision_text(path: Path) -> str:
+    return re.search(r"<div class='ps-callout ps-decision' id='decision'>(.*?)</div>", _text(path), re.S).group(1)
+
+
+def _best_line(decision: str, key: str) -> tuple[str, float]:
+    """The configuration and value the summary names as best after fine-tuning by ``key``."""
+    found = re.search(rf"Best after fine-tuning</b> by <code>{re.escape(html.escape(key, quote=True))}</code> \([^)]*\): "
+                      r"<code>weight_decay=([^<]*)</code> ([-+0-9.e]+)", decision)
+    assert found, (key, decision)
+    return found.group(1), float(found.group(2))
+
+
+def test_a_prompt_response_run_is_ranked_by_its_declared_outcomes(tiny_manifest, tmp_path):
+    """A results folder of the plasticity analysis on prompt/response data (``analyze`` writes metrics.json beside the
+    rows): the summary, the predictor table and the choice table use response loss and generative accuracy after fine-tuning."""
+    from typer.testing import CliRunner
+
+    from plastiscope.cli import app
+    from plastiscope.demo.corpus import load_corpus
+    from plastiscope.reports.correlate import chosen_outcome
+
+    docs = load_corpus("finetune", 80)
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"{t} topic:", "response": f" {w}"}) for t, w in zip(docs.texts, docs.column("topic"))))
+    options = ["-o", "plasticity.steps=20", "-o", "plasticity.learning_rates=0.01", "-o", "plasticity.eval_docs=16",
+               "-o", "plasticity.select_docs=4", "-o", "plasticity.train_docs=60", "-o", "plasticity.n_resamples=50"]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["analyze", str(tiny_manifest), "--out", str(out), "--finetune-data", str(path),
+                                      "--analyses", "plasticity", *options])
+    assert result.exit_code == 0, result.output
+    rows = load_results(out)
+    assert "downstream_loss_after" not in set(rows["metric"])
+
+    def per_checkpoint(metric: str) -> pd.Series:  # the reference: one value per weight decay, read from the parquet
+        return rows[rows["metric"] == metric].groupby("weight_decay")["value"].mean()
+
+    loss_key, accuracy_key = "plasticity.response_loss_after [task=sft]", "plasticity.generative_accuracy_after [task=sft]"
+    decision = _decision_text(write_report(out, tmp_path / "r.html"))
+    for key, metric, best in ((loss_key, "response_loss_after", min), (accuracy_key, "generative_accuracy_after", max)):
+        label, value = _best_line(decision, key)
+        reference = per_checkpoint(metric)
+        assert value == pytest.approx(best(reference), rel=1e-3)
+        assert reference[float(label)] == pytest.approx(best(reference), rel=1e-3)  # the named configuration has that value
+    assert "the outcome this report ranks by" in decision.split(accuracy_key)[0]  # response loss, named first
+    assert "by response loss before fine-tuning:" in decision
+    panel = re.search(r"id='panel-outcome'>(.*?)</div>(?=<div class='ps-panel|</div></section>)", _text(tmp_path / "r.html"), re.S)
+    assert panel and "response_loss_after" in panel.group(1) and "no downstream_loss_after" not in panel.group(1)
+    before = per_checkpoint("response_loss_before")
+    assert re.search(rf"by response loss before fine-tuning: <code>weight_decay={before.idxmin():g}</code>", decision)
+
+    built = build(out, n_resamples=50)
+    assert chosen_outcome(built.prep) == loss_key
+    outcome = per_checkpoint("response_loss_after")
+    table = built.stats
+    measured_after = {"response_loss_after", "generative_accuracy_after", "generative_score_after", "plasticity_gain",
+                      "finetune_displacement", "downstream_selection_loss"}
+    assert not table.loc[table["predictor"], "metric"].isin(measured_after).any()
+    assert set(table.loc[table["metric"].isin(measured_after), "outcome"]) == {""}
+    ranked = ranked_predictors(table)
+    assert set(ranked["outcome"]) == {loss_key} and "response_loss_before" in set(ranked["metric"])
+    ck = built.prep.checkpoints
+    for row in ranked.to_dict("records"):  # the trainer's final validation loss, or one metric (no variants here)
+        values = pd.Series(ck["val_loss"].to_numpy(), index=ck["weight_decay"]) if row["series"] == "validation loss" \
+            else per_checkpoint(row["metric"])
+        assert row["rho_outcome"] == pytest.approx(spearmanr(values.reindex(outcome.index), outcome).statistic, abs=1e-12), row
+    choice = built.decision.choice
+    assert choice.attrs["outcome"] == loss_key and choice.attrs["outcome_better"] == "lower"
+    assert not {s.split(".", 1)[1].split(" [")[0] for s in choice["series"] if "." in s} & measured_after
+    pick = choice[choice["series"] == "plasticity.response_loss_before [task=sft]"].iloc[0]
+    assert pick["pick"] == f"weight_decay={before.idxmin():g}"
+    assert pick["regret"] == pytest.approx(outcome[before.idxmin()] - outcome.min(), abs=1e-9)
+
+
+def test_a_new_metric_declared_as_the_outcome_is_ranked_by_without_report_code(tmp_path):
+    import dataclasses
+
+    from plastiscope.metrics import Declarations, Metric, declare
+    from plastiscope.reports.correlate import chosen_outcome
+
+    after, before = [0.31, 0.52, 0.47, 0.66, 0.58], [0.40, 0.35, 0.42, 0.30, 0.33]
+    val, gap, spread = [3.0, 3.1, 3.25, 3.2, 3.4], [0.1, 0.3, 0.2, 0.5, 0.4], [1.0, 0.2, 0.9, 0.1, 0.5]
+    wds = np.array([0.0, 0.001, 0.01, 0.1, 1.0])
+    made_up = declare([("x", (
+        Metric("zq_yield_after", "A made-up yield after fine-tuning.", "fraction", "higher", role="outcome"),
+        Metric("zq_yield_before", "The same yield before fine-tuning.", "fraction", "higher"),
+        Metric("zq_spread", "A made-up quantity measured after fine-tuning.", "", "lower", role="after_finetuning")))])
+    frame = _frame({"zq_yield_after": after, "zq_yield_before": before, "val_loss": val, "loss_gap": gap, "zq_spread": spread})
+    attach(frame, declarations().merged(made_up))
+    decision = _decision_text(write_report(frame, tmp_path / "r.html"))
+    outcome = np.array(after)
+    assert _best_line(decision, "x.zq_yield_after") == (f"{wds[outcome.argmax()]:g}", outcome.max())
+    # its own value before fine-tuning, by its declared direction (higher is better), beside validation loss
+    assert (f"by validation loss: <code>weight_decay=0</code> 3; by zq yield before fine-tuning: "
+            f"<code>weight_decay={wds[np.argmax(before)]:g}</code> {max(before):g}") in decision
+    assert "Trade-off</b> (Han et al.) by <code>x.zq_yield_after</code>" in decision
+
+    built = build(frame, n_resamples=50)
+    assert chosen_outcome(built.prep) == "x.zq_yield_after"
+    ranked = ranked_predictors(built.stats)
+    assert list(ranked["series"].sort_values()) == ["overfit.loss_gap", "overfit.val_loss", "x.zq_yield_before"]
+    for row in ranked.to_dict("records"):
+        values = {"overfit.loss_gap": gap, "overfit.val_loss": val, "x.zq_yield_before": before}[row["series"]]
+        assert row["rho_outcome"] == pytest.approx(spearmanr(values, after).statistic, abs=1e-12)
+    choice = built.decision.choice
+    assert choice.attrs["outcome"] == "x.zq_yield_after" and choice.attrs["outcome_better"] == "higher"
+    for row in choice.to_dict("records"):
+        values = {"overfit.loss_gap": gap, "overfit.val_loss": val, "x.zq_yield_before": before}[row["series"]]
+        pick = int(np.argmax(values) if row["better"] == "higher" else np.argmin(values))
+        assert row["pick"] == f"weight_decay={wds[pick]:g}" and row["regret"] == pytest.approx(outcome.max() - outcome[pick])
+    # the same rows without the role: no outcome at all, and the after-fine-tuning quantity is a predictor again
+    plain = Declarations({a: tuple(dataclasses.replace(m, role="") if a == "x" else m for m in ms)
+                          for a, ms in declarations().merged(made_up).analyses.items()})
+    bare = build(attach(frame.copy(), plain), n_resamples=50)
+    assert chosen_outcome(bare.prep) == "" and bare.decision.best == []
+    assert bare.stats.set_index("series").loc["x.zq_spread", "predictor"]
