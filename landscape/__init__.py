@@ -22,12 +22,12 @@ from .analysis import (
 from .basin import (
     basin_sigma,
     bisected_random_curves,
-    bisected_worst_case,
     drops,
     first_beyond,
     gaussian_direction,
     perturbed_scores,
     restored,
+    worst_case_near_edge,
     worst_case_scores,
     worst_so_far,
 )
@@ -54,7 +54,6 @@ __all__ = [
     "adaptive_operator",
     "basin_sigma",
     "bisected_random_curves",
-    "bisected_worst_case",
     "drops",
     "first_beyond",
     "fixed_batch",
@@ -71,6 +70,7 @@ __all__ = [
     "restored",
     "sharpness",
     "start",
+    "worst_case_near_edge",
     "worst_case_scores",
     "worst_so_far",
 ]

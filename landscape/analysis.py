@@ -90,14 +90,15 @@ case).
   detail ``tau``), interpolated linearly on the grid. Bisection and grid give the same radius
   wherever the drop grows with ``sigma`` (a drop that crosses ``tau`` and falls back below it
   is found at one of its crossings, not necessarily the first): for random directions the
-  same directions are scored at the same ``sigma`` s around the edge. The worst-case search
-  walks up from two grid points below the edge that the top eigenvalue predicts
-  (``1/2 sigma^2 d lambda_max = tau``, :func:`predicted_edges`; bisection below the random
-  basin's edge without one), so it refines its direction over fewer ``sigma`` s than a walk
-  from the grid's start: a local search either way, its radius can come out a little wider
-  (on the benchmark's model within 2 %, in the same grid interval). The edges the loss's
-  trace and top eigenvalue predict are the bisections' first guesses: right, they save
-  scores; wrong, they cost two. Detail ``censored``: True when the drop
+  same directions are scored at the same ``sigma`` s around the edge. The loss's worst-case
+  search walks up from two grid points below the edge that the top eigenvalue predicts
+  (``1/2 sigma^2 d lambda_max = tau``, :func:`predicted_edges`;
+  :func:`~.basin.worst_case_near_edge`), so it refines its direction over fewer ``sigma`` s
+  than a walk from the grid's start: a local search either way, its radius can come out a
+  little wider (on the benchmark's model 1.3 %, in the same grid interval). Accuracy's
+  worst-case search, with no prediction, walks from the grid's start as with ``"grid"``.
+  The random basins' first guess is the edge the trace predicts: right, it saves scores;
+  wrong, it costs two. Detail ``censored``: True when the drop
   never exceeds ``tau`` on the grid, so the radius is at least the value given (the grid's
   last ``sigma``). Detail ``below_grid``: True when the drop exceeds ``tau`` already at the
   grid's first ``sigma > 0``, so the radius is interpolated between 0 and that ``sigma`` (add
@@ -169,11 +170,11 @@ from plastiscope.training import trainable_copy
 from .basin import (
     basin_sigma,
     bisected_random_curves,
-    bisected_worst_case,
     drops,
     gaussian_direction,
     mean_basin_sigma,
     perturbed_scores,
+    worst_case_near_edge,
     worst_case_scores,
     worst_so_far,
 )
@@ -392,13 +393,6 @@ def basin_records(
     return records
 
 
-def first_crossing(curves: np.ndarray, higher_is_better: bool, tau: float) -> int:
-    """The grid index where the mean drop of ``curves [direction, sigma]`` first exceeds ``tau``, over the ``sigma`` s scored for all."""
-    complete = np.flatnonzero(~np.isnan(curves).any(axis=0))
-    above = np.flatnonzero(~(drops(curves[:, complete], higher_is_better).mean(axis=0) <= tau))
-    return int(complete[above[0]]) if above.size else len(curves[0])
-
-
 def predicted_edges(records: list[dict[str, Any]], sigmas: Sequence[float], tau: float, params: list[torch.Tensor]) -> dict[str, int]:
     """Grid indices where the loss basins' edges are expected, from the sharpness just measured: bisection's first guesses.
 
@@ -492,7 +486,6 @@ class LandscapeTask:
             return []
         base = {name: o[0]() for name, o in objectives.items()}  # sigma = 0: the checkpoint itself, scored once
         records: list[dict[str, Any]] = []
-        crossings: dict[str, int] = {}  # objective -> grid index where the random basin's mean drop first exceeds tau
         if cfg["n_directions"] and cfg["basin_search"] == "grid":
             generator = torch.Generator().manual_seed(cfg["seed"])
             curves = {name: np.tile(base[name], (cfg["n_directions"], len(sigmas))) for name in objectives}
@@ -510,7 +503,6 @@ class LandscapeTask:
                 curve = bisected_random_curves(score, params, sigmas, cfg["n_directions"], generator,
                                                beyond_basin(base[name], higher, tau), base[name], guesses.get(f"{name} random"))
                 records += basin_records(name, "random", sigmas, curve, higher, tau, boot)
-                crossings[name] = first_crossing(curve, higher, tau)
         if cfg["worst_case_steps"]:
             for name, (score, gradient, higher, tau) in objectives.items():
                 generator = torch.Generator().manual_seed(cfg["seed"] + 1)
@@ -519,8 +511,8 @@ class LandscapeTask:
                     curve, _ = worst_case_scores(gradient, score, params, sigmas[1:], cfg["worst_case_steps"], generator, until=until)
                     curve = np.concatenate([[base[name]], curve])
                 else:
-                    curve = bisected_worst_case(gradient, score, params, sigmas, cfg["worst_case_steps"], generator, until, base[name],
-                                                upper=crossings.get(name), guess=guesses.get(f"{name} worst_case"))
+                    curve = worst_case_near_edge(gradient, score, params, sigmas, cfg["worst_case_steps"], generator, until, base[name],
+                                                 guess=guesses.get(f"{name} worst_case"))
                 scored = ~np.isnan(curve)
                 curve[scored] = worst_so_far(curve[scored], higher)
                 last = int(np.flatnonzero(scored)[-1])

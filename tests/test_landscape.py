@@ -22,7 +22,6 @@ from plastiscope.landscape import (
     adaptive_operator,
     basin_sigma,
     bisected_random_curves,
-    bisected_worst_case,
     drops,
     first_beyond,
     fixed_batch,
@@ -36,6 +35,7 @@ from plastiscope.landscape import (
     perturbed_scores,
     rank_loss_pieces,
     sharpness,
+    worst_case_near_edge,
     worst_case_scores,
     worst_so_far,
 )
@@ -512,7 +512,7 @@ def test_bisected_random_basin_is_the_grid_walks_radius_on_a_quadratic():
     assert basin_records("loss", "random", sigmas[:6], wide, False, tau, boot)[-1]["censored"]
 
 
-def test_bisected_worst_case_radius_is_the_walks_to_the_grid_resolution_on_a_quadratic():
+def test_worst_case_search_near_a_predicted_edge_finds_the_walks_radius_on_a_quadratic():
     d = 300
     spectrum = np.concatenate([[8.0, 5.0], np.random.default_rng(3).uniform(-1, 3, d - 2)])
     a, params, _ = _quadratic(spectrum, seed=4)
@@ -523,19 +523,22 @@ def test_bisected_worst_case_radius_is_the_walks_to_the_grid_resolution_on_a_qua
     sigmas, tau, boot = _log_grid(1e-5, 1e-1), 0.02, {"n_resamples": 50, "seed": 0}
     until = lambda s: s > tau  # noqa: E731
     walk, _ = worst_case_scores(gradient, score, params, sigmas[1:], steps=8, generator=torch.Generator().manual_seed(0), until=until)
-    walk = worst_so_far(np.concatenate([[0.0], walk]), higher_is_better=False)
-    grid = basin_records("loss", "worst_case", sigmas[: len(walk)], walk[None], False, tau, boot)[-1]["value"]
+    walk = np.concatenate([[0.0], walk])
+    grid = basin_records("loss", "worst_case", sigmas[: len(walk)], worst_so_far(walk, False)[None], False, tau, boot)[-1]["value"]
     exact = math.sqrt(2 * tau / (d * 8.0))  # the exact worst-case radius, sqrt(2 tau / (d lambda_max))
     interval = np.searchsorted(sigmas, exact)
     assert np.searchsorted(sigmas, grid) == interval and grid == pytest.approx(exact, rel=0.1)
-    for guess in (None, interval, interval + 1):  # bisection below the random edge; a walk from below a right or wrong guess
-        bisected = bisected_worst_case(gradient, score, params, sigmas, 8, torch.Generator().manual_seed(0), until, 0.0,
-                                       upper=len(sigmas) - 1, guess=guess)
-        scored = ~np.isnan(bisected)
-        assert scored.sum() <= 5 < len(walk)  # fewer sigmas searched
-        bisected[scored] = worst_so_far(bisected[scored], higher_is_better=False)
+    # without a prediction: the walk itself, the same scores at the same sigmas
+    same = worst_case_near_edge(gradient, score, params, sigmas, 8, torch.Generator().manual_seed(0), until, 0.0)
+    np.testing.assert_allclose(same[: len(walk)], walk, rtol=1e-12)
+    assert np.isnan(same[len(walk):]).all()
+    for guess in (interval, interval + 1, interval - 3):  # a right prediction, one too high, one too low
+        near = worst_case_near_edge(gradient, score, params, sigmas, 8, torch.Generator().manual_seed(0), until, 0.0, guess=guess)
+        scored = ~np.isnan(near)
+        assert scored.sum() - 1 <= max(interval - guess, 0) + 3 < len(walk) - 1  # fewer sigmas searched, three for a right guess
+        near[scored] = worst_so_far(near[scored], higher_is_better=False)
         last = int(np.flatnonzero(scored)[-1])
-        ours = basin_records("loss", "worst_case", sigmas[: last + 1], bisected[None, : last + 1], False, tau, boot)[-1]["value"]
+        ours = basin_records("loss", "worst_case", sigmas[: last + 1], near[None, : last + 1], False, tau, boot)[-1]["value"]
         # in the same grid interval as the walk's radius and the exact one
         assert np.searchsorted(sigmas, ours) == interval and ours == pytest.approx(exact, rel=0.1), guess
     assert all(torch.count_nonzero(p) == 0 for p in params)
