@@ -42,7 +42,9 @@ checkpoint's rows, whether its probe clears each baseline on the very same held-
 Both are the difference of the two reported fold-mean accuracies; their interval is a paired
 bootstrap that resamples documents within each fold (``n``: documents), so it counts the
 sampling of the held-out examples given the fitted probes. A lower end above 0 is the flag:
-the checkpoint's accuracy is distinguishable from that baseline.
+the checkpoint's accuracy is distinguishable from that baseline. Documents with identical
+text are one document throughout: they share a fold (a copy in the training part would give
+its twin's held-out answer away) and count once in ``n``.
 
 Transferability estimators (option ``transfer``; on all examples, no probe trained, no interval
 (NaN): a bootstrap that duplicates examples changes the spectrum they measure; ``n``: examples;
@@ -200,6 +202,12 @@ class ProbesTask:
         self.collector = FeatureCollector(self.layers, [r for e, p in self.tasks for r in self._requests(e, p)], self.has_bos)
         self.passes = {"data": [self.collector]}
 
+    def _units(self, examples: Examples) -> np.ndarray:
+        """``[example]``: the independent unit of each example, its document, where identical texts are one document
+        (the first of them): a duplicate in the training part of a fold would otherwise be its copy's held-out answer."""
+        first: dict[str, int] = {}
+        return np.asarray([first.setdefault(self.data.texts[d], d) for d in examples.doc.tolist()], dtype=np.int64)
+
     @staticmethod
     def _requests(examples: Examples, pooling: str) -> list[tuple[int, int | str]]:
         if pooling == "token":
@@ -215,8 +223,7 @@ class ProbesTask:
         for examples, pooling in self.tasks:
             X = collector.take(self._requests(examples, pooling))
             rows, held = cross_validate(
-                X, examples.y, types=examples.types,
-                groups=examples.doc if examples.level == "token" else None,
+                X, examples.y, types=examples.types, groups=self._units(examples),
                 n_classes=len(examples.classes), folds=int(o["folds"]), inner_folds=int(o["inner_folds"]),
                 Cs=[float(c) for c in o["Cs"]], class_weight=o["class_weight"], max_iter=int(o["max_iter"]),
                 tol=float(o["tol"]), control_task=bool(o["control_task"]) and examples.level == "token",
@@ -244,7 +251,8 @@ class ProbesTask:
             n = len(examples)
             other = random_correct[:, offset : offset + n]
             offset += n
-            value, low, high, units = paired_accuracy_difference(held.correct, other, held.fold, examples.doc, seed=int(self.o["seed"]))
+            value, low, high, units = paired_accuracy_difference(held.correct, other, held.fold, self._units(examples),
+                                                                 seed=int(self.o["seed"]))
             records += [
                 {"layer": layer, "metric": "accuracy_above_random_init", "value": float(value[l]), "ci_low": float(low[l]),
                  "ci_high": float(high[l]), "n": units, "task": examples.task, "pooling": pooling, "init": "trained"}

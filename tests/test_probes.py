@@ -357,6 +357,43 @@ def test_a_label_column_mixing_number_types_is_refused_not_split_in_two_classes(
         select_examples("t", "sequence", list(range(4)), [-1] * 4, [1, 0, True, 0], ["a"] * 4, min_per_class=2)
 
 
+def test_identical_documents_share_a_fold_and_count_once(checkpoint, docs, monkeypatch):
+    """Data listing each document twice: a copy in the training part would answer its twin's held-out question, so the
+    twins share every outer fold and the paired intervals count each text once."""
+    import plastiscope.probes.analysis as analysis
+    from plastiscope.data import Documents
+    from plastiscope.probes.evaluate import cross_validate
+    from plastiscope.probes.tasks import select_examples
+    from plastiscope.runner import Inputs, run_analyses
+
+    half = docs.head(60)
+    twice = Documents(half.texts * 2, {k: v * 2 for k, v in half.columns.items()}, "twice")
+    chosen, folds = [], []
+
+    def select(*args, **kwargs):
+        chosen.append(select_examples(*args, **kwargs))
+        return chosen[-1]
+
+    def fit(*args, **kwargs):
+        out = cross_validate(*args, **kwargs)
+        folds.append(out[1].fold)
+        return out
+
+    monkeypatch.setattr(analysis, "select_examples", select)
+    monkeypatch.setattr(analysis, "cross_validate", fit)
+    options = {**FAST, "label_column": "pos", "min_per_class": 3, "majority_baseline": True}
+    results, failures = run_analyses([checkpoint], ["probes"], Inputs(data=twice), options={"probes": options}, progress=False)
+    assert failures.empty, failures.to_dict("records")
+    (examples,) = chosen
+    texts = [twice.texts[d] for d in examples.doc]
+    pairs = [(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts)) if texts[i] == texts[j]]
+    assert len(pairs) >= 40 and folds
+    for fold in folds:
+        assert all(fold[i] == fold[j] for i, j in pairs)
+    above = results[results["metric"] == "accuracy_above_majority"]
+    assert set(above["n"]) == {len(set(texts))}
+
+
 def test_probes_analysis_end_to_end(tokenizer, checkpoint, docs):
     """run_analyses on a tiny in-memory checkpoint: the results schema, both inits, every metric."""
     from plastiscope.runner import Inputs, run_analyses
