@@ -175,7 +175,6 @@ from .basin import (
     mean_basin_sigma,
     perturbed_scores,
     worst_case_near_edge,
-    worst_case_scores,
     worst_so_far,
 )
 from .hessian import Extremes, Vectors, hvp_products, sharpness
@@ -506,13 +505,9 @@ class LandscapeTask:
         if cfg["worst_case_steps"]:
             for name, (score, gradient, higher, tau) in objectives.items():
                 generator = torch.Generator().manual_seed(cfg["seed"] + 1)
-                until = beyond_basin(base[name], higher, tau)
-                if cfg["basin_search"] == "grid":
-                    curve, _ = worst_case_scores(gradient, score, params, sigmas[1:], cfg["worst_case_steps"], generator, until=until)
-                    curve = np.concatenate([[base[name]], curve])
-                else:
-                    curve = worst_case_near_edge(gradient, score, params, sigmas, cfg["worst_case_steps"], generator, until, base[name],
-                                                 guess=guesses.get(f"{name} worst_case"))
+                guess = guesses.get(f"{name} worst_case") if cfg["basin_search"] == "bisect" else None  # None: the whole walk
+                curve = worst_case_near_edge(gradient, score, params, sigmas, cfg["worst_case_steps"], generator,
+                                             beyond_basin(base[name], higher, tau), base[name], guess)
                 scored = ~np.isnan(curve)
                 curve[scored] = worst_so_far(curve[scored], higher)
                 last = int(np.flatnonzero(scored)[-1])
