@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -517,13 +517,22 @@ def test_probe_accuracy_at_defaults_matches_sklearn_on_the_natural_distribution(
         mask[:, 0] = False  # mean over the tokens after BOS
         for l, name in enumerate(names_):
             X[l, batch.doc_index] = ((batch.activations[name] * mask[..., None]).sum(1) / mask.sum(1)[:, None]).numpy()
+    # documents with identical text are one unit (the split holds one such pair): their folds group them, as ours do
+    first: dict[str, int] = {}
+    units = np.array([first.setdefault(data.texts[d], d) for d in keep])
+
+    def folds(k: int, seed: int, rows: np.ndarray):
+        grouped = len(np.unique(units[rows])) < len(rows)
+        scheme = (StratifiedGroupKFold if grouped else StratifiedKFold)(k, shuffle=True, random_state=seed)
+        return list(scheme.split(rows, y[rows], units[rows] if grouped else None))
+
     for layer in range(len(names_)):
         Z = X[layer, keep]
         accuracy = []
-        for f, (train, test) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(Z, y)):
+        for f, (train, test) in enumerate(folds(5, 0, np.arange(len(keep)))):
             search = GridSearchCV(
                 make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), {"logisticregression__C": list(DEFAULT_CS)},
-                cv=StratifiedKFold(3, shuffle=True, random_state=1 + f),
+                cv=folds(3, 1 + f, train),
             )
             with threadpool_limits(1):  # BLAS threads on small problems: many times slower on a loaded machine
                 accuracy.append(search.fit(Z[train], y[train]).score(Z[test], y[test]))
