@@ -17,9 +17,10 @@ A model that loads wrongly gives plausible wrong numbers, so:
 - missing, unexpected or mis-shaped tensors (``transformers``' loading info; weights that are
   legitimately tied, such as an output layer tied to the embedding, are not missing), a
   ``model_type`` the weights do not fit, non-finite parameters, a model that is not a causal
-  language model (multimodal, encoder-only, sequence-to-sequence), and a tokenizer whose ids
-  exceed the embedding or that reaches less than 90 % of its rows are refused, each with the
-  path and the fix.
+  language model (multimodal, encoder-only, sequence-to-sequence), a tokenizer whose ids
+  exceed the embedding or that reaches less than 90 % of its rows, a ``tokenizer.json`` whose
+  BOS no file names, and a negative normalisation epsilon are refused, each with the path and
+  the fix.
 
 Also here: the files a folder's content hash covers (:func:`hashed_files`), the
 hyperparameters trainers write beside a model (:func:`read_hyperparameters`), and the
@@ -91,11 +92,17 @@ def _asks_for_code(err: BaseException) -> bool:
 
 
 def load_tokenizer(path: Path) -> Any:
-    """The tokenizer saved in ``path``; never runs code from the folder, never prompts."""
+    """The tokenizer saved in ``path``; never runs code from the folder, never prompts.
+
+    A ``tokenizer.json`` with special tokens but without ``tokenizer_config.json`` or
+    ``special_tokens_map.json`` (the files that say which token is BOS) is refused: it loads
+    without a BOS token, and every document would be encoded without the BOS the model was
+    trained with.
+    """
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
     except Exception as err:
         if _asks_for_code(err):
             raise CheckpointError(
@@ -107,6 +114,16 @@ def load_tokenizer(path: Path) -> Any:
             f"{path}: the tokenizer does not load ({type(err).__name__}: {one_line(err)}); save the training "
             f"tokenizer there with tokenizer.save_pretrained()"
         ) from err
+    roles = ("tokenizer_config.json", "special_tokens_map.json")
+    if tokenizer.bos_token is None and (path / "tokenizer.json").is_file() and not any((path / f).exists() for f in roles):
+        special = [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special]
+        if special:
+            raise CheckpointError(
+                f"{path}: tokenizer.json without tokenizer_config.json: which of its special tokens ({_few(special, 3)}) is BOS "
+                f"is not recorded, so documents would lose the BOS the model was trained with; save the training tokenizer "
+                f"there with tokenizer.save_pretrained()"
+            )
+    return tokenizer
 
 
 def load_config(path: Path) -> Any:

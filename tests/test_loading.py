@@ -556,3 +556,14 @@ def test_a_sweep_whose_folders_link_to_one_weights_file_is_refused(llama, tmp_pa
     with pytest.raises(CheckpointError, match=r"checkpoints 'a' and 'b' load the same weights file .*llama/model\.safetensors \(.*other/model\."
                                               r"safetensors links to it: one model at two sets of hyperparameters\)"):
         Sweep.from_manifest(tmp_path / "manifest.csv")
+
+
+def test_a_tokenizer_json_without_the_file_naming_its_bos_is_refused(llama):
+    """Without tokenizer_config.json transformers loads tokenizer.json with no BOS token: every document would be encoded
+    without the BOS the model was trained with. With special_tokens_map.json (which names it) the folder loads with its BOS."""
+    (llama / "tokenizer_config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"tokenizer\.json without tokenizer_config\.json: which of its special tokens "
+                                              r"\('<\|bos\|>', .*\) is BOS is not recorded"):
+        Checkpoint.from_pretrained(llama, weight_decay=0.0).tokenizer
+    (llama / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|bos|>", "eos_token": "<|eos|>"}))
+    assert Checkpoint.from_pretrained(llama, weight_decay=0.0).tokenizer.bos_token == "<|bos|>"
