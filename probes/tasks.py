@@ -82,6 +82,9 @@ def sequence_examples(data: Documents, column: str) -> tuple[list[int], list[int
     for i, label in enumerate(labels):
         if _missing(label):
             continue
+        if isinstance(label, (list, tuple, dict)):
+            raise DataError(f"{data.source}: document {i}, column {column!r} holds a {type(label).__name__}; a sequence-level label is "
+                            "one value per document (a list of labels per word is a token-level task: level='token')")
         docs.append(i)
         ys.append(label)
         if lemmas is not None and not _missing(lemmas[i]):

@@ -357,6 +357,20 @@ def test_a_label_column_mixing_number_types_is_refused_not_split_in_two_classes(
         select_examples("t", "sequence", list(range(4)), [-1] * 4, [1, 0, True, 0], ["a"] * 4, min_per_class=2)
 
 
+def test_a_list_label_at_the_sequence_level_is_refused(tmp_path):
+    """Word-level labels (a list per document) probed at the default sequence level would make each distinct list a class."""
+    import json
+
+    from plastiscope.data import DataError, load_documents
+    from plastiscope.probes import sequence_examples
+
+    path = tmp_path / "words.jsonl"
+    path.write_text("".join(json.dumps({"text": "the cat", "tags": ["DET", "NOUN"]}) + "\n" for _ in range(20)))
+    with pytest.raises(DataError, match=r"words\.jsonl: document 0, column 'tags' holds a list; a sequence-level label is one value "
+                                        r"per document .*level='token'"):
+        sequence_examples(load_documents(path), "tags")
+
+
 def test_identical_documents_share_a_fold_and_count_once(checkpoint, docs, monkeypatch):
     """Data listing each document twice: a copy in the training part would answer its twin's held-out question, so the
     twins share every outer fold and the paired intervals count each text once."""
