@@ -65,11 +65,17 @@ class DownstreamTask:
     @classmethod
     def from_documents(cls, documents: Documents, label_column: str | None = None, name: str | None = None) -> DownstreamTask:
         """The task of ``documents``, labelled by ``label_column`` when given, a prompt/response task when its documents
-        have ``prompt`` and ``response`` (or ``messages``) columns; named ``name`` or after its source."""
+        have ``prompt`` and ``response`` (or ``messages``) columns; named ``name`` or after its source. A document
+        without a label (empty, null, NaN) is refused: its label would be the text ``None`` or ``nan``."""
         name = name or _default_name(documents)
         if label_column is None:
             return cls(name, documents, sft=sft_columns(list(documents.columns)))
-        return cls(name, documents, label_column, [str(x) for x in documents.column(label_column)])
+        values = documents.column(label_column)
+        blank = [i for i, x in enumerate(values) if x is None or (isinstance(x, float) and x != x) or not str(x).strip()]
+        if blank:
+            raise DataError(f"{documents.source}: {len(blank)} document(s) have no {label_column!r} label (the first: document "
+                            f"{blank[0]}); fill the label in or remove those documents")
+        return cls(name, documents, label_column, [str(x) for x in values])
 
     def chat(self, row: int) -> list[dict[str, str]]:
         """Document ``row`` of a prompt/response task as chat messages, the response last."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -161,3 +162,18 @@ def test_tsv_that_reads_two_ways_is_refused_naming_the_line(tmp_path):
     (tmp_path / "d.tsv").write_text("text\tlabel\n" + "\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"d.tsv:9: this TSV reads differently with and without quoting"):
         load_documents(tmp_path / "d.tsv")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("blank.csv", "text,topic\nthe cat sat,animals\nstocks fell,\nrain again,weather\n"),  # an empty cell (pandas writes NaN so)
+    ("null.jsonl", '{"text": "the cat sat", "topic": "animals"}\n{"text": "stocks fell", "topic": null}\n'),
+    ("nan.jsonl", '{"text": "the cat sat", "topic": "animals"}\n{"text": "stocks fell", "topic": NaN}\n'),
+])
+def test_a_downstream_label_column_with_missing_labels_is_refused(tmp_path, name, content):
+    """A labelled downstream task would otherwise train and score the text "None", "nan" or "" as a document's label."""
+    from plastiscope.downstream import DownstreamTask
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / name)) + r": 1 document\(s\) have no 'topic' label \(the first: "
+                                        r"document 1\); fill the label in or remove those documents"):
+        DownstreamTask.from_documents(load_documents(tmp_path / name), label_column="topic")
