@@ -175,7 +175,11 @@ class Sweep(Sequence[Checkpoint]):
                     where = str(hf_cache_dir(cache))
                     checkpoints.append(Checkpoint.from_hf_cache(str(row["repo"]), str(row.get("revision", "main")), cache, **hyper))
                 else:
-                    folder = (path.parent / str(row["path"])).resolve()
+                    where = str(path.parent / str(row["path"]))
+                    try:
+                        folder = Path(where).resolve()
+                    except (RuntimeError, OSError) as err:  # a link that leads back to itself
+                        raise CheckpointError(f"{where}: the path does not resolve ({err}); fix the path in the manifest") from None
                     where = str(folder)
                     checkpoints.append(Checkpoint.from_pretrained(folder, **hyper))
             except CheckpointError as err:

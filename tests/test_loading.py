@@ -567,3 +567,13 @@ def test_a_tokenizer_json_without_the_file_naming_its_bos_is_refused(llama):
         Checkpoint.from_pretrained(llama, weight_decay=0.0).tokenizer
     (llama / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<|bos|>", "eos_token": "<|eos|>"}))
     assert Checkpoint.from_pretrained(llama, weight_decay=0.0).tokenizer.bos_token == "<|bos|>"
+
+
+def test_a_manifest_path_that_links_to_itself_is_a_row_error(llama, tmp_path):
+    """A link loop in a manifest path fails its row with the path named; the sweep keeps the other checkpoints."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "manifest.csv").write_text(f"path,weight_decay,label\nloop,0.0,x\n{llama},0.1,y\n")
+    sweep = Sweep.from_manifest(tmp_path / "manifest.csv")
+    assert [c.name for c in sweep] == ["y"]
+    (error,) = sweep.errors
+    assert error["checkpoint"] == "x" and error["error"].startswith(f"{tmp_path / 'loop'}: the path does not resolve")
