@@ -295,7 +295,7 @@ def _tail_matches(reference: str, path: Path) -> bool:
     try:
         if ref.is_absolute() or ref.exists():
             return ref.resolve() == path.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a link loop (Python < 3.13)
         return False
     parts = [p for p in ref.parts if p not in (".", "")]
     return bool(parts) and list(path.resolve().parts[-len(parts):]) == parts
@@ -330,14 +330,14 @@ def candidates(reference: str, checkpoints: pd.DataFrame) -> list[str]:
 def _is_dir(path: str) -> bool:
     try:
         return Path(path).expanduser().is_dir()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a link loop (Python < 3.13)
         return False
 
 
 def _same_path(a: str, b: Path) -> bool:
     try:
         return Path(a).expanduser().resolve() == b.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a link loop (Python < 3.13)
         return False
 
 

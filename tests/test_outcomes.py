@@ -478,3 +478,10 @@ def test_a_folder_here_that_is_not_the_recorded_one_is_another_model_of_that_nam
     _lm_eval(tmp_path / "lm" / "results_remote.json", "/cluster/scratch/sweep/wd1", 0.4)  # not a folder here: by its last part
     read = read_outcomes(tmp_path / "lm", checkpoints)
     assert read[read["metric"] == "hellaswag/acc_norm"].set_index("checkpoint")["value"].to_dict() == {"wd0": 0.3, "wd1": 0.4}
+
+
+def test_a_checkpoint_named_by_a_link_loop_is_refused_as_unmatched(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    table = _write(pd.DataFrame({"checkpoint": [str(tmp_path / "loop")], "metric": "acc", "value": [0.5]}), tmp_path / "t.csv")
+    with pytest.raises(ValueError, match=r"no checkpoint matches '" + re.escape(str(tmp_path / "loop")) + "'"):
+        read_outcomes(table, pd.DataFrame({"checkpoint": list(NAMES), "path": [f"/models/sweep/{n}" for n in NAMES]}))
