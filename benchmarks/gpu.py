@@ -22,14 +22,16 @@
   analysis) against the SDPA forward's time for the part's own tokens (plasticity: the tokens it
   trains on; landscape: its fixed batch), i.e. forward passes' worth of work.
 
-    python benchmarks/gpu.py --out gpu.json                           # 80 GB GPU, bfloat16
-    python benchmarks/gpu.py --tiny --device cpu --dtype float32      # ~1.5 M parameters, 256 tokens: a smoke test
+    python benchmarks/gpu.py --out gpu.json          # one 80 GB GPU, bfloat16
+    python benchmarks/gpu.py --tiny --device cpu     # 1.5 M parameters, 256 tokens: a smoke test, ~20 s on one CPU thread
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -115,6 +117,7 @@ def main() -> None:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from forward, {', '.join(ANALYSES)}")
 
     root = Path(tempfile.mkdtemp(prefix="plastiscope-gpu-"))
+    atexit.register(shutil.rmtree, root, True)  # the model folder (2.2 GB at 1B) and the results folders
     params = build_folder(root / "model", shape, pos, args.device, dtype)
     docs = long_documents(n * 3, pos)
     data = Documents(docs[:n], {"label": [str(i % 2) for i in range(n)]}, source="joined glosses")
@@ -124,10 +127,13 @@ def main() -> None:
     plasticity = dict(steps=10, learning_rates=[1e-3], batch_size=4, train_docs=n // 2, select_docs=n // 4, eval_docs=n // 4,
                       eval_batch_size=args.batch_size)
     options = {"probes": {"label_column": "label", "random_baseline": False}, "plasticity": plasticity,
-               "landscape": {"n_docs": 2, "lanczos_steps": 8, "trace_probes": 2, "n_directions": 1} if args.tiny else {"micro_batch_tokens": 2048}}
+               "landscape": {"n_docs": 2, "lanczos_steps": 8, "trace_probes": 2, "n_directions": 1} if args.tiny
+               else {"micro_batch_tokens": 2048}}
     tokens = {"probes": n * pos, "attention": n * pos, "attention_weights": 0, "overfit": 2 * half * pos,
-              "plasticity": plasticity["steps"] * plasticity["batch_size"] * pos, "landscape": min(options["landscape"].get("n_docs", 32), half) * pos}
-    checkpoint = plastiscope.Checkpoint.from_pretrained(root / "model", weight_decay=0.0, name="llama-1b-shape").to(args.device, dtype)
+              "plasticity": len(plasticity["learning_rates"]) * plasticity["steps"] * plasticity["batch_size"] * pos,
+              "landscape": min(options["landscape"].get("n_docs", 32), half) * pos}
+    name = f"llama-{'tiny' if args.tiny else '1b'}-shape"
+    checkpoint = plastiscope.Checkpoint.from_pretrained(root / "model", weight_decay=0.0, name=name).to(args.device, dtype)
     print(f"random-init Llama {shape}: {params / 1e6:.1f} M parameters; {pos} tokens per document, {n} documents, "
           f"batches of {args.batch_size}, {args.dtype} on {args.device}")
 
