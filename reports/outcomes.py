@@ -480,6 +480,16 @@ def add_outcomes(results: pd.DataFrame, paths: str | Path | Sequence[str | Path]
     new = outcome_frame(matched, results)
     old = (results["analysis"] == OUTCOME_ANALYSIS) & results.set_index(["checkpoint", "metric"]).index.isin(
         new.set_index(["checkpoint", "metric"]).index)
+    kept = results[(results["analysis"] == OUTCOME_ANALYSIS) & ~old]
+    if len(kept) and BETTER_COLUMN in kept:
+        before = kept.groupby("metric")[BETTER_COLUMN].first()
+        now = new.groupby("metric")[BETTER_COLUMN].first()
+        flipped = [m for m in now.index if m in before.index and before[m] != now[m]]
+        if flipped:
+            m = flipped[0]
+            others = ", ".join(kept.loc[kept["metric"] == m, "checkpoint"].astype(str).tolist()[:4])
+            raise ValueError(f"--outcomes: metric {m!r} is imported as {now[m]} is better, but the results already hold it as {before[m]} "
+                             f"is better for {others}; import every checkpoint of it again with one direction")
     combined = tidy(pd.concat([results[~old], new], ignore_index=True))
     combined.attrs.update(results.attrs)  # what the results record beside their rows (metric declarations)
     return combined

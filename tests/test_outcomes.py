@@ -485,3 +485,19 @@ def test_a_checkpoint_named_by_a_link_loop_is_refused_as_unmatched(tmp_path):
     table = _write(pd.DataFrame({"checkpoint": [str(tmp_path / "loop")], "metric": "acc", "value": [0.5]}), tmp_path / "t.csv")
     with pytest.raises(ValueError, match=r"no checkpoint matches '" + re.escape(str(tmp_path / "loop")) + "'"):
         read_outcomes(table, pd.DataFrame({"checkpoint": list(NAMES), "path": [f"/models/sweep/{n}" for n in NAMES]}))
+
+
+def test_importing_a_metric_again_in_the_other_direction_for_some_checkpoints_is_refused(tmp_path):
+    """Re-importing one checkpoint of a metric with the opposite higher_is_better would leave one metric with two directions;
+    the folder is left as it was. Re-importing every checkpoint of it with the new direction replaces it."""
+    frame = _sweep({"accuracy": [0.61, 0.72, 0.66], "val_loss": [3.0, 3.1, 3.3]})
+    folder = _folder(tmp_path, frame)
+    first = pd.DataFrame({"checkpoint": list(NAMES), "metric": "score", "value": [1.0, 2.0, 3.0], "higher_is_better": True})
+    import_outcomes(folder, _write(first, tmp_path / "a.csv"))
+    with pytest.raises(ValueError, match=r"metric 'score' is imported as lower is better, but the results already hold it as higher "
+                                         r"is better for wd0\.1, wd1; import every checkpoint of it again"):
+        import_outcomes(folder, _write(first.head(1).assign(value=5.0, higher_is_better=False), tmp_path / "b.csv"))
+    stored = load_results(folder)
+    assert stored.loc[stored["analysis"] == "outcome", "value"].tolist() == [1.0, 2.0, 3.0]
+    import_outcomes(folder, _write(first.assign(higher_is_better=False), tmp_path / "c.csv"))
+    assert set(load_results(folder).query("analysis == 'outcome'")["outcome_better"]) == {"lower"}
