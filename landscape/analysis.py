@@ -145,6 +145,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -173,6 +174,7 @@ from .basin import (
     drops,
     gaussian_direction,
     mean_basin_sigma,
+    n_weights,
     perturbed_scores,
     worst_case_near_edge,
     worst_so_far,
@@ -514,6 +516,9 @@ class LandscapeTask:
                 curve[scored] = worst_so_far(curve[scored], higher)
                 last = int(np.flatnonzero(scored)[-1])
                 records += basin_records(name, "worst_case", sigmas[: last + 1], curve[None, : last + 1], higher, tau, boot)
+        rms = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in params) / n_weights(params))
+        records += [r | {"metric": "basin_sigma_relative", "value": r["value"] / rms, "ci_low": r["ci_low"] / rms,
+                         "ci_high": r["ci_high"] / rms, "weight_rms": rms} for r in records if r["metric"] == "basin_sigma"]
         for r in records:
             if r["metric"] == "basin_sigma" and r["censored"]:
                 log.info("%s: the %s basin (%s directions) is wider than the largest sigma %g; basin_sigma is a lower bound",
@@ -554,9 +559,14 @@ METRICS = (
     Metric("basin_sigma", "Basin radius sigma: the largest scale of weight noise (Gaussian, rescaled to a standard Gaussian's norm; "
            "random or worst-case directions, variant 'direction') under which the expected drop of the objective (variant "
            "'objective') stays within the threshold; wider = more room to fine-tune. Sigma is in weight units: weights that weight "
-           "decay shrinks are moved relatively more by the same sigma, so across weight decays read it beside adaptive sharpness.",
-           "weight units", None, _BASIN,
-           headline=Headline("basin", "Basin radius σ (loss, random directions)", "rise", "related work (Chen et al. 2025), not Han et al.",
+           "decay shrinks are moved relatively more by the same sigma, so across weight decays read basin_sigma_relative.",
+           "weight units", None, _BASIN),
+    Metric("basin_sigma_relative", "Basin radius relative to the weights: basin_sigma divided by the root mean square of the "
+           "perturbed weights (detail weight_rms), i.e. the noise's norm at the basin's edge over the weights' norm. Unitless and "
+           "unchanged when the weights are rescaled, so it compares basins across weight decays; wider = more room to fine-tune.",
+           "", "higher", _BASIN,
+           headline=Headline("basin", "Basin radius relative to the weights (loss, random directions)", "rise",
+                             "related work (Chen et al. 2025), not Han et al.",
                              "run the landscape analysis (--train-data) with n_directions > 0",
                              (("objective", "loss"), ("direction", "random")), order=60)),
     Metric("basin_curve", "The objective under weight noise of each scale sigma scored (the curve the basin radius is read from; "

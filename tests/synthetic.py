@@ -109,6 +109,8 @@ def synthetic_results(
                     sigma = (0.05 + 0.04 * ti) * (0.5 if direction == "worst" else 1.0) + jitter(0.1)
                     records.append({"analysis": "landscape", "metric": "basin_sigma", "objective": objective,
                                     "direction": direction, "value": sigma, "n": 8})
+                    records.append({"analysis": "landscape", "metric": "basin_sigma_relative", "objective": objective,
+                                    "direction": direction, "value": sigma / 0.02, "n": 8})
                     for r in (0.02, 0.05, 0.1):
                         records.append({"analysis": "landscape", "metric": "basin_curve", "objective": objective,
                                         "direction": direction, "sigma": r, "value": r / sigma, "n": 8})

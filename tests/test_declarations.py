@@ -58,7 +58,7 @@ def test_every_analysis_declares_its_metrics_once_with_valid_fields():
     # JSON round trip keeps everything, including the order and the headline's variant
     again = Declarations.from_json(json.loads(json.dumps(decls.to_json())))
     assert again == decls and again.order == decls.order
-    assert again.lookup("basin_sigma").headline.variant == (("objective", "loss"), ("direction", "random"))
+    assert again.lookup("basin_sigma_relative").headline.variant == (("objective", "loss"), ("direction", "random"))
 
 
 def test_bad_declarations_are_refused_with_the_field_named():

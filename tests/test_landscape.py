@@ -674,13 +674,13 @@ def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
     assert failures.empty, failures.to_dict("records")
     assert sorted(results.weight_decay.unique()) == [0.0, 0.1, 1.0]
     metrics = {"hessian_max_eigenvalue", "hessian_min_eigenvalue", "hessian_trace", "adaptive_max_eigenvalue", "adaptive_trace",
-               "basin_curve", "basin_sigma"}
+               "basin_curve", "basin_sigma", "basin_sigma_relative"}
     assert set(results.metric) == metrics
     for name, group in results.groupby("checkpoint"):
         checkpoint = tiny_sweep[name]
         model = checkpoint.hf_model
         assert all(torch.equal(v, before[name][k]) for k, v in model.state_dict().items())  # weights left as they were
-        one = group[~group.metric.isin(["basin_curve", "basin_sigma"])].set_index("metric")
+        one = group[~group.metric.isin(["basin_curve", "basin_sigma", "basin_sigma_relative"])].set_index("metric")
         for metric in ("hessian_max_eigenvalue", "hessian_min_eigenvalue", "adaptive_max_eigenvalue"):
             row = one.loc[metric]
             assert row.n == 8 and np.isnan(row.ci_low) and 1 <= row.steps <= 12 and row.residual >= 0 and row.variant == ""
@@ -720,6 +720,13 @@ def test_landscape_end_to_end_on_tiny_sweep(tiny_sweep):
             assert row.n == (2 if direction == "random" else 1)
         # the worst case is never wider than the random basin on the loss
         assert radii.loc[("loss", "worst_case")].value <= radii.loc[("loss", "random")].value
+        # relative radius: sigma over the root mean square of every trained weight (the perturbed parameters)
+        weights = torch.cat([p.detach().flatten().double() for p in trainable_copy(model).parameters()])
+        rms = float(weights.pow(2).mean().sqrt())
+        relative = group[group.metric == "basin_sigma_relative"].set_index(["objective", "direction"])
+        for key, row in radii.iterrows():
+            assert relative.loc[key].value == pytest.approx(row.value / rms, rel=1e-6)
+            assert relative.loc[key].ci_high == pytest.approx(row.ci_high / rms, rel=1e-6, nan_ok=True)
         checkpoint.unload()
 
 

@@ -79,7 +79,7 @@ def test_report_on_every_analysis_decides_what_one_seed_allows(tiny_results, tmp
     built = build(tiny_results)
     present = {m for m in load_results(tiny_results)["metric"].unique()}
     for panel, metric in (("outcome", "downstream_loss_after"), ("separability", "accuracy"), ("attention", "qk_effective_rank"),
-                          ("overfitting", "loss_gap"), ("sharpness", "adaptive_max_eigenvalue"), ("basin", "basin_sigma")):
+                          ("overfitting", "loss_gap"), ("sharpness", "adaptive_max_eigenvalue"), ("basin", "basin_sigma_relative")):
         block = re.search(rf"<div class='ps-panel[^']*' id='panel-{panel}'>(.*?)</div>(?=<div class='ps-panel|</div></section>)", text, re.S)
         assert block, panel
         if metric in present:

@@ -143,7 +143,7 @@ def test_report_in_browser(tmp_path):
     frame = synthetic_results(n_checkpoints=5, n_layers=3, n_heads=2, names=names, seeds=2)
     # keep the page small: a few metrics of each analysis
     keep = ["accuracy", "selectivity_control_task", "entropy_normalized", "qk_effective_rank", "val_loss", "loss_gap",
-            "downstream_loss_after", "downstream_loss_before", "adaptive_max_eigenvalue", "basin_sigma"]
+            "downstream_loss_after", "downstream_loss_before", "adaptive_max_eigenvalue", "basin_sigma_relative"]
     frame = frame[frame["metric"].isin(keep) & frame["task"].isin(["pos", "topics", None]).fillna(True)]
     frame.loc[frame["metric"] == "selectivity_control_task", "metric"] = EVIL_METRIC
     path = write_report(frame, tmp_path / "report.html", title=f"report {INJECTION}")
