@@ -14,7 +14,8 @@ see it like any metric. A source is a file or a folder of files, each either
   ``value ± 1.96 · METRIC_stderr,FILTER`` when a standard error is given, ``n`` from
   ``n-samples[task].effective`` and the direction from ``higher_is_better[task][METRIC]``.
   The file is matched to a checkpoint by a manifest column naming the file, else by the model
-  recorded in ``config.model_args`` (``pretrained=PATH``) or ``model_name``.
+  recorded in ``config.model_args`` (``pretrained=PATH``) or ``model_name`` (not when
+  ``model_args`` adds ``peft=`` or ``delta=`` weights: then ``pretrained`` is only the base).
 
 A name (or path) is matched to a checkpoint by its name, else by its path (run.json records
 the manifest's paths), else by the last part of the path (unless the path is a folder here
@@ -164,19 +165,25 @@ def lm_eval_rows(data: dict, path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _model_args(data: dict) -> dict[str, str]:
+    """``config.model_args`` of an lm-eval results file as a mapping (it is a mapping or ``key=value,key=value`` text)."""
+    args = (data.get("config") or {}).get("model_args") if isinstance(data.get("config"), dict) else None
+    if isinstance(args, dict):
+        return {str(k): str(v) for k, v in args.items() if v is not None}
+    parts = [part.partition("=") for part in args.split(",")] if isinstance(args, str) else []
+    return {key.strip(): value.strip() for key, sep, value in parts if sep}
+
+
 def lm_eval_models(data: dict) -> list[str]:
     """What an lm-eval results file says was evaluated: ``pretrained=`` of ``config.model_args``, then ``model_name``."""
-    names = []
-    args = (data.get("config") or {}).get("model_args")
-    if isinstance(args, dict):
-        names.append(args.get("pretrained"))
-    elif isinstance(args, str):
-        for part in args.split(","):
-            key, sep, value = part.partition("=")
-            if sep and key.strip() == "pretrained":
-                names.append(value.strip())
-    names.append(data.get("model_name"))
+    names = [_model_args(data).get("pretrained"), data.get("model_name")]
     return list(dict.fromkeys(str(n) for n in names if n))
+
+
+def lm_eval_adapter(data: dict) -> str | None:
+    """``peft=`` or ``delta=`` of ``config.model_args``: weights lm-eval added on top of ``pretrained`` (not that model)."""
+    args = _model_args(data)
+    return next((f"{key}={args[key]}" for key in ("peft", "delta") if args.get(key)), None)
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -364,6 +371,11 @@ def _lm_eval_checkpoint(data: dict, path: Path, checkpoints: pd.DataFrame, unmat
         return named[0]
     if len(named) > 1:
         ambiguous.append(f"{str(path)!r} (named by the manifest of {', '.join(named[:4])})")
+        return None
+    adapter = lm_eval_adapter(data)
+    if adapter:  # pretrained= names the base model, not the model evaluated
+        unmatched.append(f"{str(path)!r} (evaluates {adapter} on top of {', '.join(lm_eval_models(data)) or 'its base'}; name the file "
+                         "in a manifest column of its checkpoint)")
         return None
     models = lm_eval_models(data)
     if not models:

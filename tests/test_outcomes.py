@@ -501,3 +501,19 @@ def test_importing_a_metric_again_in_the_other_direction_for_some_checkpoints_is
     assert stored.loc[stored["analysis"] == "outcome", "value"].tolist() == [1.0, 2.0, 3.0]
     import_outcomes(folder, _write(first.assign(higher_is_better=False), tmp_path / "c.csv"))
     assert set(load_results(folder).query("analysis == 'outcome'")["outcome_better"]) == {"lower"}
+
+
+def test_an_lm_eval_file_of_an_adapter_is_not_matched_to_its_base_model(tmp_path):
+    """model_args pretrained=BASE,peft=ADAPTER evaluates the adapter on the base: the base checkpoint's name is not the model's;
+    a manifest column naming the file still places it."""
+    checkpoints = pd.DataFrame({"checkpoint": list(NAMES), "path": [f"/models/sweep/{n}" for n in NAMES]})
+    path = _lm_eval(tmp_path / "lm" / "results_1.json", "/models/sweep/wd0", 0.3)
+    data = json.loads(path.read_text())
+    data["config"]["model_args"] = "pretrained=/models/sweep/wd0,peft=/adapters/task-a,dtype=float32"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"no checkpoint matches .*results_1\.json' \(evaluates peft=/adapters/task-a on top of "
+                                         r"/models/sweep/wd0; name the file in a manifest column of its checkpoint\)"):
+        read_outcomes(tmp_path / "lm", checkpoints)
+    named = checkpoints.assign(eval_file=[str(path), "", ""])
+    read = read_outcomes(tmp_path / "lm", named)
+    assert set(read["checkpoint"]) == {"wd0"} and read.set_index("metric").loc["hellaswag/acc_norm", "value"] == 0.3
