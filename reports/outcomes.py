@@ -22,7 +22,8 @@ the manifest's paths), else by the last part of the path (unless the path is a f
 other than the checkpoint's recorded one); a name that matches no checkpoint or several is
 refused, naming it. Which way is better comes from the file, else from the
 metric's name (:func:`direction_from_name`: accuracy-like higher, loss-, perplexity- or
-error-like lower); a metric with neither is refused, asking for ``higher_is_better``.
+error-like lower); a metric whose name says neither or both (``loss_acc``) is refused, asking
+for ``higher_is_better``. A value must be a finite number, an interval hold its value.
 
 In a results folder the rows are stored as one cache piece per checkpoint (analysis
 ``outcome``, the checkpoint's content hash where the folder's pieces record it), which the
