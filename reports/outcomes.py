@@ -450,7 +450,7 @@ def known_checkpoints(results: pd.DataFrame, folder: Path | None = None) -> pd.D
     if folder is not None and (folder / "run.json").exists():
         try:
             recorded = pd.DataFrame(json.loads((folder / "run.json").read_text()).get("checkpoints") or [])
-        except ValueError:
+        except (ValueError, AttributeError, TypeError, RecursionError):  # not a run.json analyze wrote: no paths recorded
             recorded = pd.DataFrame()
         if "checkpoint" in recorded:
             recorded = recorded.drop_duplicates("checkpoint").set_index("checkpoint")

@@ -517,3 +517,16 @@ def test_an_lm_eval_file_of_an_adapter_is_not_matched_to_its_base_model(tmp_path
     named = checkpoints.assign(eval_file=[str(path), "", ""])
     read = read_outcomes(tmp_path / "lm", named)
     assert set(read["checkpoint"]) == {"wd0"} and read.set_index("metric").loc["hellaswag/acc_norm", "value"] == 0.3
+
+
+@pytest.mark.parametrize("run_json", ["[]", '{"checkpoints": 3}', '{"checkpoints": [1, 2]}', "not json"])
+def test_a_run_json_that_analyze_did_not_write_records_no_paths(tmp_path, run_json):
+    """Names still match; a path cannot be matched to a checkpoint without the paths run.json records, so it is refused."""
+    folder = _folder(tmp_path, _sweep({"accuracy": [0.61, 0.72, 0.66]}))
+    (folder / "run.json").write_text(run_json)
+    import_outcomes(folder, _write(pd.DataFrame({"checkpoint": list(NAMES), "metric": "mmlu_acc", "value": [0.4, 0.5, 0.6]}),
+                                   tmp_path / "names.csv"))
+    assert sorted(load_results(folder).query("analysis == 'outcome'")["value"]) == [0.4, 0.5, 0.6]
+    with pytest.raises(ValueError, match=r"no checkpoint matches '/models/elsewhere/model'"):
+        import_outcomes(folder, _write(pd.DataFrame({"checkpoint": ["/models/elsewhere/model"], "metric": "mmlu_acc", "value": [0.4]}),
+                                       tmp_path / "paths.csv"))
