@@ -3,6 +3,7 @@ metric, one forward feeds every consumer, a failing consumer fails alone, memory
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import subprocess
@@ -313,6 +314,7 @@ def test_probes_and_overfit_give_the_eager_numbers(tiny_sweep, monkeypatch):
     from conftest import SMALL_OPTIONS
 
     import plastiscope.activations as activations
+    import plastiscope.overfit.memorization as memorization
     from plastiscope.demo.corpus import load_corpus
     from plastiscope.runner import Inputs, run_analyses
 
@@ -324,6 +326,7 @@ def test_probes_and_overfit_give_the_eager_numbers(tiny_sweep, monkeypatch):
     assert failures.empty, failures.to_dict("records")
     assert sdpa.calls > 0
     monkeypatch.setattr(activations, "reads_attention_internals", lambda bridge, names: True)
+    monkeypatch.setattr(memorization, "native_attention", lambda model: contextlib.nullcontext())  # its teacher-forced pass too
     sdpa.calls = 0
     eager, failures = run_analyses(tiny_sweep[:1], ["probes", "overfit"], inputs, options, batch_size=8, progress=False)
     assert failures.empty and sdpa.calls == 0
