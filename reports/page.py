@@ -192,12 +192,16 @@ def outcome_hint(prep: Prepared) -> str:
 
 
 def summary_section(prep: Prepared, decision: Decision, cells: dict[str, tuple[str, str]]) -> str:
-    """The opening section: best configuration, trade-off, what the design supports, one panel per mechanism."""
+    """The opening section: the run's note (``run.json``'s ``about.note``), best configuration, trade-off, what the design
+    supports, one panel per mechanism."""
     if decision.best:
         best = "".join(best_html(prep, b, decision) for b in decision.best)
     else:
         best = ("<p class='ps-best'>No outcome after fine-tuning in these results, so no best checkpoint after "
                 f"fine-tuning{esc(outcome_hint(prep))}.</p>")
+    notes = [info["about"]["note"] for info in prep.run_infos.values()
+             if isinstance(info, Mapping) and isinstance(info.get("about"), Mapping) and info["about"].get("note")]
+    best = "".join(f"<p class='ps-note'>{esc(note)}</p>" for note in dict.fromkeys(notes)) + best
     design = "".join(f"<li>{esc(line)}</li>" for line in decision.design)
     how = (f"Verdicts test each metric against {esc(prep.x)} across configurations (replicate seeds averaged): Spearman ρ "
            f"with a 95 % cluster bootstrap interval, permutation p within seed blocks, Holm-adjusted across every headline "

@@ -42,6 +42,9 @@ def test_demo_runs_every_analysis(demo_dir):
     text = report.read_text()
     for needle in ("probes", "accuracy", "entropy", "effective_rank", "loss_gap", "mia_auc_loss"):
         assert needle in text, needle
+    # the summary says which regime the demo is and why
+    epochs = round(pd.read_csv(out / "sweep" / "manifest.csv")["epochs"].mean())
+    assert f"data-constrained, 400 training glosses seen about {epochs} times each" in text and epochs >= 2
 
 
 def test_demo_states_its_scale_and_costs(demo_dir):
