@@ -36,7 +36,7 @@ TOLERANCE = {
     "train_loss": 0.01, "val_loss": 0.01, "loss_gap": 0.005, "loss_ratio": 0.002, "train_loss_by_position": 0.01,
     "val_loss_by_position": 0.01, "loss_gap_by_position": 0.005, "mia_auc_loss": 0.05, "mia_auc_zlib": 0.05,
     "mia_auc_reference": 0.05, "mia_tpr_at_1fpr": 0.1, "exact_match_train": 0.05, "exact_match_val": 0.05,
-    "matched_prefix_train": 0.5, "matched_prefix_val": 0.5,
+    "matched_prefix_train": 0.5, "matched_prefix_val": 0.5, "accuracy_above_majority": 0.05, "accuracy_above_random_init": 0.05,
 }
 RELATIVE = 0.01  # any other metric (weight norms and ranks, counts): 1 % of its value
 

@@ -99,7 +99,8 @@ def test_proxy_agreement_notebook(tmp_path, monkeypatch):
     assert set(table.loc[table["metric"] == "val_loss", "by"]) == {0.002, 0.01}
     for row in outcome.to_dict("records"):
         assert row["n_configs"] == 5 and row["top_k"] == 1
-        assert -1 <= row["rho_low"] <= row["rho"] <= row["rho_high"] <= 1, row
+        assert -1 <= row["rho"] <= 1, row
+        assert math.isnan(row["rho_low"]) and math.isnan(row["rho_high"]), row  # 5 configurations: too few clusters for an interval
         assert math.isfinite(row["regret"]) and row["regret"] >= 0, row
 
     def outcome_by_recipe(folder: Path) -> pd.Series:
