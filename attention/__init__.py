@@ -12,9 +12,9 @@ matrices. Two analyses measure it per (checkpoint, layer, head):
 
 Quick use::
 
-    from plastiscope.attention import attention_stats, weight_stats
-    patterns = attention_stats(sweep, docs)   # tidy results frame
-    weights = weight_stats(sweep)
+    import plastiscope.attention
+    patterns = plastiscope.attention.attention(sweep, docs)   # tidy results frame
+    weights = plastiscope.attention.attention_weights(sweep)
 """
 
 from .analysis import (
@@ -22,9 +22,9 @@ from .analysis import (
     OPTIONS,
     WEIGHTS_ANALYSIS,
     PatternStatistics,
-    attention_stats,
+    attention,
+    attention_weights,
     summarize,
-    weight_stats,
 )
 from .patterns import PATTERN_METRICS, pattern_statistics
 from .qk import qk_statistics
@@ -38,8 +38,8 @@ __all__ = [
     "PATTERN_METRICS",
     "WEIGHT_METRICS",
     "PatternStatistics",
-    "attention_stats",
-    "weight_stats",
+    "attention",
+    "attention_weights",
     "pattern_statistics",
     "qk_statistics",
     "weight_statistics",

@@ -250,29 +250,36 @@ WEIGHTS_ANALYSIS = Analysis(WEIGHTS_NAME, (), start_weights, WEIGHT_OPTIONS, met
 
 
 # ---------------------------------------------------------------------- API
-def attention_stats(
+def attention(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint],
     data: Documents | Sequence[str] | str,
     *,
-    store: ResultsStore | None = None,
+    store: ResultsStore | str | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    executor: Any = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Attention-pattern statistics of every head of every checkpoint over ``data`` (tidy results frame).
 
-    ``data``: anything :func:`plastiscope.load_documents` reads. ``options``: ``tol``,
-    ``spectral_tokens``, ``one_hot_threshold``, ``n_resamples``, ``seed`` (see :data:`OPTIONS`). Checkpoints
-    that fail are reported by a warning; if all fail, an error is raised.
+    ``data``: anything :func:`plastiscope.load_documents` reads. ``options``: any of :data:`OPTIONS`
+    (``tol``, ``spectral_tokens``, ``one_hot_threshold``, ``n_resamples``, ``seed``), validated by it.
+    ``executor``: ``"local"`` (default), ``"process"`` or ``"ray"`` (:func:`plastiscope.runner.executor_named`).
+    Checkpoints that fail are reported by a warning; if all fail, an error is raised.
     """
-    inputs = Inputs(data=load_documents(data))
-    return run_one(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
+    return run_one(sweep, ANALYSIS, Inputs(data=load_documents(data)), options, store, batch_size, progress, executor)
 
 
-def weight_stats(
-    sweep: Sweep | Checkpoint | Sequence[Checkpoint], *, store: ResultsStore | None = None, progress: bool = True
+def attention_weights(
+    sweep: Sweep | Checkpoint | Sequence[Checkpoint],
+    *,
+    store: ResultsStore | str | None = None,
+    progress: bool = True,
+    executor: Any = None,
+    **options: Any,
 ) -> pd.DataFrame:
-    """QK/OV circuit and projection-weight statistics of every head of every checkpoint (tidy results frame)."""
-    return run_one(sweep, WEIGHTS_ANALYSIS, Inputs(), {}, store, 16, progress)
+    """QK/OV circuit and projection-weight statistics of every head of every checkpoint (tidy results frame);
+    ``options``: any of the options of :data:`WEIGHTS_ANALYSIS`, validated by them."""
+    return run_one(sweep, WEIGHTS_ANALYSIS, Inputs(), options, store, 16, progress, executor)
 
 

@@ -581,17 +581,21 @@ def landscape(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint],
     train_data: Documents | Sequence[str] | str,
     finetune_data: Documents | Sequence[str] | str | None = None,
-    label_column: str | None = None,
+    *,
     store: ResultsStore | str | None = None,
     progress: bool = True,
+    executor: Any = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Sharpness and basins of every checkpoint (tidy results frame; metrics in the module docstring).
 
     ``train_data``: documents the checkpoints were trained on (the fixed batch);
-    ``finetune_data`` with ``label_column``: a labelled downstream task whose accuracy basins are
-    measured too (anything :func:`plastiscope.load_documents` reads). ``options``: see :data:`OPTIONS`.
+    ``finetune_data`` with the option ``label_column``: a labelled downstream task whose accuracy
+    basins are measured too (anything :func:`plastiscope.load_documents` reads). ``options``: any of
+    :data:`OPTIONS`, validated by it.
+    ``executor``: ``"local"`` (default), ``"process"`` or ``"ray"`` (:func:`plastiscope.runner.executor_named`).
     """
+    label_column = options.get("label_column")
     inputs = Inputs(train_data=load_documents(train_data),
                     finetune_data=None if finetune_data is None else load_documents(finetune_data, label_column=label_column))
-    return run_one(sweep, ANALYSIS, inputs, {"label_column": label_column, **options}, store, progress=progress)
+    return run_one(sweep, ANALYSIS, inputs, options, store, progress=progress, executor=executor)

@@ -7,11 +7,11 @@ zlib-calibrated loss and reference-calibrated loss (Carlini et al. 2021), and ex
 memorization by greedy continuation (Carlini et al. 2022). See :mod:`.analysis` for the
 metric names and options.
 
-    >>> from plastiscope.overfit import memorization_gap
-    >>> frame = memorization_gap(sweep, train_docs, val_docs, prefix_tokens=8, continuation_tokens=8)
+    >>> import plastiscope.overfit
+    >>> frame = plastiscope.overfit.overfit(sweep, train_docs, val_docs, prefix_tokens=8, continuation_tokens=8)
 """
 
-from .analysis import ANALYSIS, OPTIONS, OverfitTask, document_scores, memorization_gap, text_hash
+from .analysis import ANALYSIS, OPTIONS, OverfitTask, document_scores, overfit, text_hash
 from .losses import DocumentLosses
 from .matching import match_lengths
 from .membership import auc, tpr_at_fpr, zlib_entropy, zlib_scores
@@ -27,7 +27,7 @@ __all__ = [
     "document_scores",
     "exact_memorization",
     "match_lengths",
-    "memorization_gap",
+    "overfit",
     "text_hash",
     "tpr_at_fpr",
     "zlib_entropy",

@@ -501,24 +501,27 @@ ANALYSIS = Analysis(name=NAME, inputs=("train_data", "val_data"), start=start, o
 
 
 # ---------------------------------------------------------------------- API
-def memorization_gap(
+def overfit(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint],
     train_data: Any,
     val_data: Any,
+    *,
     store: ResultsStore | str | Path | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    executor: Any = None,
     **options: Any,
 ) -> pd.DataFrame:
     """The overfit metrics of every checkpoint of ``sweep`` as a tidy results frame.
 
     ``train_data``: documents the checkpoints were trained on; ``val_data``: held-out
     documents of the same distribution (anything :func:`plastiscope.load_documents` reads).
-    ``options``: see :data:`OPTIONS` (e.g. ``reference=None``, ``prefix_tokens=8``). Checkpoints
-    that fail are reported by a warning; if all fail, the first error is raised.
+    ``options``: any of :data:`OPTIONS`, validated by it (e.g. ``reference=None``,
+    ``prefix_tokens=8``). Checkpoints that fail are reported by a warning; if all fail, the first
+    error is raised. ``executor``: ``"local"`` (default), ``"process"`` or ``"ray"`` (:func:`plastiscope.runner.executor_named`).
     """
     inputs = Inputs(train_data=load_documents(train_data), val_data=load_documents(val_data))
-    return run_one(sweep, ANALYSIS, inputs, options, store, batch_size, progress)
+    return run_one(sweep, ANALYSIS, inputs, options, store, batch_size, progress, executor)
 
 
 def document_scores(

@@ -462,9 +462,10 @@ ANALYSIS = Analysis(name=NAME, inputs=("finetune_data",), start=start, options=O
 def plasticity(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint],
     finetune_data: Documents | Sequence[str] | str,
-    label_column: str | None = None,
+    *,
     store: ResultsStore | str | None = None,
     progress: bool = True,
+    executor: Any = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Fine-tune every checkpoint on ``finetune_data`` and measure it after and before (tidy results frame).
@@ -474,10 +475,10 @@ def plasticity(
     (``prompt``/``response`` or ``messages`` fields) ``response_loss_after`` and
     ``generative_accuracy_after``; the module docstring lists every row. ``finetune_data``: the
     downstream task's documents (anything :func:`plastiscope.load_documents` reads);
-    ``label_column`` makes it a labelled task (accuracy is reported). ``options``: see
-    :data:`OPTIONS`, e.g. ``method="lora"``, ``gradient_checkpointing=True``,
+    ``options``: any of :data:`OPTIONS`, validated by it, e.g. ``label_column`` (a labelled
+    task: accuracy is reported), ``method="lora"``, ``gradient_checkpointing=True``,
     ``scorer=lambda prediction, reference: ...``.
+    ``executor``: ``"local"`` (default), ``"process"`` or ``"ray"`` (:func:`plastiscope.runner.executor_named`).
     """
-    docs = load_documents(finetune_data, label_column=label_column)
-    return run_one(sweep, ANALYSIS, Inputs(finetune_data=docs), {"label_column": label_column, **options}, store,
-                   progress=progress)
+    docs = load_documents(finetune_data, label_column=options.get("label_column"))
+    return run_one(sweep, ANALYSIS, Inputs(finetune_data=docs), options, store, progress=progress, executor=executor)

@@ -7,7 +7,7 @@ decay gives more linearly separable representations. Public API:
   regression, solved in torch).
 - :func:`fit_logistic` -- the batched trainer: all layers x folds x C values in one L-BFGS run.
 - :func:`evaluate_layers` -- cross-validated metrics of stacked features ``[layer, example, feature]``.
-- :func:`probe_sweep` and :data:`ANALYSIS` (analysis name ``"probes"``) -- every checkpoint,
+- :func:`probes` and :data:`ANALYSIS` (analysis name ``"probes"``) -- every checkpoint,
   layer, task and pooling; metrics ``accuracy``, ``macro_f1``, ``cross_entropy``,
   ``selectivity_control_task`` (token-level tasks), ``selectivity_shuffled``, ``mdl_codelength``,
   ``mdl_compression``, ``fisher_criterion``, for ``init="trained"`` and ``init="random"``
@@ -17,7 +17,7 @@ decay gives more linearly separable representations. Public API:
   estimators with no probe trained (:mod:`plastiscope.probes.transfer`).
 """
 
-from plastiscope.probes.analysis import ANALYSIS, OPTIONS, probe_sweep, start
+from plastiscope.probes.analysis import ANALYSIS, OPTIONS, probes, start
 from plastiscope.probes.baselines import majority_scores, paired_accuracy_difference
 from plastiscope.probes.estimator import LinearProbe
 from plastiscope.probes.evaluate import HeldOut, cross_validate, evaluate_layers, mdl_records
@@ -76,7 +76,7 @@ __all__ = [
     "mdl_records",
     "online_codelength",
     "preconditioner",
-    "probe_sweep",
+    "probes",
     "select_examples",
     "sequence_examples",
     "shuffled_labels",

@@ -71,7 +71,7 @@ options, precision).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,7 +93,6 @@ from plastiscope.options import (
     OptionTable,
     Real,
     Text,
-    validate,
 )
 from plastiscope.probes.baselines import paired_accuracy_difference
 from plastiscope.probes.evaluate import DEFAULT_CS, HeldOut, cross_validate
@@ -193,7 +192,7 @@ class ProbesTask:
             name = column if column is not None else getattr(options["token_labels"], "__name__", "token_labels")
             examples = select_examples(
                 name, options["level"], *raw, max_examples=options["max_examples"],
-                min_per_class=int(options["min_per_class"]), seed=int(options["seed"]),
+                min_per_class=options["min_per_class"], seed=options["seed"],
             )
             poolings = options["pooling"] if options["level"] == "sequence" else ["token"]
             for pooling in poolings:
@@ -362,30 +361,25 @@ METRICS = (
 ANALYSIS = Analysis(name=NAME, inputs=("data",), start=start, options=OPTIONS, variants=VARIANTS, metrics=METRICS)
 
 
-def probe_sweep(
+def probes(
     sweep: Sweep | Checkpoint | Sequence[Checkpoint],
     data: Documents | Sequence[str] | str,
-    task: str | Sequence[str] | None = None,
-    layers: Sequence[int] | None = None,
-    pooling: str | Sequence[str] = "mean",
-    label_column: str | Sequence[str] | None = None,
-    level: str = "sequence",
-    token_labels: Callable[[list[int]], Sequence[Any]] | None = None,
-    random_baseline: bool = True,
+    *,
     store: Any = None,
     batch_size: int = 16,
     progress: bool = True,
+    executor: Any = None,
     **options: Any,
 ) -> pd.DataFrame:
     """Probe every layer of every checkpoint; return the tidy results frame.
 
     - ``data``: documents (anything :func:`plastiscope.load_documents` reads) with label columns.
-    - ``task`` / ``label_column``: the label column(s), e.g. the built-in ``"pos"`` or
-      ``"lexname"``, or any column of ``data`` (``label_column`` wins; default ``pos`` if
-      present, else ``label``).
-    - ``pooling``: ``"mean"`` or ``"last"`` (or both) for sequence-level tasks.
-    - ``level="token"`` with a column of word-level labels, or with ``token_labels(ids)``.
-    - other ``options``: see :data:`OPTIONS` (``folds``, ``Cs``, ``max_examples``, ...).
+    - ``options``: any of :data:`OPTIONS`, validated by it, e.g. ``label_column`` (the label
+      column(s): the built-in ``"pos"`` or ``"lexname"``, or any column of ``data``; default ``pos``
+      if present, else ``label``), ``pooling`` (``"mean"`` or ``"last"``, or both, for
+      sequence-level tasks), ``level="token"`` with a column of word-level labels or with
+      ``token_labels(ids)``, ``layers``, ``random_baseline``, ``folds``, ``Cs``, ``max_examples``.
+    - ``executor``: ``"local"`` (default), ``"process"`` or ``"ray"`` (:func:`plastiscope.runner.executor_named`).
 
     Rows: ``metric`` in ``accuracy, macro_f1, cross_entropy, selectivity_shuffled,
     mdl_codelength, mdl_compression, fisher_criterion, accuracy_above_majority,
@@ -396,14 +390,5 @@ def probe_sweep(
     checkpoints are warned about and listed in ``frame.attrs["failures"]``.
     """
     docs = load_documents(data)
-    opts = {
-        **options,
-        "label_column": label_column if label_column is not None else task,
-        "layers": None if layers is None else list(layers),
-        "pooling": pooling if isinstance(pooling, str) else list(pooling),
-        "level": level,
-        "token_labels": token_labels,
-        "random_baseline": random_baseline,
-    }
-    _label_columns(docs, validate(NAME, OPTIONS, opts))  # fail early, before any model is loaded
-    return run_one(sweep, ANALYSIS, Inputs(data=docs), opts, store, batch_size, progress)
+    return run_one(sweep, ANALYSIS, Inputs(data=docs), options, store, batch_size, progress, executor,
+                   check=lambda config: _label_columns(docs, config))  # fail early, before any model is loaded

@@ -17,12 +17,12 @@ from plastiscope.attention import (
     WEIGHT_METRICS,
     WEIGHTS_ANALYSIS,
     PatternStatistics,
-    attention_stats,
+    attention,
+    attention_weights,
     pattern_statistics,
     spectral_summary,
     summarize,
     weight_statistics,
-    weight_stats,
 )
 from plastiscope.attention.weights import layer_weights
 from plastiscope.data import encode
@@ -285,10 +285,10 @@ def test_statistics_make_no_pattern_sized_temporaries():
 
 def test_spectral_tokens_option(tiny_sweep, probe_docs):
     with pytest.raises(ValueError, match="spectral_tokens"):
-        attention_stats(tiny_sweep[:1], probe_docs.head(4), spectral_tokens=0, progress=False)
+        attention(tiny_sweep[:1], probe_docs.head(4), spectral_tokens=0, progress=False)
     docs = probe_docs.head(6)
-    whole = attention_stats(tiny_sweep[:1], docs, spectral_tokens=None, n_resamples=20, progress=False).set_index(["metric", "layer", "head"]).sort_index()
-    short = attention_stats(tiny_sweep[:1], docs, spectral_tokens=4, n_resamples=20, progress=False).set_index(["metric", "layer", "head"]).sort_index()
+    whole = attention(tiny_sweep[:1], docs, spectral_tokens=None, n_resamples=20, progress=False).set_index(["metric", "layer", "head"]).sort_index()
+    short = attention(tiny_sweep[:1], docs, spectral_tokens=4, n_resamples=20, progress=False).set_index(["metric", "layer", "head"]).sort_index()
     for metric in PATTERN_METRICS:
         same = np.allclose(whole.loc[metric, "value"], short.loc[metric, "value"])
         assert same == (metric not in SPECTRAL), metric
@@ -414,7 +414,7 @@ def test_gpt2_fused_qkv_weight_statistics_match_dense(tokenizer):
     W = attn.c_attn.weight.detach().double().numpy()  # Conv1D: [d_model, 3 d_model], x @ W
     q, k, v = np.split(W, 3, axis=1)
     ref = dense_weight_reference(q, k, v, attn.c_proj.weight.detach().double().numpy(), 4, 4)
-    frame = weight_stats(ckpt, progress=False)
+    frame = attention_weights(ckpt, progress=False)
     assert set(frame.metric) == set(WEIGHT_METRICS) and len(frame) == 4 * len(WEIGHT_METRICS)
     for metric in WEIGHT_METRICS:
         rows = frame[frame.metric == metric].sort_values("head")
@@ -459,11 +459,11 @@ def test_end_to_end_matches_documents_alone(gqa_checkpoint, docs):
 
 def test_api_validates_options_and_runs_the_sweep(tiny_sweep, probe_docs):
     with pytest.raises(ValueError, match="unknown option"):
-        attention_stats(tiny_sweep, probe_docs, tolerance=0.1)
+        attention(tiny_sweep, probe_docs, tolerance=0.1)
     with pytest.raises(ValueError, match="tol"):
-        attention_stats(tiny_sweep, probe_docs, tol=2)
-    frame = attention_stats(tiny_sweep, probe_docs.head(16), n_resamples=100, progress=False)
-    weights = weight_stats(tiny_sweep, progress=False)
+        attention(tiny_sweep, probe_docs, tol=2)
+    frame = attention(tiny_sweep, probe_docs.head(16), n_resamples=100, progress=False)
+    weights = attention_weights(tiny_sweep, progress=False)
     for f, metrics in ((frame, PATTERN_METRICS), (weights, WEIGHT_METRICS)):
         assert sorted(f.weight_decay.unique()) == [0.0, 0.1, 1.0]
         assert len(f) == 3 * tiny_sweep[0].n_layers * tiny_sweep[0].n_heads * len(metrics)

@@ -285,8 +285,8 @@ def test_analyses_leave_an_in_memory_model_as_it_was(tokenizer, probe_docs, tmp_
     """An analysis of ``from_model`` wraps a copy of the module tree (sharing the parameters), never the user's model:
     its modules, training mode, device, dtype and requires_grad are unchanged, and the numbers equal those of the
     same model loaded from disk."""
-    from plastiscope.attention.analysis import attention_stats
-    from plastiscope.probes import probe_sweep
+    import plastiscope.attention
+    import plastiscope.probes
 
     torch.manual_seed(0)
     model = ARCHITECTURES["llama"](len(tokenizer)).train()  # a notebook model left in training mode
@@ -295,19 +295,19 @@ def test_analyses_leave_an_in_memory_model_as_it_was(tokenizer, probe_docs, tmp_
     before = _module_state(model)
     data = probe_docs.subset(range(80))
     ckpt = Checkpoint.from_model(model, tokenizer, weight_decay=0.1, name="m")
-    attention = attention_stats(ckpt, data, progress=False, n_resamples=50)
-    probes = probe_sweep(ckpt, data, task="pos", layers=[0, 1], random_baseline=False, mdl=False, progress=False, **FAST_PROBES)
+    patterns = plastiscope.attention.attention(ckpt, data, progress=False, n_resamples=50)
+    probed = plastiscope.probes.probes(ckpt, data, label_column="pos", layers=[0, 1], random_baseline=False, mdl=False, progress=False, **FAST_PROBES)
     ckpt.to(dtype="bfloat16")
-    attention_stats(ckpt, data.subset(range(4)), progress=False, n_resamples=10)
+    plastiscope.attention.attention(ckpt, data.subset(range(4)), progress=False, n_resamples=10)
     assert _module_state(model) == before
     assert model.training and model.model.embed_tokens.weight.dtype == torch.float32
     folder = save(model, tokenizer, tmp_path / "m")
     disk = Checkpoint.from_pretrained(folder, weight_decay=0.1, name="m")
     columns = ["metric", "layer", "head", "value", "ci_low", "ci_high"]
-    pd.testing.assert_frame_equal(attention_stats(disk, data, progress=False, n_resamples=50)[columns], attention[columns],
+    pd.testing.assert_frame_equal(plastiscope.attention.attention(disk, data, progress=False, n_resamples=50)[columns], patterns[columns],
                                   check_exact=False, rtol=1e-4, atol=1e-6)
-    on_disk = probe_sweep(disk, data, task="pos", layers=[0, 1], random_baseline=False, mdl=False, progress=False, **FAST_PROBES)
-    pd.testing.assert_frame_equal(on_disk[columns], probes[columns], check_exact=False, rtol=1e-4, atol=1e-6)
+    on_disk = plastiscope.probes.probes(disk, data, label_column="pos", layers=[0, 1], random_baseline=False, mdl=False, progress=False, **FAST_PROBES)
+    pd.testing.assert_frame_equal(on_disk[columns], probed[columns], check_exact=False, rtol=1e-4, atol=1e-6)
 
 
 def test_weight_decays_that_no_model_was_trained_with_are_refused(good_folder, tmp_path):

@@ -183,9 +183,9 @@ def test_majority_class_rows_and_constants_are_baselines_too():
 
 
 def test_a_notebook_frame_carries_the_declarations(tiny_sweep):
-    from plastiscope.attention import weight_stats
+    from plastiscope.attention import attention_weights
 
-    frame = weight_stats(tiny_sweep, progress=False)
+    frame = attention_weights(tiny_sweep, progress=False)
     assert read_declarations(frame) == declarations()
     prep = prepare(frame)
     assert prep.declarations.lookup("qk_effective_rank", "attention_weights").headline.panel == "attention"

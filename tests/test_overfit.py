@@ -24,7 +24,7 @@ from plastiscope.overfit import (
     document_scores,
     exact_memorization,
     match_lengths,
-    memorization_gap,
+    overfit,
     tpr_at_fpr,
     zlib_entropy,
 )
@@ -137,7 +137,7 @@ def hf_corpus_loss(model, tokenizer, texts) -> tuple[float, np.ndarray]:
 def test_train_and_val_loss_are_token_weighted_like_transformers(memorised, memorised_set, val_docs):
     """train_loss / val_loss: transformers' labels= loss summed over the corpus (token-weighted), within 1e-4;
     the per-document means get their own names."""
-    frame = memorization_gap(memorised, memorised_set, val_docs, progress=False, length_matching="none",
+    frame = overfit(memorised, memorised_set, val_docs, progress=False, length_matching="none",
                              memorization_max_docs=0, **FAST)
     for split, data in (("train", memorised_set), ("val", val_docs)):
         corpus, per_document = hf_corpus_loss(memorised.hf_model, memorised.tokenizer, data.texts)
@@ -215,7 +215,7 @@ def test_zlib_scores_match_python_zlib(memorised, memorised_set):
 
 # ---------------------------------------------------------------------- whole analysis
 def test_memorised_model_is_caught(memorised, memorised_set, val_docs):
-    frame = memorization_gap(
+    frame = overfit(
         memorised, memorised_set, val_docs, progress=False, prefix_tokens=4, continuation_tokens=4, **FAST
     )
     gap = metric(frame, "loss_gap")
@@ -238,7 +238,7 @@ def test_memorised_model_is_caught(memorised, memorised_set, val_docs):
 
 def test_untrained_model_shows_no_gap(untrained):
     train, val = load_corpus("train", 300), load_corpus("validation", 300)
-    frame = memorization_gap(
+    frame = overfit(
         untrained, train, val, progress=False, reference=None, prefix_tokens=4, continuation_tokens=4,
         memorization_max_docs=32, **FAST,
     )  # fmt: skip
@@ -263,7 +263,7 @@ def test_short_documents_are_skipped_with_a_count(memorised, tokenizer):
     assert len(capped.exact) == 3 and capped.not_sampled == len(texts) - n_short - 3
     with pytest.raises(ValueError, match="exceeds the model's context"):
         exact_memorization(memorised.hf_model, tokenizer, texts, N_CTX, 60, 10)
-    frame = memorization_gap(
+    frame = overfit(
         memorised, load_corpus("train", 30), Documents(texts), progress=False, reference=None,
         prefix_tokens=k, continuation_tokens=m, **FAST,
     )  # fmt: skip
@@ -317,7 +317,7 @@ def test_overlap_is_detected_and_dropped(memorised, memorised_set, val_docs):
     dupes = [memorised_set.texts[0], "  " + memorised_set.texts[1].replace(" ", "  "), memorised_set.texts[2]]
     val = Documents(list(val_docs.texts[:30]) + dupes)
     with pytest.warns(UserWarning, match="3 of 33 validation documents also occur"):
-        frame = memorization_gap(
+        frame = overfit(
             memorised, memorised_set, val, progress=False, reference=None, length_matching="none",
             prefix_tokens=4, continuation_tokens=4, **FAST,
         )  # fmt: skip
@@ -327,7 +327,7 @@ def test_overlap_is_detected_and_dropped(memorised, memorised_set, val_docs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(RuntimeError, match="every validation document"):
-            memorization_gap(memorised, memorised_set, memorised_set, progress=False, reference=None, **FAST)
+            overfit(memorised, memorised_set, memorised_set, progress=False, reference=None, **FAST)
 
 
 def test_length_matching_equalises_length_distributions():
@@ -385,9 +385,9 @@ def test_reference_score_is_carlini_ratio_to_a_trained_reference(tiny_sweep):
     np.testing.assert_allclose(docs["reference_score"], docs["loss"] / docs["reference_loss"], rtol=1e-12)
     assert docs["reference_loss"].std() > 0.1  # a trained reference: its loss varies from document to document
     assert spearmanr(docs["reference_score"], docs["loss"]).statistic < 0.9  # not the plain loss in disguise
-    frame = memorization_gap(target, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
+    frame = overfit(target, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
     with pytest.warns(UserWarning, match="this checkpoint itself"):
-        itself = memorization_gap(reference, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
+        itself = overfit(reference, train, val, reference=str(reference.path), progress=False, memorization_max_docs=0, **FAST)
     assert not (itself["metric"] == "mia_auc_reference").any() and (itself["metric"] == "mia_auc_loss").any()
     by_loss, by_reference = metric(frame, "mia_auc_loss").value, metric(frame, "mia_auc_reference").value
     used = docs[docs["matched"]]
@@ -405,7 +405,7 @@ def test_short_context_keeps_the_loss_gap_and_sizes_memorization(tiny_sweep):
     assert checkpoint.n_ctx == 48
     long_train = [t for t in load_corpus("train", 400).texts if len(encode(checkpoint.tokenizer, t, 10**6)) >= 48]
     with pytest.warns(UserWarning, match="k=31, m=16 instead"):
-        frame = memorization_gap(checkpoint, Documents(long_train[:40]), load_corpus("validation", 80), progress=False, **FAST)
+        frame = overfit(checkpoint, Documents(long_train[:40]), load_corpus("validation", 80), progress=False, **FAST)
     gap = metric(frame, "loss_gap")
     assert np.isfinite(gap.value) and gap.ci_low <= gap.value <= gap.ci_high
     exact = metric(frame, "exact_match_train")
@@ -418,18 +418,18 @@ def test_short_context_keeps_the_loss_gap_and_sizes_memorization(tiny_sweep):
 
 def test_options_are_validated(memorised, memorised_set, val_docs):
     with pytest.raises(ValueError, match="unknown option"):
-        memorization_gap(memorised, memorised_set, val_docs, prefix_length=4)
+        overfit(memorised, memorised_set, val_docs, prefix_length=4)
     with pytest.raises(ValueError, match="length_matching"):
-        memorization_gap(memorised, memorised_set, val_docs, length_matching="stratify-ish")
+        overfit(memorised, memorised_set, val_docs, length_matching="stratify-ish")
     with pytest.raises(ValueError, match="not a folder"):
-        memorization_gap(memorised, memorised_set, val_docs, reference="/no/such/model")
+        overfit(memorised, memorised_set, val_docs, reference="/no/such/model")
     with pytest.raises(ValueError, match="plain loss in disguise"):
-        memorization_gap(memorised, memorised_set, val_docs, reference="random_init")
+        overfit(memorised, memorised_set, val_docs, reference="random_init")
 
 
 def test_tiny_sweep_end_to_end(tiny_sweep):
     """Checkpoints from folders (the shared tiny sweep), trained on the first 400 training glosses."""
-    frame = memorization_gap(
+    frame = overfit(
         tiny_sweep, load_corpus("train", 100), load_corpus("validation", 100), progress=False, reference=None,
         prefix_tokens=4, continuation_tokens=4, memorization_max_docs=16, **FAST,
     )  # fmt: skip

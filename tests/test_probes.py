@@ -454,12 +454,12 @@ def test_probe_sweep_token_level_and_errors(checkpoint, docs):
     from collections import Counter
 
     from plastiscope.data import DataError, Documents, encode
-    from plastiscope.probes import probe_sweep
+    from plastiscope.probes import probes
 
     data = docs.subset(range(80))
     counts = Counter(i for text in data.texts for i in encode(checkpoint.tokenizer, text, checkpoint.n_ctx)[1:])
     frequent = {token for token, _ in counts.most_common(3)}
-    frame = probe_sweep(
+    frame = probes(
         checkpoint, data, level="token", token_labels=lambda ids: [i if i in frequent else None for i in ids],
         layers=[-1], random_baseline=False, mdl=False, progress=False, **FAST,
     )
@@ -477,25 +477,25 @@ def test_probe_sweep_token_level_and_errors(checkpoint, docs):
     function_words = {"the", "a", "an", "of", "or", "and", "to", "in"}
     tags = [["FUNC" if w.lower() in function_words else "CONTENT" for w in text.split()] for text in data.texts]
     tagged = Documents(data.texts, {"tags": tags})
-    frame = probe_sweep(checkpoint, tagged, level="token", label_column="tags", layers=[0], random_baseline=False,
+    frame = probes(checkpoint, tagged, level="token", label_column="tags", layers=[0], random_baseline=False,
                         mdl=False, progress=False, **FAST)
     assert set(frame["task"]) == {"tags"} and frame[(frame["metric"] == "accuracy") & (frame["init"] == "trained")]["value"].item() > 0.8
     with pytest.raises(ValueError, match="unknown option"):
-        probe_sweep(checkpoint, docs, bogus=1, progress=False)
+        probes(checkpoint, docs, bogus=1, progress=False)
     with pytest.raises(ValueError, match="pooling"):
-        probe_sweep(checkpoint, docs, pooling="max", progress=False)
+        probes(checkpoint, docs, pooling="max", progress=False)
     unlabelled = Documents(["a b c"] * 30, {"other": ["x"] * 30})
     with pytest.raises(DataError, match="no label column"):
-        probe_sweep(checkpoint, unlabelled, progress=False)
+        probes(checkpoint, unlabelled, progress=False)
     with pytest.raises(DataError, match="no column 'label'"):
-        probe_sweep(checkpoint, unlabelled, label_column="label", progress=False)
+        probes(checkpoint, unlabelled, label_column="label", progress=False)
 
 
 def test_probe_sweep_on_tiny_trained_sweep(tiny_sweep, probe_docs):
     """The embedded-corpus task on a trained sweep: one row set per checkpoint, weight decays carried."""
-    from plastiscope.probes import probe_sweep
+    from plastiscope.probes import probes
 
-    frame = probe_sweep(tiny_sweep, probe_docs, task="pos", progress=False, **FAST)
+    frame = probes(tiny_sweep, probe_docs, label_column="pos", progress=False, **FAST)
     assert sorted(set(frame["weight_decay"])) == [0.0, 0.1, 1.0]
     acc = frame[(frame["metric"] == "accuracy") & (frame["init"] == "trained")]
     assert len(acc) == 3 * tiny_sweep[0].n_layers
@@ -511,12 +511,12 @@ def test_probe_accuracy_at_defaults_matches_sklearn_on_the_natural_distribution(
 
     from plastiscope.activations import stream
     from plastiscope.demo.corpus import load_corpus
-    from plastiscope.probes import probe_sweep
+    from plastiscope.probes import probes
     from plastiscope.probes.evaluate import DEFAULT_CS
 
     data = load_corpus("probe", 800)
     checkpoint = tiny_sweep[1]
-    frame = probe_sweep(checkpoint, data, task=column, random_baseline=False, mdl=False, progress=False)
+    frame = probes(checkpoint, data, label_column=column, random_baseline=False, mdl=False, progress=False)
     ours = frame[(frame["metric"] == "accuracy") & (frame["init"] == "trained")].set_index("layer")
     # the natural distribution: every document of every class with >= 10 examples (the default min_per_class)
     labels = np.array(data.column(column))
