@@ -125,6 +125,8 @@ def read_run_config(path: str | Path) -> dict[str, Any]:
         loaded = loaded["config"]
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: a run configuration is a mapping of {', '.join(RUN_KEYS)}")
+    if "source" in loaded and "sweep" not in loaded:  # the name run.json gave the sweep before the schema was analyze's
+        loaded = {("sweep" if k == "source" else k): v for k, v in loaded.items()}
     unknown = sorted(set(loaded) - set(RUN_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; a run configuration has {', '.join(RUN_KEYS)}")
