@@ -65,7 +65,11 @@ def _goodness(values: np.ndarray, better: str) -> np.ndarray:
 
 def pick_order(metric: np.ndarray, metric_better: str, outcome: np.ndarray, outcome_better: str) -> np.ndarray:
     """Indices of configurations from the metric's best to its worst; a tie (9 significant digits) puts the worse outcome first."""
-    good_m = np.round(_goodness(metric, metric_better), 9 - int(math.floor(math.log10(max(np.nanmax(np.abs(metric)), 1e-300)))))
+    good_m = _goodness(metric, metric_better)
+    finite = np.abs(good_m[np.isfinite(good_m)])
+    scale = finite.max() if len(finite) else 0.0
+    if scale > 0:  # 9 significant digits of the largest value (a metric that is 0 everywhere is one tie as it stands)
+        good_m = np.round(good_m / scale, 9)
     good_o = _goodness(outcome, outcome_better)
     return np.lexsort((good_o, -good_m))  # last key first: metric goodness descending, then outcome goodness ascending
 

@@ -612,3 +612,18 @@ def test_a_new_metric_declared_as_the_outcome_is_ranked_by_without_report_code(t
     bare = build(attach(frame.copy(), plain), n_resamples=50)
     assert chosen_outcome(bare.prep) == "" and bare.decision.best == []
     assert bare.stats.set_index("series").loc["x.zq_spread", "predictor"]
+
+
+def test_choice_order_of_a_metric_that_is_zero_everywhere_is_one_tie():
+    """Every configuration ties on an all-zero metric (exact memorization of a model that memorises nothing): the order
+    puts the worse outcome first, as for any tie, with no NaN from rounding to significant digits."""
+    import warnings
+
+    from plastiscope.reports.choice import pick_order
+
+    outcome = np.array([2.5, 2.4, 2.6])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(pick_order(np.zeros(3), "higher", outcome, "lower")) == [2, 0, 1]
+        assert list(pick_order(np.array([1e-12, 3e-12, 2e-12]), "higher", outcome, "lower")) == [1, 2, 0]
+        assert list(pick_order(np.array([1.0, 1.0 + 1e-12, 0.5]), "higher", outcome, "lower")) == [0, 1, 2]
