@@ -41,6 +41,24 @@ class DataError(ValueError):
     """Bad input data: the message names the file and the fix."""
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names a key twice (``key``: the first such key)."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"the key(s) {keys} given twice in one object")
+        self.key = keys[0]
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: a JSON object as a dict, refusing a key given twice (``json`` would keep the
+    last silently) with :class:`DuplicateKey`."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise DuplicateKey(twice)
+    return dict(pairs)
+
+
 @dataclass
 class Documents:
     """Texts with optional per-document columns (labels, metadata).

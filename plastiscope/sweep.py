@@ -218,7 +218,7 @@ class Sweep(Sequence[Checkpoint]):
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
     """The rows of a CSV, JSON or YAML manifest, one dict per checkpoint; syntax errors name the line."""
-    from plastiscope.data import DataError, read_table, read_utf8
+    from plastiscope.data import DataError, DuplicateKey, read_table, read_utf8, unique_keys
 
     if not path.exists():
         raise CheckpointError(f"{path}: no such manifest; pass a .csv, .json or .yaml file (or a sweep folder)")
@@ -235,13 +235,13 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         raise CheckpointError(str(err)) from None
     if suffix == ".json":
         try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
+            data = json.loads(text, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as err:
             raise CheckpointError(f"{path}:{err.lineno}: the manifest is not valid JSON ({err.msg}); fix its syntax") from None
         except RecursionError:
             raise CheckpointError(f"{path}: the manifest nests deeper than a JSON parser follows; a manifest is a list of rows") from None
-        except _DuplicateKey as err:
-            raise CheckpointError(f"{path}: a row names the column {err.args[0]!r} twice (one value would be lost); give it once") from None
+        except DuplicateKey as err:
+            raise CheckpointError(f"{path}: a row names the column {err.key!r} twice (one value would be lost); give it once") from None
     else:
         import yaml
 
@@ -270,19 +270,6 @@ def _number(value: Any) -> Any:
             except ValueError:
                 pass
     return value
-
-
-class _DuplicateKey(ValueError):
-    """A JSON object names a key twice."""
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as a dict, refusing a key given twice (``json`` would keep the last silently)."""
-    keys = [k for k, _ in pairs]
-    twice = next((k for k in keys if keys.count(k) > 1), None)
-    if twice is not None:
-        raise _DuplicateKey(twice)
-    return dict(pairs)
 
 
 def _unique_key_loader() -> Any:

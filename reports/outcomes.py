@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from plastiscope.data import DataError, read_utf8
+from plastiscope.data import DataError, read_utf8, unique_keys
 from plastiscope.data import read_table as read_delimited
 from plastiscope.results import CORE_COLUMNS, ID_COLUMNS, ResultsStore, load_results, stamp, tidy
 
@@ -187,19 +187,10 @@ def lm_eval_adapter(data: dict) -> str | None:
     return next((f"{key}={args[key]}" for key in ("peft", "delta") if args.get(key)), None)
 
 
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """A JSON object's mapping; a key given twice (the parser would keep the last silently) is refused."""
-    keys = [k for k, _ in pairs]
-    twice = sorted({k for k in keys if keys.count(k) > 1})
-    if twice:
-        raise ValueError(f"the key(s) {twice} given twice in one object")
-    return dict(pairs)
-
-
 def read_json(path: Path) -> object:
     """A ``.json`` outcome file parsed, or a one-line refusal naming it (not UTF-8, not JSON, a key twice, nested too deep)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
     except UnicodeDecodeError:
         raise ValueError(f"--outcomes {path}: not UTF-8 text; save it as UTF-8") from None
     except json.JSONDecodeError as err:
