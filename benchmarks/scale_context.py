@@ -242,10 +242,11 @@ def main() -> None:
               + f" | {p['bare'] / 2**20:.0f} | {p['bare_eager'] / p['bare']:.2f}x | " + " | ".join(f"{p[a] / p['bare']:.2f}x" for a in ANALYSES) + " |")
     print("\n(ratios to the SDPA bare forward; in brackets, to the eager bare forward)")
 
-    print("\nexponent in tokens per document (time ~ pos^b, least squares over "
-          f"{', '.join(map(str, lengths))} at d_model {args.d_model}; last: between the two longest):")
     pos = [r["pos"] for r in main_runs]
-    for mode in MODES:
+    if len(pos) > 1:
+        print("\nexponent in tokens per document (time ~ pos^b, least squares over "
+              f"{', '.join(map(str, lengths))} at d_model {args.d_model}; last: between the two longest):")
+    for mode in MODES if len(pos) > 1 else ():
         t = [statistics.median(r["times"][mode]) for r in main_runs]
         m = [r["peaks"][mode] for r in main_runs]
         last = np.log(t[-1] / t[-2]) / np.log(pos[-1] / pos[-2])
