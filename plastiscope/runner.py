@@ -411,13 +411,13 @@ def drive(
         work: list[tuple[int, Checkpoint, Job, str | None]] = []
         for position, checkpoint in enumerate(sweep):
             try:
-                todo, content = cached(checkpoint, job.analyses, keys, store, pieces, position)
+                pending, content = cached(checkpoint, job.analyses, keys, store, pieces, position)
                 hashes.save()
             except Exception as err:  # e.g. its files changed since the sweep was read
                 failures.append(failure_row(checkpoint, "*", err))
                 continue
-            if todo:
-                work.append((position, checkpoint, job.only(todo), content))
+            if pending:
+                work.append((position, checkpoint, job.only(pending), content))
         bar = Progress(len(work), "checkpoints", enabled=progress)
         try:
             for index, outcome in executor.run([(c, j) for _, c, j, _ in work], store.cache / "memo" if store is not None else None):
@@ -551,16 +551,16 @@ def cached(
     analyses still to run and the checkpoint's content hash (None without a store)."""
     if store is None:
         return list(specs), None
-    todo = []
+    pending = []
     content = checkpoint.content_hash()
     store.note(checkpoint, content)
     for spec in specs:
         piece = store.get(spec.name, content, cache_key(keys[spec.name], checkpoint))
         if piece is None:
-            todo.append(spec)
+            pending.append(spec)
         else:
             pieces[position, spec.name] = stamp(piece, checkpoint)  # names and hyperparameters as they are now
-    return todo, content
+    return pending, content
 
 
 def failure_row(checkpoint: Checkpoint | Any, analysis: str, err: BaseException | str) -> dict[str, Any]:
