@@ -207,6 +207,8 @@ def read_table(path: Path, text: str, delimiter: str) -> list[tuple[int, dict[st
     """
     if delimiter != "\t":
         return _parse_table(path, text, ",", csv.QUOTE_MINIMAL)
+    if '"' not in text:  # without a quote character the two readings are one: parse once
+        return _parse_table(path, text, "\t", csv.QUOTE_NONE)
     literal: list | DataError
     quoted: list | None
     try:
